@@ -1,7 +1,10 @@
 """scoresde: score-based generative modeling through stochastic differential equations.
 
 The front door: SDEs, parameterizations and the Gaussian-mixture oracle, losses, samplers,
-likelihoods, guidance, networks and the trainer. See DESIGN in the README for conventions.
+likelihoods, guidance, networks and the trainer.  Conventions: ``../DESIGN`` in the README.
 """
+
+from .score import GaussianMixture, Parameterization, ScoreFn, score_fn_from_model
+from .sde import SDE, CosineVPSDE, LinearSDE, RectifiedFlow, SubVPSDE, VESDE, VPSDE, sde_from_name
 
 __version__ = "0.1.0"
