@@ -1,0 +1,174 @@
+"""Tests of the score networks: shapes, options, embeddings and FIR resampling in closed form,
+and the parameter counts of the paper's presets (built on the meta device)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from scoresde.nets import (
+    MLP,
+    PRESETS,
+    MLPClassifier,
+    NCSNpp,
+    TimeEmbedding,
+    UNetClassifier,
+    build_preset,
+    ddpmpp_digits,
+    sinusoidal_embedding,
+)
+from scoresde.nets.layers import fir_downsample, fir_kernel, fir_upsample
+
+TINY = dict(nf=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), image_size=8, dropout=0.0)
+
+
+def _randomize(model: torch.nn.Module, seed: int = 0) -> None:
+    """Give every parameter random values (the zero-initialised output layers would hide the input)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(resblock="biggan"),
+        dict(resblock="ddpm", embedding="fourier", fir=True),
+        dict(resblock="biggan", fir=True, progressive_input="input_skip", progressive="output_skip"),
+        dict(resblock="ddpm", fir=True, progressive_input="residual", progressive="residual",
+             skip_rescale=False, resamp_with_conv=False),
+        dict(resblock="ddpm", progressive_input="residual", progressive="output_skip"),
+    ],
+)
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (1, 1, 4, 12), (3, 2, 16, 16)])
+def test_unet_forward_shapes(options, shape):
+    torch.manual_seed(0)
+    model = NCSNpp(**TINY, in_channels=shape[1], **options)
+    _randomize(model)
+    x = torch.randn(shape)
+    out = model(x, torch.rand(shape[0]))
+    assert out.shape == x.shape
+    assert torch.isfinite(out).all()
+    out.square().mean().backward()
+    assert all(p.grad is not None for p in model.parameters()), "every parameter takes part"
+
+
+def test_unet_depends_on_time_and_input():
+    model = NCSNpp(**TINY, in_channels=1)
+    _randomize(model)
+    x = torch.randn(2, 1, 8, 8)
+    t = torch.tensor([0.3, 0.3])
+    base = model(x, t)
+    assert not torch.allclose(model(x, t + 1e-2), base)
+    assert not torch.allclose(model(x + 0.1, t), base)
+    # A scalar time is broadcast to the batch.
+    torch.testing.assert_close(model(x, 0.3), base)
+
+
+def test_unet_rejects_bad_images():
+    model = NCSNpp(**TINY, in_channels=3)
+    with pytest.raises(ValueError, match="x must have shape"):
+        model(torch.randn(2, 3, 7, 8), torch.rand(2))  # 7 is not a multiple of 2^(levels-1) = 2
+    with pytest.raises(ValueError, match="x must have shape"):
+        model(torch.randn(2, 1, 8, 8), torch.rand(2))
+    with pytest.raises(ValueError, match="resblock"):
+        NCSNpp(**TINY, resblock="resnet")
+
+
+def test_class_conditional_unet_and_null_label():
+    model = NCSNpp(**TINY, in_channels=1, num_classes=3, null_label=True)
+    _randomize(model)
+    assert model.null_label == 3
+    x, t = torch.randn(2, 1, 8, 8), torch.rand(2)
+    y0, y1 = torch.zeros(2, dtype=torch.long), torch.ones(2, dtype=torch.long)
+    assert not torch.allclose(model(x, t, y0), model(x, t, y1))
+    torch.testing.assert_close(model(x, t, None), model(x, t, torch.full((2,), 3)))
+    strict = NCSNpp(**TINY, in_channels=1, num_classes=3)
+    with pytest.raises(ValueError, match="labels is None"):
+        strict(x, t)
+    with pytest.raises(ValueError, match="no class embedding"):
+        NCSNpp(**TINY, in_channels=1)(x, t, y0)
+
+
+def test_mlp_shapes_and_labels():
+    model = MLP(5, width=32, depth=2, num_classes=4, null_label=True, embedding="fourier")
+    _randomize(model)
+    x, t = torch.randn(7, 5), torch.rand(7)
+    labels = torch.randint(0, 4, (7,))
+    out = model(x, t, labels)
+    assert out.shape == (7, 5)
+    assert not torch.allclose(out, model(x, t))
+    assert model.config["dim"] == 5
+    with pytest.raises(ValueError, match=r"x must have shape \(B, 5\)"):
+        model(torch.randn(7, 4), t)
+
+
+def test_classifiers_give_logits():
+    clf = UNetClassifier(10, **TINY, in_channels=1)
+    assert clf(torch.randn(3, 1, 8, 8), torch.rand(3)).shape == (3, 10)
+    vclf = MLPClassifier(2, 8, width=16, depth=1)
+    assert vclf(torch.randn(4, 2), torch.rand(4)).shape == (4, 8)
+    with pytest.raises(ValueError, match="progressive"):
+        UNetClassifier(10, progressive="output_skip")
+
+
+def test_sinusoidal_embedding_closed_form():
+    s = torch.tensor([0.0, 3.0, 250.0])
+    e = sinusoidal_embedding(s, 8, max_period=10000.0)
+    w = 10000.0 ** (-torch.arange(4) / 4)
+    torch.testing.assert_close(e, torch.cat([torch.sin(s[:, None] * w), torch.cos(s[:, None] * w)], 1))
+
+
+@pytest.mark.parametrize("embedding", ["positional", "fourier"])
+def test_time_embedding_resolves_unit_interval(embedding):
+    # Raw features are sin/cos pairs, so each row has squared norm dim/2 exactly; and the
+    # default time_scale must separate times 1e-3 apart in [0, 1] by a visible margin.
+    torch.manual_seed(0)
+    emb = TimeEmbedding(64, 32, embedding=embedding)
+    t = torch.linspace(0, 1, 11)
+    raw = emb.raw(t)
+    torch.testing.assert_close(raw.square().sum(1), torch.full((11,), 32.0))
+    gap = (emb.raw(t + 1e-3) - raw).norm(dim=1)
+    assert gap.min() > 1e-2
+
+
+def test_fir_resampling_closed_forms():
+    x = torch.randn(2, 3, 8, 8)
+    box = fir_kernel((1, 1))
+    # The 2-tap box filter: down-sampling is 2x2 average pooling, up-sampling is nearest.
+    torch.testing.assert_close(fir_downsample(x, box), F.avg_pool2d(x, 2))
+    torch.testing.assert_close(fir_upsample(x, box), F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    # [1, 3, 3, 1]: unit DC gain, so a constant image stays constant away from the border.
+    k = fir_kernel((1, 3, 3, 1))
+    ones = torch.ones(1, 1, 8, 8)
+    torch.testing.assert_close(fir_downsample(ones, k)[..., 1:-1, 1:-1], torch.ones(1, 1, 2, 2))
+    torch.testing.assert_close(fir_upsample(ones, k)[..., 2:-2, 2:-2], torch.ones(1, 1, 12, 12))
+    # A linear ramp is reproduced by the symmetric filter: up-sampled samples sit at half steps.
+    ramp = torch.arange(8.0).expand(1, 1, 8, 8)
+    up = fir_upsample(ramp, k)[0, 0, 4, 2:-2]
+    torch.testing.assert_close(up, (torch.arange(2, 14.0) - 0.5) / 2)
+
+
+# Parameter counts the paper / official code report (ANCHORS.md); 3 significant digits.
+PAPER_COUNTS = {"ddpmpp_cifar10": 61.8e6, "ncsnpp_cifar10": 62.8e6, "ddpmpp_digits": 1.75e6}
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_parameter_counts(name):
+    with torch.device("meta"):
+        model = build_preset(name)
+    n = sum(p.numel() for p in model.parameters())
+    print(f"{name}: {n:,} parameters ({n / 1e6:.3f} M); paper {PAPER_COUNTS.get(name, 'n/a')}")
+    if name in PAPER_COUNTS:
+        # The paper rounds to 3 significant digits: the count must agree to that precision.
+        assert abs(n - PAPER_COUNTS[name]) <= 0.005 * PAPER_COUNTS[name] + 1
+    assert model.config == {**model.config, **PRESETS[name]}
+
+
+def test_digits_preset_runs():
+    model = ddpmpp_digits()
+    x = torch.randn(2, 1, 8, 8)
+    assert model(x, torch.rand(2)).shape == x.shape
+    assert math.isclose(model.embed.time_scale, 1000.0)
