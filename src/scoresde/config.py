@@ -1,0 +1,445 @@
+"""Run configurations: dataclasses with validation, YAML presets, ``key=value`` overrides, builders.
+
+A configuration has seven sections::
+
+    data:       where the training data comes from (scoresde.data)
+    sde:        name: vp | ve | subvp | cosine | rf, plus that SDE's keyword arguments
+    model:      name: a scoresde.nets preset (ddpmpp_digits, ncsnpp_cifar10, ...), unet or mlp,
+                plus keyword arguments of the network
+    loss:       name: dsm | flow-matching | ddpm | smld | ssm, plus keyword arguments
+    training:   optimisation and checkpointing
+    sampling:   the sampler used after training (scoresde.sample)
+    evaluation: what ``scoresde eval`` measures
+
+Presets are YAML files in ``scoresde/configs/`` (``toy-2d``, ``digits-vp``, ...). A preset may
+start from another with ``base: <preset name>`` and change only what differs, so a new preset
+is one short file. Overrides are ``dotted.key=value`` strings whose value is parsed with
+``yaml.safe_load`` (``training.steps=500``, ``model.ch_mult=[1,2]``, ``sde.beta_max=10``).
+
+Every error names the dotted key: unknown keys, wrong types and out-of-range values raise
+``ValueError``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import inspect
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import yaml
+
+from scoresde import data as _data
+
+def _field(default: Any = dataclasses.MISSING, *, choices: Sequence | None = None,
+           ge: float | None = None, gt: float | None = None, lt: float | None = None,
+           factory: Callable | None = None, doc: str = "") -> Any:
+    """A dataclass field with range / choice checks in its metadata."""
+    meta = {"choices": choices, "ge": ge, "gt": gt, "lt": lt, "doc": doc}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass
+class DataConfig:
+    """Training data (see :func:`scoresde.data.load_dataset`)."""
+
+    source: str = _field("digits", choices=_data.SOURCES, doc="digits | toy | image-folder | npz | cifar10")
+    name: str | None = _field(None, doc="toy set name (swiss-roll, two-moons, 8gaussians, checkerboard, rings)")
+    path: str | None = _field(None, doc="folder, .npz file or CIFAR-10 directory")
+    size: int | None = _field(None, ge=1, doc="image size for image folders")
+    channels: int = _field(3, choices=(1, 3), doc="1 (grayscale) or 3 (RGB) for image folders")
+    centered: bool = _field(True, doc="data in [-1, 1] (True) or [0, 1] (False)")
+    hflip: bool = _field(False, doc="random horizontal flips while training")
+    n: int = _field(10_000, ge=1, doc="number of toy points per split")
+    levels: int | None = _field(None, ge=2, doc="quantisation levels for bits/dim (None: 17 digits, 256 images)")
+
+    def quantisation_levels(self) -> int | None:
+        """Levels for dequantization and bits/dim; None for continuous (toy) data."""
+        if self.levels is not None:
+            return self.levels
+        return {"digits": 17, "toy": None}.get(self.source, 256)
+
+
+@dataclass
+class NamedConfig:
+    """A section that names a constructor and passes every other key to it as a keyword."""
+
+    name: str = ""
+    options: dict = _field(factory=dict)
+
+
+@dataclass
+class SDEConfig(NamedConfig):
+    """The forward SDE: ``scoresde.sde_from_name(name, **options)``."""
+
+    name: str = _field("vp", choices=("vp", "ve", "subvp", "cosine", "rf"))
+
+
+@dataclass
+class ModelConfig(NamedConfig):
+    """The network: a preset of ``scoresde.nets`` or ``unet`` / ``mlp`` with keyword options."""
+
+    name: str = "ddpmpp_digits"
+    parameterization: str = _field("eps", choices=("eps", "score", "x0", "v", "flow"))
+
+
+LOSSES = {
+    "dsm": "DSMLoss",
+    "flow-matching": "FlowMatchingLoss",
+    "ddpm": "DDPMLoss",
+    "smld": "SMLDLoss",
+    "ssm": "SlicedScoreMatchingLoss",
+}
+
+
+@dataclass
+class LossConfig(NamedConfig):
+    """The training objective: a class of ``scoresde.losses`` by short name."""
+
+    name: str = _field("dsm", choices=tuple(LOSSES))
+
+
+@dataclass
+class TrainingConfig:
+    """Optimisation and checkpoints (``paper: batch 128, lr 2e-4, warm-up 5000, clip 1, EMA 0.9999``)."""
+
+    steps: int = _field(1000, ge=1, doc="optimiser steps")
+    batch_size: int = _field(128, ge=1, doc="samples per step")
+    lr: float = _field(2e-4, gt=0, doc="Adam learning rate")
+    warmup: int = _field(0, ge=0, doc="linear learning-rate warm-up steps")
+    grad_clip: float | None = _field(1.0, gt=0, doc="gradient-norm clipping (None: off)")
+    ema_decay: float = _field(0.999, ge=0, lt=1, doc="EMA decay of the weights used for sampling")
+    weight_decay: float = _field(0.0, ge=0, doc="AdamW weight decay")
+    seed: int = _field(0, ge=0, doc="seed of initialisation, batches and noise")
+    log_every: int = _field(50, ge=1, doc="steps between log lines")
+    checkpoint_every: int = _field(1000, ge=1, doc="steps between checkpoints")
+    keep: int = _field(2, ge=1, doc="checkpoints kept")
+    threads: int | None = _field(None, ge=1, doc="torch CPU threads (None: torch default)")
+
+
+@dataclass
+class SamplingConfig:
+    """The sampler used by ``scoresde sample`` and evaluation (``scoresde.sample``)."""
+
+    method: str = _field("dpm-solver++", doc="sampler name")
+    steps: int | None = _field(20, ge=1, doc="time steps (None: the method's default)")
+    n: int = _field(64, ge=1, doc="samples drawn")
+    denoise: bool = _field(False, doc="final Tweedie denoising step")
+    batch_size: int | None = _field(None, ge=1, doc="samples per batch (None: all at once)")
+    options: dict = _field(factory=dict, doc="method options (snr, corrector, eta, ...)")
+
+
+@dataclass
+class EvaluationConfig:
+    """What ``scoresde eval`` measures."""
+
+    metrics: list[str] = _field(factory=lambda: ["bpd", "fd-digits"],
+                                doc="bpd, fd-digits, pixel-fd, sliced-w2, mmd")
+    split: str = _field("test", choices=_data.SPLITS, doc="reference / likelihood split")
+    n_samples: int = _field(1000, ge=2, doc="generated samples for sample metrics")
+    likelihood_n: int | None = _field(200, ge=1, doc="first N images of the split for bits/dim (None: all)")
+    likelihood_batch: int = _field(100, ge=1, doc="images per likelihood batch")
+    divergence: str = _field("hutchinson", choices=("exact", "hutchinson"))
+    rtol: float = _field(1e-5, gt=0)
+    atol: float = _field(1e-5, gt=0)
+
+
+@dataclass
+class Config:
+    """A whole run."""
+
+    description: str = ""
+    data: DataConfig = _field(factory=DataConfig)
+    sde: SDEConfig = _field(factory=SDEConfig)
+    model: ModelConfig = _field(factory=ModelConfig)
+    loss: LossConfig = _field(factory=LossConfig)
+    training: TrainingConfig = _field(factory=TrainingConfig)
+    sampling: SamplingConfig = _field(factory=SamplingConfig)
+    evaluation: EvaluationConfig = _field(factory=EvaluationConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, YAML/JSON-safe dict; named sections list their options flat."""
+        return _section_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "Config":
+        """Validate a nested dict (unknown keys, types, ranges) into a :class:`Config`."""
+        return _build(cls, raw, "")
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _section_to_dict(value: Any) -> Any:
+    if not dataclasses.is_dataclass(value):
+        return copy.deepcopy(value)
+    out = {f.name: _section_to_dict(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, NamedConfig):  # options are written flat beside the name
+        out.update(out.pop("options"))
+    return out
+
+
+def _own_fields(obj_or_cls: Any) -> list[dataclasses.Field]:
+    """Fields that a YAML section names explicitly (named sections hide ``options``)."""
+    cls = obj_or_cls if isinstance(obj_or_cls, type) else type(obj_or_cls)
+    fields = dataclasses.fields(cls)
+    if issubclass(cls, NamedConfig):
+        return [f for f in fields if f.name != "options"]
+    return list(fields)
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", str(hint).replace("typing.", ""))
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check ``value`` against a type hint; ints are accepted where floats are expected."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if hint is Any:
+        return value
+    if origin in (list, tuple) or hint in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{key} must be a list, got {value!r}")
+        elem = args[0] if args else Any
+        return [_coerce(v, elem, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{key} must be a mapping, got {value!r}")
+        return dict(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if hint in (int, float) and isinstance(value, bool) or not isinstance(value, hint):
+        raise ValueError(f"{key} must be of type {_type_name(hint)}, got {value!r}")
+    return value
+
+
+def _check_range(value: Any, meta: dict, key: str) -> None:
+    if value is None:
+        return
+    if meta.get("choices") is not None and value not in meta["choices"]:
+        raise ValueError(f"{key} must be one of {', '.join(map(repr, meta['choices']))}, got {value!r}")
+    if meta.get("ge") is not None and value < meta["ge"]:
+        raise ValueError(f"{key} must be >= {meta['ge']}, got {value!r}")
+    if meta.get("gt") is not None and value <= meta["gt"]:
+        raise ValueError(f"{key} must be > {meta['gt']}, got {value!r}")
+    if meta.get("lt") is not None and value >= meta["lt"]:
+        raise ValueError(f"{key} must be < {meta['lt']}, got {value!r}")
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    """Recursively turn a dict into the dataclass ``cls``; errors name the dotted key."""
+    where = prefix.rstrip(".") or "the configuration"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in _own_fields(cls)}
+    open_section = issubclass(cls, NamedConfig)
+    unknown = [k for k in raw if k not in fields]
+    if unknown and not open_section:
+        raise ValueError(f"unknown key {prefix}{unknown[0]}; {where} accepts {', '.join(fields)}")
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name not in raw:
+            continue
+        key = f"{prefix}{name}"
+        if dataclasses.is_dataclass(hints[name]):
+            kwargs[name] = _build(hints[name], raw[name], key + ".")
+        else:
+            kwargs[name] = _coerce(raw[name], hints[name], key)
+            _check_range(kwargs[name], f.metadata, key)
+    if open_section:
+        kwargs["options"] = {k: raw[k] for k in unknown}
+    return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped in ``scoresde/configs``."""
+    root = resources.files("scoresde") / "configs"
+    return sorted(p.name[: -len(".yaml")] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(source: str) -> tuple[dict, str]:
+    path = Path(source)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such configuration file")
+        text, origin = path.read_text(), str(path)
+    else:
+        file = resources.files("scoresde") / "configs" / f"{source}.yaml"
+        if not file.is_file():
+            raise ValueError(f"unknown preset {source!r}; presets: {', '.join(preset_names())} (or a .yaml path)")
+        text, origin = file.read_text(), f"preset {source}"
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{origin}: invalid YAML ({err})") from err
+    if not isinstance(raw, dict):
+        raise ValueError(f"{origin}: expected a mapping of sections, got {type(raw).__name__}")
+    return raw, origin
+
+
+def _merge(base: dict, update: dict) -> dict:
+    """Deep merge: mappings merge key by key, other values replace. A section whose ``name``
+    changes is replaced whole (its options belonged to the old constructor)."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        old = out.get(key)
+        same_ctor = not (isinstance(value, dict) and "name" in value and isinstance(old, dict)
+                         and old.get("name") != value["name"])
+        if isinstance(value, dict) and isinstance(old, dict) and same_ctor:
+            out[key] = _merge(old, value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_raw(source: str, _seen: tuple[str, ...] = ()) -> dict:
+    """The nested dict of a preset name or YAML path, with ``base:`` chains resolved."""
+    raw, origin = _read_yaml(source)
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if base in _seen:
+        raise ValueError(f"{origin}: circular base chain {' -> '.join(_seen + (base,))}")
+    return _merge(load_raw(base, _seen + (source,)), raw)
+
+
+def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
+    """Apply ``dotted.key=value`` strings (values parsed by ``yaml.safe_load``) to a nested dict."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ValueError(f"override {item!r} must look like section.key=value")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ValueError(f"override {item!r}: value is not valid YAML ({err})") from err
+        *parents, leaf = key.split(".")
+        node = out
+        for i, part in enumerate(parents):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"override {item!r}: {'.'.join(parents[: i + 1])} is not a section")
+            node = child
+        node[leaf] = value
+    return out
+
+
+def load_config(source: str | dict, overrides: Sequence[str] = ()) -> Config:
+    """A validated :class:`Config` from a preset name, a YAML path or a dict, plus overrides."""
+    raw = copy.deepcopy(source) if isinstance(source, dict) else load_raw(source)
+    cfg = Config.from_dict(apply_overrides(raw, overrides))
+    build_sde(cfg)  # cheap: surfaces bad SDE options at load time, with their key
+    return cfg
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write ``cfg`` as YAML (loadable by :func:`load_config`)."""
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+# --------------------------------------------------------------------------- builders
+
+
+def _construct(ctor: Callable, options: dict, section: str, *args: Any) -> Any:
+    """Call ``ctor(*args, **options)``; a bad option becomes a ValueError naming ``section``."""
+    try:
+        params = inspect.signature(ctor).parameters
+    except (TypeError, ValueError):
+        params = {}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    for key in options:
+        if params and not takes_any and key not in params:
+            accepted = [n for n, p in params.items() if p.kind is p.KEYWORD_ONLY or p.default is not p.empty]
+            raise ValueError(f"unknown key {section}.{key}; accepted: {', '.join(accepted)}")
+    try:
+        return ctor(*args, **options)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{section}: {err}") from err
+
+
+def sde_classes() -> dict[str, type]:
+    """SDE names of ``sde.name`` -> classes (their keyword arguments are the section's options)."""
+    from scoresde import sde
+
+    return {"vp": sde.VPSDE, "ve": sde.VESDE, "subvp": sde.SubVPSDE, "cosine": sde.CosineVPSDE,
+            "rf": sde.RectifiedFlow}
+
+
+def build_sde(cfg: Config):
+    """The SDE ``cfg.sde.name`` built with ``cfg.sde.options`` as keyword arguments."""
+    return _construct(sde_classes()[cfg.sde.name], cfg.sde.options, "sde")
+
+
+def model_constructors() -> dict[str, Callable]:
+    """Model names -> constructors: every ``scoresde.nets.PRESETS`` entry, ``unet``
+    (:class:`~scoresde.nets.NCSNpp`) and ``mlp`` (:class:`~scoresde.nets.MLP`)."""
+    from scoresde import nets
+
+    table: dict[str, Callable] = {name: functools.partial(nets.build_preset, name) for name in nets.PRESETS}
+    table.update(unet=nets.NCSNpp, mlp=nets.MLP)
+    return table
+
+
+def build_model(cfg: Config):
+    """The network of ``cfg.model``, built with ``cfg.model.options`` as keyword arguments."""
+    table = model_constructors()
+    if cfg.model.name not in table:
+        raise ValueError(f"model.name must be one of {', '.join(sorted(table))}, got {cfg.model.name!r}")
+    return _construct(table[cfg.model.name], cfg.model.options, "model")
+
+
+def build_loss(cfg: Config, sde: Any):
+    """The loss object of ``cfg.loss`` for ``sde`` (given to constructors that take one)."""
+    from scoresde import losses
+
+    ctor = getattr(losses, LOSSES[cfg.loss.name])
+    first = next(iter(inspect.signature(ctor).parameters), None)
+    args = (sde,) if first == "sde" else ()
+    options = dict(cfg.loss.options)
+    if "parameterization" in inspect.signature(ctor).parameters:
+        options.setdefault("parameterization", cfg.model.parameterization)
+    return _construct(ctor, options, "loss", *args)
+
+
+def build_dataset(cfg: Config, split: str = "train") -> _data.ArrayDataset:
+    """The dataset of ``cfg.data`` for ``split``."""
+    d = cfg.data
+    try:
+        return _data.load_dataset(d.source, split, path=d.path, name=d.name, size=d.size,
+                                  channels=d.channels, centered=d.centered, n=d.n, seed=cfg.training.seed)
+    except ValueError as err:
+        raise ValueError(f"data: {err}") from err
+
+
+def build_batches(cfg: Config, dataset: _data.ArrayDataset, rank: int = 0, world_size: int = 1) -> _data.BatchIterator:
+    """The seeded, resumable batch iterator of the training section."""
+    return _data.BatchIterator(dataset, cfg.training.batch_size, seed=cfg.training.seed,
+                               hflip=cfg.data.hflip, rank=rank, world_size=world_size)

@@ -1,0 +1,110 @@
+"""Configuration loading, validation errors naming the dotted key, overrides and builders."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+import scoresde as sd
+from scoresde import config as C
+
+
+def test_every_preset_loads_and_round_trips(tmp_path):
+    names = C.preset_names()
+    for required in ("toy-2d", "digits-vp", "digits-ve", "digits-subvp", "cifar10-vp-ddpmpp",
+                     "cifar10-subvp-ddpmpp", "cifar10-ve-ncsnpp", "cifar10-ve-ncsnpp-deep"):
+        assert required in names
+    for name in names:
+        cfg = C.load_config(name)
+        C.save_config(cfg, tmp_path / f"{name}.yaml")
+        assert C.load_config(str(tmp_path / f"{name}.yaml")) == cfg
+
+
+def test_paper_hyper_parameters():
+    vp, ve = C.load_config("cifar10-vp-ddpmpp"), C.load_config("cifar10-ve-ncsnpp")
+    for cfg in (vp, ve):
+        t = cfg.training
+        assert (t.batch_size, t.lr, t.warmup, t.grad_clip, t.steps) == (128, 2e-4, 5000, 1.0, 1_300_000)
+    assert vp.training.ema_decay == 0.9999 and ve.training.ema_decay == 0.999
+    assert ve.data.centered is False and ve.loss.options["reduce"] == "sum"
+    assert isinstance(C.build_sde(ve), sd.VESDE) and C.build_sde(ve).sigma(1.0) == pytest.approx(50.0)
+    assert C.load_config("cifar10-ve-ncsnpp-deep").model.name == "ncsnpp_deep_cifar10"
+
+
+def test_base_chain_and_name_change_replaces_options():
+    ve = C.load_config("digits-ve")
+    # the VP options (beta_min, beta_max) do not leak into the VE section
+    assert ve.sde.options == {"sigma_min": 0.01, "sigma_max": 10.0}
+    assert ve.model == C.load_config("digits-vp").model
+
+
+def test_overrides_parse_values_with_yaml():
+    cfg = C.load_config("digits-vp", ["training.steps=7", "training.lr=1e-3", "model.ch_mult=[1, 2]",
+                                      "sde.beta_max=10", "training.grad_clip=null", "sampling.options.eta=0.5"])
+    assert cfg.training.steps == 7 and cfg.training.lr == 1e-3 and cfg.training.grad_clip is None
+    assert cfg.model.options["ch_mult"] == [1, 2] and cfg.sde.options["beta_max"] == 10
+    assert cfg.sampling.options == {"eta": 0.5}
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("training.stepz=3", "unknown key training.stepz; training accepts steps, batch_size"),
+        ("training.steps=abc", "training.steps must be of type int"),
+        ("training.steps=2.5", "training.steps must be of type int"),
+        ("training.steps=0", "training.steps must be >= 1"),
+        ("training.lr=-1", "training.lr must be > 0"),
+        ("training.ema_decay=1.0", "training.ema_decay must be < 1"),
+        ("data.centered=3", "data.centered must be of type bool"),
+        ("data.source=mnist", "data.source must be one of"),
+        ("evaluation.metrics=bpd", "evaluation.metrics must be a list"),
+        ("sde.name=wiener", "sde.name must be one of"),
+        ("sde.sigma=3", "unknown key sde.sigma"),
+        ("sde.beta_min=-1", "sde: beta_min"),
+        ("nonsense=1", "unknown key nonsense"),
+        ("training=5", "training must be a mapping"),
+        ("steps", "must look like section.key=value"),
+    ],
+)
+def test_validation_errors_name_the_key(override, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        C.load_config("digits-vp", [override])
+
+
+def test_unknown_preset_and_bad_files(tmp_path):
+    with pytest.raises(ValueError, match="unknown preset 'digits-xx'; presets: .*digits-vp"):
+        C.load_config("digits-xx")
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        C.load_config(str(tmp_path / "missing.yaml"))
+    (tmp_path / "bad.yaml").write_text("data: [unclosed\n")
+    with pytest.raises(ValueError, match="invalid YAML"):
+        C.load_config(str(tmp_path / "bad.yaml"))
+    (tmp_path / "loop.yaml").write_text(f"base: {tmp_path / 'loop.yaml'}\n")
+    with pytest.raises(ValueError, match="circular"):
+        C.load_config(str(tmp_path / "loop.yaml"))
+
+
+def test_user_yaml_with_base(tmp_path):
+    (tmp_path / "mine.yaml").write_text("base: toy-2d\ndata: {name: rings}\ntraining: {steps: 3}\n")
+    cfg = C.load_config(str(tmp_path / "mine.yaml"))
+    assert cfg.data.name == "rings" and cfg.training.steps == 3 and cfg.model.name == "mlp"
+
+
+def test_builders():
+    cfg = C.load_config("toy-2d", ["model.width=16", "model.depth=1"])
+    model = C.build_model(cfg)
+    x = torch.randn(5, 2)
+    assert model(x, torch.full((5,), 0.5)).shape == (5, 2)
+    ds = C.build_dataset(cfg, "test")
+    assert ds.x.shape == (10_000, 2)
+    x0, labels = next(C.build_batches(cfg, ds))
+    assert x0.shape == (256, 2) and labels is None
+    digits = C.load_config("digits-vp", ["model.nf=8"])
+    net = C.build_model(digits)
+    assert net(torch.zeros(2, 1, 8, 8), torch.full((2,), 0.3)).shape == (2, 1, 8, 8)
+    with pytest.raises(ValueError, match="model.name must be one of"):
+        C.build_model(C.load_config("digits-vp", ["model.name=resnet"]))
+    with pytest.raises(ValueError, match="model: "):
+        C.build_model(C.load_config("digits-vp", ["model.resblock=weird"]))
