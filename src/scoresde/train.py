@@ -1,0 +1,440 @@
+"""The training engine: AdamW with warm-up, clipping, EMA, AMP, resumable checkpoints, DDP.
+
+One step minimises a loss ``loss(model, x0, labels=None, generator=None) -> scalar``
+(``scoresde.losses``) averaged over ``grad_accum`` micro-batches:
+
+    lr_n = lr * min(1, n / warmup_steps)
+    g = clip(grad L(theta), grad_clip)            (global norm)
+    theta <- AdamW(theta, g, lr_n)
+    theta_ema <- d theta_ema + (1 - d) theta
+
+Reproducibility: every random draw of step ``n`` on rank ``r`` (the loss's noise and times,
+dropout, label dropout) comes from generators seeded by ``(seed, r, n)``, and the data
+order is the state of a seeded :class:`scoresde.data.BatchIterator`; so a run resumed from a
+checkpoint repeats the uninterrupted run exactly (CPU; on GPUs up to non-deterministic kernels).
+
+Data parallel training runs under ``torchrun``: each process builds the same ``Trainer``;
+``torch.distributed`` is initialised from the environment (gloo on CPU, nccl on GPU), the
+model is wrapped in ``DistributedDataParallel`` (gradients averaged over ranks), every rank
+reads its slice of each global batch, and rank 0 alone writes checkpoints, logs and samples.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from . import checkpoint
+from ._tensor import check_choice
+from .data import ArrayDataset, BatchIterator
+from .ema import EMA
+
+AMP_MODES = ("auto", "bf16", "none")
+_EVAL_STREAM = 2**31  # random stream of the evaluation loss (training uses 0, 1, ...)
+_CSV_FIELDS = ("step", "loss", "lr", "grad_norm", "steps_per_s", "eval_loss", "time")
+
+Batch = tuple[Tensor, Tensor | None]
+
+
+def init_distributed(device: str | torch.device | None = None) -> tuple[int, int, torch.device]:
+    """Join the process group that ``torchrun`` describes in the environment, if any.
+
+    Returns ``(rank, world_size, device)``. Without ``WORLD_SIZE > 1`` (and no group already
+    initialised) this is ``(0, 1, device)``. The backend is nccl when the device is CUDA,
+    gloo otherwise; the default device is ``cuda:LOCAL_RANK`` when CUDA is available.
+    """
+    if device is None:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), device
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return dist.get_rank(), dist.get_world_size(), device
+    return 0, 1, device
+
+
+def step_seed(seed: int, rank: int, step: int, stream: int = 0) -> int:
+    """A 63-bit seed for one random stream of step ``step`` on rank ``rank``."""
+    state = np.random.SeedSequence([seed, rank, step, stream]).generate_state(2, np.uint64)
+    return int(state[0] >> np.uint64(1))
+
+
+def save_image_grid(images: Tensor, path: str | Path, *, nrow: int | None = None,
+                    value_range: tuple[float, float] = (-1.0, 1.0)) -> Path:
+    """Write images ``(B, C, H, W)`` (C = 1 or 3) as one PNG grid of ``nrow`` columns.
+
+    Values are mapped linearly from ``value_range`` to ``[0, 255]`` and clipped.
+    """
+    from PIL import Image
+
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"images must have shape (B, 1 or 3, H, W), got {tuple(images.shape)}")
+    b, c, h, w = images.shape
+    nrow = nrow or math.ceil(math.sqrt(b))
+    rows = math.ceil(b / nrow)
+    lo, hi = value_range
+    x = ((images.detach().float().cpu() - lo) / (hi - lo)).clamp(0, 1).mul(255).round().to(torch.uint8)
+    grid = torch.zeros(c, rows * (h + 2) + 2, nrow * (w + 2) + 2, dtype=torch.uint8)
+    for i in range(b):
+        r, col = divmod(i, nrow)
+        grid[:, 2 + r * (h + 2): 2 + r * (h + 2) + h, 2 + col * (w + 2): 2 + col * (w + 2) + w] = x[i]
+    arr = grid.permute(1, 2, 0).numpy()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr[..., 0] if c == 1 else arr).save(path)
+    return path
+
+
+def _as_dataset(data: Any) -> ArrayDataset | None:
+    """``ArrayDataset`` from a tensor, an ``(x, labels)`` pair or a TensorDataset; else None."""
+    if isinstance(data, ArrayDataset):
+        return data
+    if isinstance(data, Tensor):
+        return ArrayDataset(data)
+    tensors = getattr(data, "tensors", data)  # torch.utils.data.TensorDataset keeps .tensors
+    if isinstance(tensors, (tuple, list)) and 1 <= len(tensors) <= 2 and all(isinstance(v, Tensor) for v in tensors):
+        return ArrayDataset(*tensors)
+    return None
+
+
+def _split_batch(batch: Any) -> Batch:
+    if isinstance(batch, Tensor):
+        return batch, None
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], batch[1]
+    raise ValueError("each batch must be a tensor or an (x, labels) pair")
+
+
+class _CsvJsonLog:
+    """Appends records to ``log.jsonl`` and ``log.csv`` (and TensorBoard when installed)."""
+
+    def __init__(self, out_dir: Path):
+        self.jsonl, self.csv = out_dir / "log.jsonl", out_dir / "log.csv"
+        if not self.csv.exists():
+            with open(self.csv, "w", newline="") as f:
+                csv.writer(f).writerow(_CSV_FIELDS)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            self.tb = None
+        else:
+            self.tb = SummaryWriter(str(out_dir / "tensorboard"))
+
+    def write(self, record: dict[str, Any]) -> None:
+        with open(self.jsonl, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        with open(self.csv, "a", newline="") as f:
+            csv.writer(f).writerow([record.get(k, "") for k in _CSV_FIELDS])
+        if self.tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, record["step"])
+            self.tb.flush()
+
+
+class Trainer:
+    """Train ``model`` on ``loss`` over ``data``; see the module docstring for the update.
+
+    Args:
+        model: ``model(x, t, labels=None)``; trained in place.
+        loss: ``loss(model, x0, labels=None, generator=None) -> scalar tensor``.
+        data: an :class:`~scoresde.data.ArrayDataset`, a tensor, an ``(x, labels)`` pair or a
+            ``TensorDataset`` (the trainer then draws seeded, rank-sharded batches of
+            ``batch_size`` per rank and resumes their order exactly); or any iterable of
+            batches (tensor or ``(x, labels)``), whose order is restored on resume only if it
+            has ``state_dict()`` / ``load_state_dict()``.
+        batch_size: per-rank batch size for tensor-like ``data`` (global = batch_size * ranks).
+        lr, betas, eps, weight_decay: AdamW. warmup_steps: linear warm-up length.
+        grad_clip: maximal global gradient norm (None: no clipping).
+        ema_decay, ema_warmup: see :class:`~scoresde.ema.EMA`.
+        grad_accum: micro-batches per optimizer step.
+        class_conditional: pass labels to the loss (None: iff ``model.config["num_classes"]``).
+        label_dropout: probability of replacing a label by ``model.null_label`` (classifier-free
+            guidance training).
+        amp: "auto" (bf16 autocast on CUDA when supported, off otherwise), "bf16" or "none".
+        compile: wrap the forward pass in ``torch.compile``.
+        out_dir: checkpoints, ``log.jsonl``, ``log.csv``, ``samples/``; None: nothing written.
+        ckpt_every, keep_last: checkpoint period (and at the end of ``fit``) and how many to keep.
+        log_every: period of log records (mean loss over the period, steps/s).
+        eval_every, eval_data: period and data (tensor-like or finite iterable) of the EMA
+            model's evaluation loss (fixed noise, so values are comparable over time).
+        sample_every, sample_fn: period and ``sample_fn(ema_model, step) -> (B, C, H, W)``
+            images in [-1, 1], written as ``samples/step_<n>.png``.
+        seed: root of every random stream. device: default ``cuda:LOCAL_RANK`` or CPU.
+        resume: continue from the newest valid checkpoint in ``out_dir``.
+        progress: show a tqdm bar (rank 0). config: extra JSON-safe dict stored in checkpoints.
+    """
+
+    def __init__(self, model: nn.Module, loss: Callable[..., Tensor], data: Any, *,
+                 batch_size: int = 128, lr: float = 2e-4, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, warmup_steps: int = 0,
+                 grad_clip: float | None = 1.0, ema_decay: float = 0.9999, ema_warmup: bool = False,
+                 grad_accum: int = 1, class_conditional: bool | None = None, label_dropout: float = 0.0,
+                 amp: str = "auto", compile: bool = False, out_dir: str | Path | None = None,
+                 ckpt_every: int = 1000, keep_last: int = 3, log_every: int = 100,
+                 eval_every: int | None = None, eval_data: Any = None, sample_every: int | None = None,
+                 sample_fn: Callable[[nn.Module, int], Tensor] | None = None, seed: int = 0,
+                 device: str | torch.device | None = None, resume: bool = False, progress: bool = True,
+                 config: dict[str, Any] | None = None):
+        for name, v in (("batch_size", batch_size), ("grad_accum", grad_accum), ("ckpt_every", ckpt_every),
+                        ("keep_last", keep_last), ("log_every", log_every)):
+            if v < 1:
+                raise ValueError(f"{name} must be >= 1, got {v}")
+        if not 0.0 <= label_dropout < 1.0:
+            raise ValueError(f"label_dropout must lie in [0, 1), got {label_dropout}")
+        if (eval_every is None) != (eval_data is None) or (sample_every is None) != (sample_fn is None):
+            raise ValueError("eval_every needs eval_data and sample_every needs sample_fn (and vice versa)")
+        self.rank, self.world_size, self.device = init_distributed(device)
+        self.hparams = dict(batch_size=batch_size, lr=lr, betas=list(betas), eps=eps, weight_decay=weight_decay,
+                            warmup_steps=warmup_steps, grad_clip=grad_clip, ema_decay=ema_decay,
+                            ema_warmup=ema_warmup, grad_accum=grad_accum, label_dropout=label_dropout,
+                            amp=amp, seed=seed, world_size=self.world_size)
+        self.lr, self.warmup_steps, self.grad_clip = lr, warmup_steps, grad_clip
+        self.grad_accum, self.label_dropout, self.seed = grad_accum, label_dropout, seed
+        self.loss, self.batch_size, self.config = loss, batch_size, config or {}
+        self.model = model.to(self.device)
+        model_config = getattr(model, "config", {})
+        self.class_conditional = (model_config.get("num_classes") is not None
+                                  if class_conditional is None else class_conditional)
+        if label_dropout and getattr(model, "null_label", None) is None:
+            raise ValueError("label_dropout needs a model with a null label (null_label=True)")
+        self.autocast_dtype = self._amp_dtype(check_choice(amp, AMP_MODES, "amp"))
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=tuple(betas), eps=eps,
+                                           weight_decay=weight_decay)
+        self.net: nn.Module = model
+        if self.world_size > 1:  # DDP broadcasts rank 0's weights now: the EMA copies them after
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        if compile:
+            self.net = torch.compile(self.net)
+        self.ema = EMA(model, ema_decay, warmup=ema_warmup)
+        self.data, self.batches = self._batches(data)
+        self.eval_data, self.eval_every = eval_data, eval_every
+        self.sample_fn, self.sample_every = sample_fn, sample_every
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.ckpt_every, self.keep_last, self.log_every, self.progress = ckpt_every, keep_last, log_every, progress
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        if resume:
+            self._resume()
+        self._log = _CsvJsonLog(self._mkdir()) if self.is_main and self.out_dir is not None else None
+
+    # ------------------------------------------------------------------ setup helpers
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0, which writes checkpoints, logs and samples."""
+        return self.rank == 0
+
+    @property
+    def ema_model(self) -> nn.Module:
+        """The EMA-averaged network, for sampling and evaluation."""
+        return self.ema.model
+
+    def _mkdir(self) -> Path:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        return self.out_dir
+
+    def _amp_dtype(self, amp: str) -> torch.dtype | None:
+        cuda = self.device.type == "cuda"
+        if amp == "auto":
+            return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else None
+        return torch.bfloat16 if amp == "bf16" else None
+
+    def _batches(self, data: Any) -> tuple[Any, Iterator[Any]]:
+        dataset = _as_dataset(data)
+        if dataset is None:
+            return data, iter(data)
+        it = BatchIterator(dataset, self.batch_size, seed=self.seed, rank=self.rank, world_size=self.world_size)
+        return it, it
+
+    def _generator(self, step: int, stream: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(step_seed(self.seed, self.rank, step, stream))
+
+    # ------------------------------------------------------------------ one step
+    def _next_batch(self, generator: torch.Generator) -> Batch:
+        x, labels = _split_batch(next(self.batches))
+        x = x.to(self.device, non_blocking=True)
+        if not self.class_conditional:
+            return x, None
+        if labels is None:
+            raise ValueError("a class-conditional model needs (x, labels) batches")
+        labels = labels.to(self.device, non_blocking=True)
+        if self.label_dropout:
+            drop = torch.rand(labels.shape, generator=generator, device=self.device) < self.label_dropout
+            labels = torch.where(drop, torch.full_like(labels, self.model.null_label), labels)
+        return x, labels
+
+    def _micro_step(self, micro: int, last: bool) -> Tensor:
+        """Forward and backward of one micro-batch; returns the detached loss."""
+        gen = self._generator(self.step, 2 * micro)
+        x, labels = self._next_batch(gen)
+        sync = contextlib.nullcontext() if last or self.world_size == 1 else self.net.no_sync()
+        devices = [self.device] if self.device.type == "cuda" else []
+        with sync, torch.random.fork_rng(devices=devices, device_type=self.device.type):
+            torch.manual_seed(step_seed(self.seed, self.rank, self.step, 2 * micro + 1))  # dropout
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                                enabled=self.autocast_dtype is not None):
+                loss = self.loss(self.net, x, labels=labels, generator=gen)
+            if loss.ndim != 0:
+                raise ValueError(f"the loss must return a scalar, got shape {tuple(loss.shape)}")
+            (loss / self.grad_accum).backward()
+        return loss.detach().float()
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step; raises ``FloatingPointError`` on a non-finite loss or gradient
+        (before the weights, the EMA or any checkpoint are touched)."""
+        self.model.train()
+        lr = self.lr * min(1.0, (self.step + 1) / self.warmup_steps) if self.warmup_steps else self.lr
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = sum(self._micro_step(m, m == self.grad_accum - 1) for m in range(self.grad_accum)) / self.grad_accum
+        if self.world_size > 1:
+            dist.all_reduce(loss)
+            loss /= self.world_size
+        value = float(loss)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = float(torch.nn.utils.clip_grad_norm_(params, self.grad_clip or math.inf))
+        if not (math.isfinite(value) and math.isfinite(norm)):
+            raise FloatingPointError(
+                f"non-finite {'loss' if not math.isfinite(value) else 'gradient norm'} at step {self.step + 1} "
+                f"(loss {value}, grad norm {norm}); the weights were not updated and no checkpoint was written"
+            )
+        self.optimizer.step()
+        self.ema.update(self.model)
+        self.step += 1
+        return {"step": self.step, "loss": value, "lr": lr, "grad_norm": norm}
+
+    # ------------------------------------------------------------------ loop
+    def fit(self, steps: int) -> list[dict[str, Any]]:
+        """Train until ``self.step == steps`` (a resumed run continues to the same total).
+
+        Returns the per-step history of this trainer (``step``, ``loss``, ``lr``,
+        ``grad_norm``, and ``eval_loss`` at evaluation steps).
+        """
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, initial=self.step, disable=not (self.progress and self.is_main),
+                   desc="train", dynamic_ncols=True)
+        window: list[float] = []
+        t0, saved = time.perf_counter(), self.step
+        try:
+            while self.step < steps:
+                record = self.train_step()
+                window.append(record["loss"])
+                self._periodic(record)
+                self.history.append(record)
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.4g}", refresh=False)
+                if self.step % self.log_every == 0 or self.step == steps:
+                    rate = len(window) / (time.perf_counter() - t0)
+                    self._write_log({**record, "loss": sum(window) / len(window), "steps_per_s": rate})
+                    window, t0 = [], time.perf_counter()
+                if self.step % self.ckpt_every == 0:
+                    self.save_checkpoint()
+                    saved = self.step
+            if saved != self.step:
+                self.save_checkpoint()
+        finally:
+            bar.close()
+        return self.history
+
+    def _periodic(self, record: dict[str, Any]) -> None:
+        if self.eval_every and self.step % self.eval_every == 0 and self.is_main:
+            record["eval_loss"] = self.evaluate()
+        if self.sample_every and self.step % self.sample_every == 0 and self.is_main:
+            images = self.sample_fn(self.ema_model, self.step)
+            if self.out_dir is not None:
+                save_image_grid(images, self.out_dir / "samples" / f"step_{self.step:08d}.png")
+
+    def _write_log(self, record: dict[str, Any]) -> None:
+        if self._log is not None:
+            self._log.write({**record, "time": time.time()})
+
+    @torch.no_grad()
+    def evaluate(self, data: Any = None) -> float:
+        """Mean loss of the EMA model over ``data`` (default ``eval_data``) with fixed noise."""
+        data = self.eval_data if data is None else data
+        dataset = _as_dataset(data)
+        if dataset is not None:
+            batches: Iterable[Any] = (
+                (dataset.x[i:i + self.batch_size],
+                 None if dataset.labels is None else dataset.labels[i:i + self.batch_size])
+                for i in range(0, len(dataset), self.batch_size)
+            )
+        else:
+            batches = data
+        gen = torch.Generator(device=self.device).manual_seed(step_seed(self.seed, 0, 0, _EVAL_STREAM))
+        total, count = 0.0, 0
+        for batch in batches:
+            x, labels = _split_batch(batch)
+            x = x.to(self.device)
+            labels = labels.to(self.device) if (labels is not None and self.class_conditional) else None
+            total += float(self.loss(self.ema_model, x, labels=labels, generator=gen)) * x.shape[0]
+            count += x.shape[0]
+        if count == 0:
+            raise ValueError("eval_data is empty")
+        return total / count
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """Tensors and JSON metadata of the full training state (what a checkpoint holds)."""
+        optim_structure, optim_tensors = checkpoint.pack(self.optimizer.state_dict(), "optim")
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
+        tensors.update(optim_tensors)
+        data_state = self.data.state_dict() if hasattr(self.data, "state_dict") else None
+        meta = {"step": self.step, "trainer": self.hparams, "model_class": type(self.model).__name__,
+                "model_config": getattr(self.model, "config", None), "ema": self.ema.meta(),
+                "optimizer": optim_structure, "data": data_state, "config": self.config}
+        return tensors, meta
+
+    def save_checkpoint(self) -> Path | None:
+        """Write ``out_dir/ckpt_<step>`` (rank 0, when ``out_dir`` is set)."""
+        if self.out_dir is None or not self.is_main:
+            return None
+        tensors, meta = self.state()
+        return checkpoint.save(self._mkdir(), self.step, tensors, meta, keep_last=self.keep_last)
+
+    def load_state(self, ckpt: checkpoint.Checkpoint) -> None:
+        """Restore the state saved by :meth:`state` from a loaded checkpoint."""
+        def part(prefix: str) -> dict[str, Tensor]:
+            return {k[len(prefix):]: v for k, v in ckpt.tensors.items() if k.startswith(prefix)}
+
+        self.model.load_state_dict(part("model."))
+        self.ema.load_state_dict(part("ema."), ckpt.meta["ema"])
+        self.optimizer.load_state_dict(checkpoint.unpack(ckpt.meta["optimizer"], ckpt.tensors))
+        data_state = ckpt.meta.get("data")
+        if data_state is not None and hasattr(self.data, "load_state_dict"):
+            self.data.load_state_dict(data_state)
+        elif self.step == 0 and ckpt.step > 0 and not hasattr(self.data, "load_state_dict"):
+            warnings.warn("the data iterable has no state_dict(): batch order restarts on resume", stacklevel=2)
+        self.step = ckpt.step
+
+    def _resume(self) -> None:
+        if self.out_dir is None:
+            raise ValueError("resume=True needs out_dir")
+        ckpt = checkpoint.load_latest(self.out_dir)
+        if ckpt is not None:
+            self.load_state(ckpt)
+        if self.world_size > 1:  # every rank must resume from the same step (shared out_dir)
+            steps = torch.tensor([self.step, -self.step], dtype=torch.float64, device=self.device)
+            dist.all_reduce(steps, op=dist.ReduceOp.MIN)
+            if int(steps[0]) != -int(steps[1]):
+                raise RuntimeError("ranks found different checkpoints: out_dir must be on a shared filesystem")
