@@ -4,6 +4,7 @@ The front door: SDEs, parameterizations and the Gaussian-mixture oracle, losses,
 likelihoods, guidance, networks and the trainer.  Conventions: ``../DESIGN`` in the README.
 """
 
+from .losses import DDPMLoss, DSMLoss, FlowMatchingLoss, SlicedScoreMatchingLoss, SMLDLoss, loss_from_name
 from .score import GaussianMixture, Parameterization, ScoreFn, score_fn_from_model
 from .sde import SDE, CosineVPSDE, LinearSDE, RectifiedFlow, SubVPSDE, VESDE, VPSDE, sde_from_name
 
