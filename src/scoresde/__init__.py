@@ -5,6 +5,7 @@ likelihoods, guidance, networks and the trainer.  Conventions: ``../DESIGN`` in 
 """
 
 from .losses import DDPMLoss, DSMLoss, FlowMatchingLoss, SlicedScoreMatchingLoss, SMLDLoss, loss_from_name
+from .reflow import Couplings, ReflowLoss, draw_couplings, euler_flow, straightness, velocity_fn_from_score
 from .score import GaussianMixture, Parameterization, ScoreFn, score_fn_from_model
 from .sde import SDE, CosineVPSDE, LinearSDE, RectifiedFlow, SubVPSDE, VESDE, VPSDE, sde_from_name
 
