@@ -1,0 +1,330 @@
+"""Controllable generation checked against the Gaussian-mixture oracle.
+
+Closed-form identities (the guided score with the exact posterior is the component score; the
+reconstruction-guided score of a Gaussian is the exact conditional score; the decoupling matrix
+is orthogonal) are checked to float64 round-off. Sampling tests compare with exact samples of
+the target through the sliced-W2 noise floor (the spread of SW between independent exact sets of
+the same size) and mode shares against their binomial standard errors.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import scoresde as sd
+from scoresde.sampling import sample
+from scoresde.guidance import (
+    AveragePool,
+    LabelDropout,
+    Mask,
+    NoisyClassifierLoss,
+    cfg_score,
+    cfg_score_from_model,
+    classifier_guided_score,
+    colorize,
+    decoupling_matrix,
+    inpaint,
+    inpaint_smc,
+    mixture_log_posterior,
+    projection_callback,
+    reconstruction_guided_score,
+    solve_inverse_problem,
+    to_gray,
+)
+from scoresde.metrics import sliced_wasserstein
+
+SDE = sd.VPSDE()
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def sw_floor(draw, n: int, reps: int = 6) -> float:
+    """Noise-floor bound of sliced-W2 at sample size ``n``: the mean plus 3 standard deviations of
+    SW between ``reps`` pairs of independent exact sample sets (``draw(n, generator)``).  An
+    unbiased sampler exceeds it with probability ~0.1% (the SW of a biased one grows past it)."""
+    vals = torch.tensor([sliced_wasserstein(draw(n, gen(100 + r)), draw(n, gen(200 + r)), generator=gen(r))
+                         for r in range(reps)])
+    return float(vals.mean() + 3 * vals.std())
+
+
+def component_draw(gmm: sd.GaussianMixture, k: int):
+    comp = gmm.component(k)
+    return lambda n, g: comp.sample(n, generator=g)[0]
+
+
+# -- classifier guidance ----------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["ring2d", "mix64"])
+def test_exact_posterior_guidance_is_the_component_score(name):
+    """``s + grad log p_t(k | x) = grad log N_k,t``: Bayes' rule, exact in float64; also under
+    ``inference_mode`` (the gradient is taken in a local autograd context)."""
+    gmm = sd.GaussianMixture.named(name)
+    x = 2.0 * torch.randn(64, gmm.dim, generator=gen(0), dtype=torch.float64)
+    t = torch.rand(64, generator=gen(1), dtype=torch.float64) * 0.9 + 0.05
+    guided = classifier_guided_score(gmm.score_fn(SDE), mixture_log_posterior(gmm, SDE), 3, 1.0)
+    with torch.inference_mode():
+        out = guided(x, t)
+    torch.testing.assert_close(out, gmm.score_fn(SDE, label=3)(x, t), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("name,k", [("ring2d", 2), ("mix64", 4)])
+@pytest.mark.parametrize("method,steps", [("pc", 100), ("dpm-solver++", 25)])
+def test_classifier_guided_sampling_hits_component(name, k, method, steps):
+    """Acceptance: exact posterior as the classifier, w = 1 -> samples of component k."""
+    gmm = sd.GaussianMixture.named(name)
+    n = 500
+    guided = classifier_guided_score(gmm.score_fn(SDE), mixture_log_posterior(gmm, SDE), k, 1.0)
+    x, info = sample(guided, SDE, shape=(n, gmm.dim), method=method, steps=steps, generator=gen(5))
+    assert info.nfe > 0
+    assert (gmm.assign(x) == k).float().mean() >= 0.97
+    ref = component_draw(gmm, k)(n, gen(6))
+    assert sliced_wasserstein(x, ref, generator=gen(7)) <= sw_floor(component_draw(gmm, k), n)
+
+
+# -- classifier-free guidance -----------------------------------------------------------------------
+def overlapping_pair() -> sd.GaussianMixture:
+    """Two overlapping 2-D modes (means 0.8 apart, std 0.5): a share of ~0.79 without guidance,
+    so the effect of the guidance scale on the share is measurable."""
+    return sd.GaussianMixture(torch.tensor([0.5, 0.5]), torch.tensor([[-0.4, 0.0], [0.4, 0.0]]),
+                              torch.full((2, 2), 0.5))
+
+
+def test_cfg_scale_zero_is_the_conditional_score():
+    gmm = sd.GaussianMixture.named("ring2d")
+    x, t = torch.randn(16, 2, dtype=torch.float64), torch.full((16,), 0.3, dtype=torch.float64)
+    cond, uncond = gmm.score_fn(SDE, label=1), gmm.score_fn(SDE)
+    torch.testing.assert_close(cfg_score(cond, uncond, 0.0)(x, t), cond(x, t))
+    torch.testing.assert_close(cfg_score(cond, uncond, 2.0)(x, t), 3 * cond(x, t) - 2 * uncond(x, t))
+
+
+def test_cfg_sampling_w0_at_floor_and_share_grows_with_w():
+    gmm = overlapping_pair()
+    n, k = 2000, 1
+    shares = []
+    for w in (0.0, 1.0, 3.0):
+        score = cfg_score(gmm.score_fn(SDE, label=k), gmm.score_fn(SDE), w)
+        x, _ = sample(score, SDE, shape=(n, 2), method="dpm-solver++", steps=25, generator=gen(11))
+        shares.append(float((gmm.assign(x) == k).float().mean()))
+        if w == 0.0:
+            ref = component_draw(gmm, k)(n, gen(12))
+            assert sliced_wasserstein(x, ref, generator=gen(13)) <= sw_floor(component_draw(gmm, k), n)
+    # the same noise drives each run, so the shares are paired; guidance must not lower them, and
+    # here it raises them by far more than the binomial standard error sqrt(0.2 * 0.8 / 2000) = 0.009
+    assert shares[0] <= shares[1] <= shares[2]
+    assert shares[2] - shares[0] > 0.05
+
+
+class OracleEpsNet(torch.nn.Module):
+    """An eps-network built from the oracle: label ``K`` (the null label) is the unconditional model."""
+
+    def __init__(self, gmm: sd.GaussianMixture) -> None:
+        super().__init__()
+        self.gmm, self.calls = gmm, 0
+
+    def forward(self, x, t, labels=None):
+        self.calls += 1
+        comp = self.gmm.component_scores(x, t, SDE)[torch.arange(x.shape[0]), labels.clamp_max(self.gmm.num_components - 1)]
+        score = torch.where((labels == self.gmm.num_components)[:, None], self.gmm.score(x, t, SDE), comp)
+        return -SDE.sigma(t)[:, None] * score
+
+
+def test_cfg_from_one_network_batches_both_scores():
+    gmm = sd.GaussianMixture.named("ring2d")
+    net = OracleEpsNet(gmm)
+    x, t = torch.randn(8, 2, dtype=torch.float64), torch.full((8,), 0.4, dtype=torch.float64)
+    out = cfg_score_from_model(net, SDE, labels=5, scale=2.0, null_label=8)(x, t)
+    assert net.calls == 1
+    torch.testing.assert_close(out, cfg_score(gmm.score_fn(SDE, label=5), gmm.score_fn(SDE), 2.0)(x, t))
+
+
+def test_label_dropout_rate_and_null_label():
+    seen = {}
+
+    def spy_loss(model, x0, labels, generator=None):
+        seen["labels"] = labels
+        return torch.zeros(())
+
+    n, p = 4000, 0.2
+    LabelDropout(spy_loss, null_label=10, p_uncond=p)(None, torch.zeros(n, 2), torch.full((n,), 3), gen(0))
+    labels = seen["labels"]
+    assert set(labels.unique().tolist()) == {3, 10}
+    # binomial standard error sqrt(p (1 - p) / n) = 0.0063; 4 of them
+    assert abs(float((labels == 10).float().mean()) - p) < 4 * math.sqrt(p * (1 - p) / n)
+
+
+# -- the noise-conditional classifier loss --------------------------------------------------------
+def test_classifier_loss_perturbs_with_the_kernel_and_rewards_the_exact_posterior():
+    gmm = sd.GaussianMixture.named("ring2d")
+    x0, labels = gmm.sample(4000, generator=gen(1), dtype=torch.float64)
+    loss = NoisyClassifierLoss(SDE)
+    seen = {}
+
+    def spy(x, t):
+        seen["x"], seen["t"] = x, t
+        return torch.zeros(x.shape[0], gmm.num_components, dtype=x.dtype)
+
+    uniform = loss(spy, x0, labels, gen(2))
+    assert abs(float(uniform) - math.log(8)) < 1e-9  # uniform logits: cross-entropy log K exactly
+    t = seen["t"]
+    assert SDE.eps <= float(t.min()) and float(t.max()) <= SDE.T
+    z = (seen["x"] - SDE.alpha(t)[:, None] * x0) / SDE.sigma(t)[:, None]
+    # noise moments of 8000 N(0, 1) draws: standard errors 0.011 (mean) and 0.016 (variance)
+    assert abs(float(z.mean())) < 0.05 and abs(float(z.var()) - 1) < 0.07
+    exact = loss(mixture_log_posterior(gmm, SDE), x0, labels, gen(2))
+    assert float(exact) < math.log(8) - 0.5  # the Bayes classifier beats chance by a wide margin
+
+
+# -- inpainting -------------------------------------------------------------------------------------
+def test_inpainting_mix64_half_observed_matches_exact_conditional():
+    gmm = sd.GaussianMixture.named("mix64")
+    n, obs = 1000, list(range(32))
+    x_true, _ = gmm.sample(n, generator=gen(3))
+    mask = torch.zeros(64, dtype=torch.bool)
+    mask[obs] = True
+    x, info = inpaint(gmm.score_fn(SDE), SDE, x_true, mask, method="pc", steps=200, generator=gen(4))
+    assert torch.equal(x[:, mask], x_true[:, mask]) and info.nfe > 0
+    miss = gmm.missing_dims(obs)
+    draw = lambda m, g: gmm.sample_conditional(x_true[:m, obs], obs, generator=g)  # noqa: E731
+    assert sliced_wasserstein(x[:, miss], draw(n, gen(5)), generator=gen(6)) <= sw_floor(draw, n)
+    expected = gmm.conditional_weights(x_true[:, obs].double(), obs).mean(0)
+    shares = torch.bincount(gmm.assign(x), minlength=10).double() / n
+    assert (shares - expected).abs().max() <= 0.02  # the acceptance bound (binomial SE <= 0.016)
+
+
+def ring_shares(x: torch.Tensor, gmm: sd.GaussianMixture) -> torch.Tensor:
+    return torch.bincount(gmm.assign(x), minlength=gmm.num_components).double() / x.shape[0]
+
+
+def test_smc_corrects_the_replacement_bias_on_the_ring():
+    """x1 = 2 observed: the exact conditional puts 0.88 on the light mode at angle 0, the
+    replacement method sends most samples to the heavy neighbouring mode. Total-variation error
+    of the mode shares over 300 samples: MC noise about 0.03; the gap is an order larger."""
+    gmm = sd.GaussianMixture.named("ring2d")
+    n = 300
+    x_obs = torch.zeros(n, 2)
+    x_obs[:, 0] = 2.0
+    mask = torch.tensor([True, False])
+    exact = gmm.conditional_weights(x_obs[:1, :1].double(), [0])[0]
+    x_rep, _ = inpaint(gmm.score_fn(SDE), SDE, x_obs, mask, method="euler-maruyama", steps=200, generator=gen(1))
+    x_smc, _ = inpaint_smc(gmm.score_fn(SDE), SDE, x_obs, mask, particles=32, steps=100, generator=gen(2))
+    tv_rep = 0.5 * float((ring_shares(x_rep, gmm) - exact).abs().sum())
+    tv_smc = 0.5 * float((ring_shares(x_smc, gmm) - exact).abs().sum())
+    assert tv_rep > 0.3
+    assert tv_smc < 0.1
+
+
+def test_projection_callback_replaces_observed_entries_by_the_diffused_data():
+    x_obs = torch.randn(4, 3, 5, 5, generator=gen(0))
+    mask = torch.rand(3, 5, 5, generator=gen(1)) > 0.5
+    op = Mask(mask)
+    op.check(x_obs)
+    x = torch.randn(4, 3, 5, 5, generator=gen(2))
+    t = torch.tensor(0.5)
+    out = projection_callback(SDE, op(x_obs), op, gen(3))(0, t, x)
+    z = torch.randn(x.shape, generator=gen(3))
+    expected = torch.where(mask, SDE.alpha(t) * x_obs + SDE.sigma(t) * z, x)
+    torch.testing.assert_close(out, expected)
+
+
+def test_average_pool_pseudo_inverse():
+    op = AveragePool(2)
+    x = torch.randn(3, 2, 4, 6, generator=gen(0), dtype=torch.float64)
+    y = op(x)
+    assert y.shape == (3, 2, 2, 3)
+    torch.testing.assert_close(op(op.pinv(y)), y)  # A A^+ = I
+    p = op.pinv(op(x))
+    torch.testing.assert_close(op.pinv(op(p)), p)  # A^+ A idempotent
+    v = torch.randn_like(x)
+    # symmetric: <P x, v> = <x, P v>
+    torch.testing.assert_close((p * v).sum(), (x * op.pinv(op(v))).sum())
+    torch.testing.assert_close(op(op.project(v, y)), y)
+
+
+def test_reconstruction_guidance_is_exact_for_a_gaussian():
+    """For isotropic Gaussian data ``N(mu, c^2 I)`` the posterior p(x0 | x_t) is Gaussian with
+    variance r_t^2, so ``s + grad log N(y; A x0_hat, r_t^2)`` is the exact conditional score:
+    ``-(x - alpha y) / sigma^2`` on observed and the marginal score on missing coordinates."""
+    c, mu = 0.7, torch.tensor([[0.3, -0.2, 0.5]], dtype=torch.float64)
+    gmm = sd.GaussianMixture(torch.ones(1), mu, torch.full((1, 3), c, dtype=torch.float64))
+    mask = torch.tensor([True, False, True])
+    y = Mask(mask)(torch.tensor([[1.0, 0.0, -0.5]], dtype=torch.float64).expand(5, 3))
+    x, t = torch.randn(5, 3, generator=gen(0), dtype=torch.float64), torch.full((5,), 0.35, dtype=torch.float64)
+    out = reconstruction_guided_score(gmm.score_fn(SDE), SDE, y, Mask(mask), 1.0, data_std=c)(x, t)
+    a, s = SDE.alpha(t)[:, None], SDE.sigma(t)[:, None]
+    expected = torch.where(mask, -(x - a * y) / s**2, gmm.score(x, t, SDE))
+    torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-9)
+
+
+# -- colorization -----------------------------------------------------------------------------------
+def test_decoupling_matrix_is_orthogonal_with_gray_first_row():
+    M = decoupling_matrix(3)
+    torch.testing.assert_close(M @ M.T, torch.eye(3, dtype=torch.float64))
+    torch.testing.assert_close(M[0], torch.full((3,), 1 / math.sqrt(3), dtype=torch.float64))
+
+
+def pixel_isotropic_mixture(k: int, seed: int) -> tuple[sd.GaussianMixture, sd.GaussianMixture]:
+    """A mixture of ``k`` components on images (3, 2, 2) with one std per pixel shared by the 3
+    channels, and the same mixture seen in the decoupled space ``u = M x``: rotating the channels
+    keeps each component diagonal, so the decoupled mixture is again a GaussianMixture."""
+    g = gen(seed)
+    stds = (0.15 + 0.2 * torch.rand(k, 1, 2, 2, generator=g, dtype=torch.float64)).expand(k, 3, 2, 2).reshape(k, -1)
+    means = torch.randn(k, 3, 2, 2, generator=g, dtype=torch.float64)
+    weights = torch.arange(1, k + 1, dtype=torch.float64)
+    rotated_means = torch.einsum("ij,kjhw->kihw", decoupling_matrix(3), means).reshape(k, -1)
+    return sd.GaussianMixture(weights, means.reshape(k, -1), stds), sd.GaussianMixture(weights, rotated_means, stds)
+
+
+def test_colorization_is_imputation_in_the_decoupled_space():
+    """colorize = inpainting of the decoupled mixture's channel 0 (sqrt(3) gray), then M^T: the
+    same random draws give the same samples up to float32 round-off of the rotated score."""
+    gmm, rotated = pixel_isotropic_mixture(3, seed=0)
+    x_true = gmm.sample(64, generator=gen(1))[0].reshape(64, 3, 2, 2)
+    gray = to_gray(x_true)
+    x, _ = colorize(gmm.score_fn(SDE), SDE, gray, method="ddim", steps=10, generator=gen(2))
+    torch.testing.assert_close(to_gray(x), gray, rtol=1e-5, atol=1e-5)
+    u_obs = torch.zeros(64, 3, 2, 2)
+    u_obs[:, 0] = math.sqrt(3) * gray[:, 0]
+    mask = torch.zeros(3, 2, 2, dtype=torch.bool)
+    mask[0] = True
+    u, _ = inpaint(rotated.score_fn(SDE), SDE, u_obs, mask, method="ddim", steps=10, generator=gen(2))
+    torch.testing.assert_close(torch.einsum("ij,bjhw->bihw", decoupling_matrix(3).float(), x), u, rtol=1e-4, atol=1e-4)
+
+
+def test_colorization_of_a_gaussian_matches_the_exact_conditional():
+    """One component: the decoupled color channels are independent of the gray one, so the
+    replacement method is exact and only the sampler's error remains (PC, 200 steps)."""
+    gmm, rotated = pixel_isotropic_mixture(1, seed=3)
+    n = 800
+    gray = to_gray(gmm.sample(n, generator=gen(1))[0].reshape(n, 3, 2, 2))
+    x, _ = colorize(gmm.score_fn(SDE), SDE, gray, method="pc", steps=200, generator=gen(2))
+    u_obs = (math.sqrt(3) * gray).reshape(n, 4)
+    draw = lambda m, g: rotated.sample_conditional(u_obs[:m], list(range(4)), generator=g)  # noqa: E731
+    u = torch.einsum("ij,bjhw->bihw", decoupling_matrix(3).float(), x).reshape(n, -1)[:, 4:]
+    assert sliced_wasserstein(u, draw(n, gen(3)), generator=gen(4)) <= sw_floor(draw, n)
+
+
+# -- bad input ----------------------------------------------------------------------------------------
+def test_bad_input_raises_value_error():
+    gmm = sd.GaussianMixture.named("ring2d")
+    score, logp = gmm.score_fn(SDE), mixture_log_posterior(gmm, SDE)
+    x, t = torch.randn(4, 2), torch.full((4,), 0.5)
+    with pytest.raises(ValueError, match="scale"):
+        classifier_guided_score(score, logp, 1, -1.0)
+    with pytest.raises(ValueError, match="scale"):
+        cfg_score(score, score, -0.5)
+    with pytest.raises(ValueError, match="labels"):
+        classifier_guided_score(score, logp, 8, 1.0)(x, t)  # 8 classes: 0..7
+    with pytest.raises(ValueError, match="labels"):
+        classifier_guided_score(score, logp, 9, 1.0, num_classes=8)
+    with pytest.raises(ValueError, match="labels"):
+        cfg_score_from_model(OracleEpsNet(gmm), SDE, labels=8, scale=1.0, null_label=8)
+    with pytest.raises(ValueError, match="mask"):
+        inpaint(score, SDE, x, torch.ones(3, dtype=torch.bool), steps=2)
+    with pytest.raises(ValueError, match="p_uncond"):
+        LabelDropout(lambda *a: 0, null_label=8, p_uncond=1.5)
+    with pytest.raises(ValueError, match="y must have shape"):
+        solve_inverse_problem(score, SDE, torch.zeros(4, 1, 2, 2), AveragePool(2), (4, 1, 2, 2), steps=2)
