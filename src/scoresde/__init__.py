@@ -4,6 +4,21 @@ The front door: SDEs, parameterizations and the Gaussian-mixture oracle, losses,
 likelihoods, guidance, networks and the trainer.  Conventions: ``../DESIGN`` in the README.
 """
 
+from .guidance import (
+    AveragePool,
+    LabelDropout,
+    LinearOperator,
+    Mask,
+    NoisyClassifierLoss,
+    cfg_score,
+    cfg_score_from_model,
+    classifier_guided_score,
+    colorize,
+    inpaint,
+    inpaint_smc,
+    reconstruction_guided_score,
+    solve_inverse_problem,
+)
 from .losses import DDPMLoss, DSMLoss, FlowMatchingLoss, SlicedScoreMatchingLoss, SMLDLoss, loss_from_name
 from .reflow import Couplings, ReflowLoss, draw_couplings, euler_flow, straightness, velocity_fn_from_score
 from .score import GaussianMixture, Parameterization, ScoreFn, score_fn_from_model
