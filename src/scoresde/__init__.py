@@ -21,6 +21,7 @@ from .guidance import (
 )
 from .losses import DDPMLoss, DSMLoss, FlowMatchingLoss, SlicedScoreMatchingLoss, SMLDLoss, loss_from_name
 from .reflow import Couplings, ReflowLoss, draw_couplings, euler_flow, straightness, velocity_fn_from_score
+from .sampling import SampleInfo, decode, encode, sample, slerp
 from .score import GaussianMixture, Parameterization, ScoreFn, score_fn_from_model
 from .sde import SDE, CosineVPSDE, LinearSDE, RectifiedFlow, SubVPSDE, VESDE, VPSDE, sde_from_name
 

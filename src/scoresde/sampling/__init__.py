@@ -1,0 +1,172 @@
+"""Sampling from a score: the front door :func:`sample` and its one name -> method table.
+
+A sampler is a plain function ``(score_fn, sde, x_T, grid, *, generator, callback, progress,
+**options) -> (x, nfe)`` over a descending float64 time grid ``T .. eps``; one file per family:
+
+* :mod:`.pc` -- predictor-corrector on the reverse SDE (Euler--Maruyama, reverse diffusion,
+  ancestral, SRA1 stochastic Runge--Kutta; Langevin, annealed Langevin, HMC);
+* :mod:`.ode` -- the probability-flow ODE (adaptive torchdiffeq, fixed Euler/Heun/RK4), encode/decode;
+* :mod:`.fast` -- DDIM and the eta family, DPM-Solver++ multistep (2M, 3M, UniPC-style corrector),
+  EDM Heun;
+* :mod:`.grids` -- time-uniform, log-SNR-uniform and Karras schedules.
+
+Sampling runs under ``torch.no_grad()`` (not ``inference_mode``), so a score function that needs
+autograd inside (classifier guidance) may use ``torch.enable_grad()`` itself.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .._tensor import check_choice
+from ..sde import SDE, LinearSDE
+from ._common import CountedScore, SampleInfo, check_int, denoise as tweedie
+from .fast import ddim, dpm_solver_pp, edm_heun
+from .grids import SCHEDULES, check_grid, default_t_max, make_grid
+from .ode import decode, encode, ode_adaptive, ode_fixed, slerp
+from .pc import pc_sample
+
+__all__ = ["sample", "encode", "decode", "slerp", "SampleInfo", "METHODS", "Method", "make_grid", "SCHEDULES"]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A named sampler: its function, recommended steps and schedule, fixed options, and whether
+    it needs a :class:`~scoresde.sde.LinearSDE` (a Gaussian kernel and a log-SNR)."""
+
+    fn: Callable[..., tuple[Tensor, int]]
+    steps: int
+    schedule: str
+    options: dict = field(default_factory=dict)
+    linear_only: bool = True
+
+
+def _pc(predictor: str, corrector: str = "none", **options) -> dict:
+    return {"predictor": predictor, "corrector": corrector, **options}
+
+
+METHODS: dict[str, Method] = {
+    "euler-maruyama": Method(pc_sample, 1000, "log-snr", _pc("euler-maruyama")),
+    "reverse-diffusion": Method(pc_sample, 1000, "time-uniform", _pc("reverse-diffusion"), linear_only=False),
+    "ancestral": Method(pc_sample, 500, "log-snr", _pc("ancestral")),
+    "srk": Method(pc_sample, 250, "log-snr", _pc("srk")),
+    "pc": Method(pc_sample, 1000, "time-uniform", _pc("reverse-diffusion", "langevin")),
+    "annealed-langevin": Method(pc_sample, 200, "time-uniform", _pc("none", "annealed-langevin", corrector_steps=5)),
+    "ode": Method(ode_adaptive, 1, "time-uniform", linear_only=False),
+    "ode-euler": Method(ode_fixed, 500, "log-snr", {"scheme": "euler"}),
+    "ode-heun": Method(ode_fixed, 50, "log-snr", {"scheme": "heun"}),
+    "ode-rk4": Method(ode_fixed, 25, "log-snr", {"scheme": "rk4"}),
+    "ddim": Method(ddim, 50, "log-snr"),
+    "heun": Method(edm_heun, 18, "karras"),
+    "dpm-solver++": Method(dpm_solver_pp, 20, "log-snr", {"order": 3}),
+    "dpm-solver++2m": Method(dpm_solver_pp, 20, "log-snr", {"order": 2}),
+    "dpm-solver++3m": Method(dpm_solver_pp, 20, "log-snr", {"order": 3}),
+    "unipc": Method(dpm_solver_pp, 20, "log-snr", {"order": 3, "corrector": True}),
+}
+
+_PLUMBING = ("score_fn", "sde", "x", "grid", "generator", "callback", "progress")
+
+
+def _check_options(method: str, spec: Method, options: dict) -> None:
+    allowed = [p for p in inspect.signature(spec.fn).parameters if p not in _PLUMBING]
+    for name in options:
+        if name not in allowed:
+            raise ValueError(f"method {method!r} takes no option {name!r}; its options: {', '.join(allowed)}")
+
+
+def _start_state(
+    sde: SDE, shape, x_T: Tensor | None, t0: float, generator, dtype: torch.dtype | None, device
+) -> Tensor:
+    """``x_T`` cast to ``dtype``/``device``, or a draw of ``N(0, sigma(t0)^2 I)`` (the prior when ``t0 = T``)."""
+    if x_T is not None:
+        if not isinstance(x_T, Tensor) or x_T.ndim < 1 or x_T.shape[0] < 1:
+            raise ValueError("x_T must be a tensor of shape (B, ...) with B >= 1")
+        if shape is not None and tuple(shape) != tuple(x_T.shape):
+            raise ValueError(f"shape {tuple(shape)} does not match x_T's shape {tuple(x_T.shape)}")
+        return x_T.to(dtype=dtype or x_T.dtype, device=device or x_T.device)
+    if shape is None:
+        raise ValueError("give shape or x_T")
+    shape = tuple(shape)
+    if len(shape) < 1 or not all(isinstance(n, int) and n >= 1 for n in shape):
+        raise ValueError(f"shape must be a tuple of positive integers (B, ...), got {shape}")
+    x = sde.prior_sample(shape, generator=generator, device=device, dtype=dtype or torch.float32)
+    if t0 < sde.T and isinstance(sde, LinearSDE):
+        x = x * (float(sde.sigma(torch.tensor(t0, dtype=torch.float64))) / sde.prior_std)
+    return x
+
+
+def _grid_for(sde: SDE, method: str, spec: Method, steps: int | None, grid, schedule: str | None) -> Tensor:
+    if grid is not None:
+        grid = check_grid(grid, sde)
+        if steps is not None and steps != len(grid) - 1:
+            raise ValueError(f"steps={steps} disagrees with the grid's {len(grid) - 1} steps")
+        return grid
+    steps = spec.steps if steps is None else check_int(steps, "steps", 1)
+    return make_grid(sde, steps, schedule or spec.schedule)
+
+
+def sample(
+    score_fn: Callable[[Tensor, Tensor], Tensor],
+    sde: SDE,
+    shape: tuple[int, ...] | None = None,
+    *,
+    method: str = "dpm-solver++",
+    steps: int | None = None,
+    x_T: Tensor | None = None,
+    grid: Tensor | list[float] | None = None,
+    schedule: str | None = None,
+    generator: torch.Generator | None = None,
+    denoise: bool = False,
+    callback=None,
+    progress: bool = False,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    batch_size: int | None = None,
+    trajectory: bool = False,
+    **method_options,
+) -> tuple[Tensor, SampleInfo]:
+    """Draw samples by the named method (:data:`METHODS`); returns ``(x, info)`` with ``info.nfe``.
+
+    ``x_T``: the start state (else drawn from the prior with ``generator``); ``grid``: explicit
+    descending times (else ``steps`` steps of ``schedule``, both defaulting to the method's
+    recommendation); ``denoise``: one more NFE for Tweedie's ``x0_hat`` at the last time;
+    ``callback(step, t, x)`` after each step (a returned tensor replaces the state; with
+    ``batch_size`` it sees each chunk); ``dtype``: float32 unless ``x_T`` brings its own;
+    ``trajectory``: keep the state after each step in ``info.trajectory``.
+    Other keywords are the method's options (e.g. ``eta``, ``order``, ``snr``, ``rtol``).
+    """
+    spec = METHODS[check_choice(method, list(METHODS), "method")]
+    _check_options(method, spec, method_options)
+    if spec.linear_only and not isinstance(sde, LinearSDE):
+        raise ValueError(f"method {method!r} needs a LinearSDE; use 'euler-maruyama'/'reverse-diffusion'/'ode'")
+    if dtype is not None and not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating dtype, got {dtype}")
+    if batch_size is not None:
+        check_int(batch_size, "batch_size", 1)
+    grid = _grid_for(sde, method, spec, steps, grid, schedule)
+    x = _start_state(sde, shape, x_T, float(grid[0]), generator, dtype, device)
+    states: list[Tensor] | None = [] if trajectory else None
+
+    def step_hook(i: int, t: Tensor, state: Tensor) -> Tensor | None:
+        out = callback(i, t, state) if callback is not None else None
+        if states is not None:
+            states.append((state if out is None else out).clone())
+        return out
+
+    hook = step_hook if (callback is not None or trajectory) else None
+    options = {**spec.options, **method_options}
+    outs, nfe = [], 0
+    with torch.no_grad():
+        for chunk in x.split(batch_size or x.shape[0]):
+            out, n = spec.fn(score_fn, sde, chunk, grid, generator=generator, callback=hook, progress=progress, **options)
+            if denoise:
+                counted = CountedScore(score_fn)
+                out, n = tweedie(counted, sde, out, float(grid[-1])), n + counted.nfe
+            outs.append(out)
+            nfe = max(nfe, n)
+    return torch.cat(outs), SampleInfo(nfe=nfe, method=method, grid=grid, trajectory=states)

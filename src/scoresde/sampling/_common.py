@@ -1,0 +1,101 @@
+"""Plumbing shared by every sampler: counted score evaluations, kernel coefficients at a grid
+time, the Tweedie denoiser, the per-step callback and the progress bar.
+
+Grid times are Python floats (float64); coefficients are computed once per step in float64 on
+the CPU and enter the state's arithmetic as Python scalars, so the state never leaves its device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..sde import LinearSDE
+
+Callback = Callable[[int, Tensor, Tensor], "Tensor | None"]
+
+
+@dataclass
+class SampleInfo:
+    """What a sampler spent and used: ``nfe`` score evaluations per sample path (with
+    ``batch_size`` chunking the score function was called ``nfe`` times per chunk), the method
+    name, its time grid (float64, descending for sampling) and, on request, the states after each
+    step (``trajectory``)."""
+
+    nfe: int
+    method: str
+    grid: "torch.Tensor | None" = None
+    trajectory: list | None = field(default=None, repr=False)
+
+
+class CountedScore:
+    """``score_fn`` called with a scalar time broadcast to ``(B,)`` in ``x``'s dtype and device,
+    counting its calls (``nfe``).  ``max_nfe`` bounds the count (``RuntimeError`` past it)."""
+
+    def __init__(self, score_fn: Callable[[Tensor, Tensor], Tensor], max_nfe: int | None = None) -> None:
+        self.score_fn = score_fn
+        self.nfe = 0
+        self.max_nfe = max_nfe
+
+    def __call__(self, x: Tensor, t: float | Tensor) -> Tensor:
+        if self.max_nfe is not None and self.nfe >= self.max_nfe:
+            raise RuntimeError(f"the sampler exceeded max_nfe={self.max_nfe} score evaluations")
+        self.nfe += 1
+        tb = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        out = self.score_fn(x, tb)
+        if out.shape != x.shape:
+            raise ValueError(f"score_fn returned shape {tuple(out.shape)} for x of shape {tuple(x.shape)}")
+        return out
+
+
+def check_int(value: int, name: str, minimum: int) -> int:
+    """Return ``value``; ``ValueError`` naming it unless it is an integer ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def coeffs(sde: LinearSDE, t: float) -> tuple[float, float]:
+    """``(alpha(t), sigma(t))`` as float64 Python numbers."""
+    tt = torch.tensor(t, dtype=torch.float64)
+    return float(sde.alpha(tt)), float(sde.sigma(tt))
+
+
+def log_snr(sde: LinearSDE, t: float) -> float:
+    """``lambda(t) = log(alpha(t) / sigma(t))`` as a float64 Python number."""
+    return float(sde.log_snr(torch.tensor(t, dtype=torch.float64)))
+
+
+def denoise(score: CountedScore, sde: LinearSDE, x: Tensor, t: float) -> Tensor:
+    """Tweedie's ``x0_hat = E[x_0 | x_t] = (x + sigma^2 s(x, t)) / alpha`` (one NFE)."""
+    a, s = coeffs(sde, t)
+    return (x + s * s * score(x, t)) / a
+
+
+def randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Standard normal noise shaped like ``x`` drawn from ``generator``."""
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+
+def apply_callback(callback: Callback | None, step: int, t: float, x: Tensor) -> Tensor:
+    """Call ``callback(step, t, x)`` after a step; a returned tensor replaces the state."""
+    if callback is None:
+        return x
+    out = callback(step, torch.tensor(t, dtype=x.dtype, device=x.device), x)
+    if out is None:
+        return x
+    if out.shape != x.shape:
+        raise ValueError(f"callback returned shape {tuple(out.shape)}, expected {tuple(x.shape)}")
+    return out
+
+
+def steps_of(grid: Tensor, progress: bool) -> Iterable[tuple[int, float, float]]:
+    """``(i, t_i, t_{i+1})`` over the grid as Python floats, with a tqdm bar when ``progress``."""
+    ts = grid.tolist()
+    bar = tqdm(range(len(ts) - 1), disable=not progress, desc="sampling", leave=False)
+    for i in bar:
+        yield i, ts[i], ts[i + 1]

@@ -1,0 +1,100 @@
+"""Time-step schedules as data: descending float64 grids ``T = t_0 > t_1 > ... > t_N = eps``.
+
+Every schedule is built in a variable of the kernel ``x_t = alpha(t) x_0 + sigma(t) eps`` and
+mapped back to time with :meth:`~scoresde.sde.LinearSDE.t_of_log_snr`, so it works for every
+:class:`~scoresde.sde.LinearSDE` without knowing its type:
+
+* ``"time-uniform"``: ``t_i = t_max + (i / N) (t_min - t_max)`` (any SDE);
+* ``"log-snr"``: uniform in ``lambda = log(alpha / sigma)`` between ``lambda(t_max)`` and
+  ``lambda(t_min)`` (DPM-Solver's recommendation for low-dimensional data);
+* ``"karras"``: EDM's ``rho``-schedule in the noise-to-signal ratio ``sigma~ = sigma/alpha = e^-lambda``:
+  ``sigma~_i = (sigma~_max^(1/rho) + (i/N)(sigma~_min^(1/rho) - sigma~_max^(1/rho)))^rho``, ``rho = 7``.
+
+Grids live on the CPU in float64 (coefficients are computed once per step as Python floats; the
+state stays on its own device).  Where ``lambda(T)`` is infinite (the rectified flow at ``t = 1``)
+grids start at ``t_max = T - eps`` (see :func:`default_t_max`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from ..sde import SDE, LinearSDE
+from ._common import check_int, log_snr
+
+
+def default_t_max(sde: SDE) -> float:
+    """The first time of default grids: ``T``, or ``T - eps`` where ``log_snr(T)`` is infinite
+    (``alpha(T) = 0``: the Tweedie denoiser ``(x + sigma^2 s)/alpha`` is undefined there)."""
+    if isinstance(sde, LinearSDE) and not math.isfinite(log_snr(sde, sde.T)):
+        return sde.T - sde.eps
+    return sde.T
+
+
+def _times_of_log_snr(sde: LinearSDE, lam: Tensor, t_max: float, t_min: float) -> Tensor:
+    """Map log-SNR values to times, pinning the end points exactly."""
+    t = sde.t_of_log_snr(lam).to(torch.float64)
+    t[0], t[-1] = t_max, t_min
+    return t
+
+
+def time_uniform(sde: SDE, steps: int, t_max: float | None = None, t_min: float | None = None) -> Tensor:
+    """``N + 1`` times uniform in ``t`` from ``t_max`` (default :func:`default_t_max`) to ``t_min`` (``eps``)."""
+    t_max = default_t_max(sde) if t_max is None else t_max
+    t_min = sde.eps if t_min is None else t_min
+    return torch.linspace(t_max, t_min, check_int(steps, "steps", 1) + 1, dtype=torch.float64)
+
+
+def log_snr_uniform(sde: LinearSDE, steps: int, t_max: float | None = None, t_min: float | None = None) -> Tensor:
+    """``N + 1`` times uniform in ``lambda = log(alpha / sigma)`` from ``lambda(t_max)`` up to ``lambda(t_min)``."""
+    t_max = default_t_max(sde) if t_max is None else t_max
+    t_min = sde.eps if t_min is None else t_min
+    lam = torch.linspace(log_snr(sde, t_max), log_snr(sde, t_min), check_int(steps, "steps", 1) + 1, dtype=torch.float64)
+    return _times_of_log_snr(sde, lam, t_max, t_min)
+
+
+def karras(
+    sde: LinearSDE, steps: int, t_max: float | None = None, t_min: float | None = None, rho: float = 7.0
+) -> Tensor:
+    """EDM's schedule, uniform in ``sigma~^(1/rho)`` with ``sigma~ = sigma / alpha = exp(-lambda)``."""
+    t_max = default_t_max(sde) if t_max is None else t_max
+    t_min = sde.eps if t_min is None else t_min
+    if not rho > 0:
+        raise ValueError(f"rho must be > 0, got {rho}")
+    lo, hi = math.exp(-log_snr(sde, t_min) / rho), math.exp(-log_snr(sde, t_max) / rho)
+    ramp = torch.linspace(0, 1, check_int(steps, "steps", 1) + 1, dtype=torch.float64)
+    nsr = (hi + ramp * (lo - hi)) ** rho
+    return _times_of_log_snr(sde, -torch.log(nsr), t_max, t_min)
+
+
+SCHEDULES: dict[str, Callable[..., Tensor]] = {
+    "time-uniform": time_uniform,
+    "log-snr": log_snr_uniform,
+    "karras": karras,
+}
+
+
+def make_grid(sde: SDE, steps: int, schedule: str = "time-uniform", **kwargs) -> Tensor:
+    """The grid of ``steps`` steps of the named schedule (``time-uniform``, ``log-snr``, ``karras``)."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(map(repr, SCHEDULES))}")
+    if schedule != "time-uniform" and not isinstance(sde, LinearSDE):
+        raise ValueError(f"schedule {schedule!r} needs a LinearSDE (a log-SNR); use 'time-uniform'")
+    return SCHEDULES[schedule](sde, steps, **kwargs)
+
+
+def check_grid(grid: Tensor | list[float], sde: SDE, name: str = "grid") -> Tensor:
+    """Return ``grid`` as a 1-D float64 CPU tensor; ``ValueError`` unless it has at least two
+    finite times in ``[0, T]`` that strictly decrease."""
+    grid = torch.as_tensor(grid, dtype=torch.float64).detach().cpu()
+    if grid.ndim != 1 or grid.numel() < 2:
+        raise ValueError(f"{name} must be a 1-D sequence of at least 2 times, got shape {tuple(grid.shape)}")
+    if not torch.isfinite(grid).all() or grid.min() < 0 or grid.max() > sde.T * (1 + 1e-9):
+        raise ValueError(f"{name} must hold finite times in [0, {sde.T}]")
+    if not (grid[1:] < grid[:-1]).all():
+        raise ValueError(f"{name} must strictly decrease (time runs from noise T to data eps)")
+    return grid

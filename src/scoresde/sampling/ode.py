@@ -1,0 +1,190 @@
+"""The probability-flow ODE ``dx/dt = f(x, t) - g(t)^2 s(x, t) / 2`` (same marginals as the SDE).
+
+* :func:`ode_adaptive` -- torchdiffeq (``dopri5`` by default) between consecutive grid times, in
+  ``t`` or in the log-SNR ``lambda`` (``dx/dlambda = (dx/dt) / lambda'(t)``), on the tensor's own
+  device; the score function is wrapped and counted, and ``max_nfe`` bounds the work (a stiff
+  problem raises ``RuntimeError`` instead of running forever).
+* :func:`ode_fixed` -- explicit Runge--Kutta on a fixed grid in ``t``, methods given as Butcher
+  tableaus with their declared order (Euler 1, Heun 2, RK4 4; a test checks the orders).
+* :func:`encode` / :func:`decode` -- the identifiable latent code: integrate data ``x(eps)`` to
+  ``z = x(T)`` and back; :func:`slerp` interpolates latents on the sphere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torchdiffeq
+from torch import Tensor
+
+from .._tensor import append_dims, as_batch_time, batch_sum, check_choice, check_positive
+from ..sde import SDE, LinearSDE
+from ._common import CountedScore, SampleInfo, apply_callback, check_int, steps_of
+from .grids import default_t_max
+
+
+@dataclass(frozen=True)
+class Tableau:
+    """An explicit Runge--Kutta method: nodes ``c``, lower-triangular ``a``, weights ``b``, its order."""
+
+    c: tuple[float, ...]
+    a: tuple[tuple[float, ...], ...]
+    b: tuple[float, ...]
+    order: int
+
+
+TABLEAUS: dict[str, Tableau] = {
+    "euler": Tableau(c=(0.0,), a=((),), b=(1.0,), order=1),
+    "heun": Tableau(c=(0.0, 1.0), a=((), (1.0,)), b=(0.5, 0.5), order=2),
+    "rk4": Tableau(c=(0.0, 0.5, 0.5, 1.0), a=((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)), b=(1 / 6, 1 / 3, 1 / 3, 1 / 6), order=4),
+}
+
+
+def probability_flow(score: CountedScore, sde: SDE) -> Callable[[float, Tensor], Tensor]:
+    """``F(t, x) = f(x, t) - g(t)^2 s(x, t) / 2``, one NFE per call."""
+
+    def field(t: float, x: Tensor) -> Tensor:
+        return sde.probability_flow_drift(x, as_batch_time(t, x), score(x, t))
+
+    return field
+
+
+def rk_step(field: Callable[[float, Tensor], Tensor], tableau: Tableau, x: Tensor, t: float, s: float) -> Tensor:
+    """One explicit RK step ``t -> s`` (``h = s - t``): ``k_j = F(t + c_j h, x + h sum_l a_jl k_l)``,
+    ``x_s = x + h sum_j b_j k_j``."""
+    h, ks = s - t, []
+    for c, row in zip(tableau.c, tableau.a):
+        y = x
+        for a, k in zip(row, ks):
+            if a:
+                y = y + (h * a) * k
+        ks.append(field(t + c * h, y))
+    for b, k in zip(tableau.b, ks):
+        x = x + (h * b) * k
+    return x
+
+
+def ode_fixed(
+    score_fn: Callable[[Tensor, Tensor], Tensor],
+    sde: SDE,
+    x: Tensor,
+    grid: Tensor,
+    *,
+    scheme: str = "heun",
+    generator: torch.Generator | None = None,
+    callback=None,
+    progress: bool = False,
+) -> tuple[Tensor, int]:
+    """Integrate the probability-flow ODE over ``grid`` in ``t`` with the named tableau
+    (``euler``, ``heun``, ``rk4``; NFE = stages x steps).  Deterministic: ``generator`` is unused."""
+    tableau = TABLEAUS[check_choice(scheme, list(TABLEAUS), "scheme")]
+    score = CountedScore(score_fn)
+    field = probability_flow(score, sde)
+    for i, t, s in steps_of(grid, progress):
+        x = apply_callback(callback, i, s, rk_step(field, tableau, x, t, s))
+    return x, score.nfe
+
+
+def _log_snr_field(field: Callable[[float, Tensor], Tensor], sde: LinearSDE) -> Callable[[Tensor, Tensor], Tensor]:
+    """The same ODE in ``lambda``: ``dx/dlambda = F(t(lambda), x) / lambda'(t)``, ``lambda' = alpha'/alpha - sigma'/sigma``."""
+
+    def dx_dlam(lam: Tensor, x: Tensor) -> Tensor:
+        t = sde.t_of_log_snr(lam.to(torch.float64))
+        dlam = sde.dalpha(t) / sde.alpha(t) - sde.dsigma(t) / sde.sigma(t)
+        return field(float(t), x) / float(dlam)
+
+    return dx_dlam
+
+
+def ode_adaptive(
+    score_fn: Callable[[Tensor, Tensor], Tensor],
+    sde: SDE,
+    x: Tensor,
+    grid: Tensor,
+    *,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    solver: str = "dopri5",
+    variable: str = "t",
+    max_nfe: int = 20000,
+    generator: torch.Generator | None = None,
+    callback=None,
+    progress: bool = False,
+) -> tuple[Tensor, int]:
+    """Solve the probability-flow ODE adaptively from ``grid[0]`` to ``grid[-1]`` (either direction),
+    restarting at each interior grid time (where ``callback`` may replace the state).  ``variable``:
+    ``"t"`` or ``"log-snr"`` (LinearSDE only).  At most ``max_nfe`` score evaluations, then
+    ``RuntimeError``.  Deterministic: ``generator`` is unused."""
+    check_positive(rtol, "rtol")
+    check_positive(atol, "atol")
+    check_choice(variable, ("t", "log-snr"), "variable")
+    check_int(max_nfe, "max_nfe", 1)
+    if variable == "log-snr" and not isinstance(sde, LinearSDE):
+        raise ValueError("variable='log-snr' needs a LinearSDE")
+    score = CountedScore(score_fn, max_nfe=max_nfe)
+    field = probability_flow(score, sde)
+    rhs = _log_snr_field(field, sde) if variable == "log-snr" else (lambda t, y: field(float(t), y))
+    to_var = (lambda t: float(sde.log_snr(torch.tensor(t, dtype=torch.float64)))) if variable == "log-snr" else float
+    for i, t, s in steps_of(grid, progress):
+        span = torch.tensor([to_var(t), to_var(s)], dtype=torch.float64)
+        x = torchdiffeq.odeint(rhs, x, span, rtol=rtol, atol=atol, method=solver, options={"step_t": span[1:]})[-1]
+        x = apply_callback(callback, i, s, x)
+    return x, score.nfe
+
+
+# -- the latent code -----------------------------------------------------------------------------
+def _flow_between(score_fn, sde: SDE, x: Tensor, span: Tensor, rtol: float, atol: float, options: dict):
+    with torch.no_grad():
+        out, nfe = ode_adaptive(score_fn, sde, x, span, rtol=rtol, atol=atol, **options)
+    return out, SampleInfo(nfe=nfe, method="ode", grid=span)
+
+
+def _latent_span(sde: SDE, t_max: float | None) -> Tensor:
+    """``[eps, t_max]`` with ``t_max`` defaulting to :func:`~.grids.default_t_max` (``T``)."""
+    return torch.tensor([sde.eps, default_t_max(sde) if t_max is None else t_max], dtype=torch.float64)
+
+
+def encode(
+    score_fn: Callable[[Tensor, Tensor], Tensor],
+    sde: SDE,
+    x: Tensor,
+    *,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    t_max: float | None = None,
+    **options,
+) -> tuple[Tensor, SampleInfo]:
+    """The latent code ``z = x(t_max)`` of data ``x = x(eps)`` by the probability-flow ODE
+    (adaptive, options as :func:`ode_adaptive`).  Returns ``(z, info)``."""
+    return _flow_between(score_fn, sde, x, _latent_span(sde, t_max), rtol, atol, options)
+
+
+def decode(
+    score_fn: Callable[[Tensor, Tensor], Tensor],
+    sde: SDE,
+    z: Tensor,
+    *,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    t_max: float | None = None,
+    **options,
+) -> tuple[Tensor, SampleInfo]:
+    """Data ``x(eps)`` from a latent ``z = x(t_max)``: the inverse of :func:`encode`."""
+    return _flow_between(score_fn, sde, z, _latent_span(sde, t_max).flip(0), rtol, atol, options)
+
+
+def slerp(z0: Tensor, z1: Tensor, w: float | Tensor) -> Tensor:
+    """Spherical interpolation of latents per sample:
+    ``sin((1-w) theta)/sin(theta) z0 + sin(w theta)/sin(theta) z1``, ``cos theta = <z0, z1>/(|z0||z1|)``
+    (Gaussian latents keep their norm; linear interpolation would shrink it)."""
+    if z0.shape != z1.shape:
+        raise ValueError(f"z0 and z1 must have the same shape, got {tuple(z0.shape)} and {tuple(z1.shape)}")
+    w = torch.as_tensor(w, dtype=z0.dtype, device=z0.device)
+    cos = batch_sum(z0 * z1) / (batch_sum(z0**2) * batch_sum(z1**2)).sqrt()
+    theta = torch.arccos(cos.clamp(-1, 1))
+    sin = torch.sin(theta).clamp_min(1e-12)
+    c0 = torch.where(theta > 1e-6, torch.sin((1 - w) * theta) / sin, 1 - w)
+    c1 = torch.where(theta > 1e-6, torch.sin(w * theta) / sin, w)
+    return append_dims(c0, z0.ndim) * z0 + append_dims(c1, z0.ndim) * z1
