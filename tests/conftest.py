@@ -13,7 +13,7 @@ def generator() -> torch.Generator:
     return torch.Generator().manual_seed(0)
 
 
-def sliced_w2(x: Tensor, y: Tensor, n_projections: int = 128, seed: int = 0) -> float:
+def sliced_w2(x: Tensor, y: Tensor, n_projections: int = 64, seed: int = 0) -> float:
     """Sliced 2-Wasserstein distance between two equal-size samples ``(n, d)``:
     ``sqrt(mean_theta W2^2(theta^T x, theta^T y))`` over random unit directions, the 1-D ``W2``
     computed exactly by sorting."""

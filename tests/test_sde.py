@@ -54,8 +54,11 @@ CLOSED_FORMS = [
     (sd.CosineVPSDE(), lambda s, t: -cosine_beta(s, t) / 2, cosine_beta),
     (sd.RectifiedFlow(), lambda s, t: -1 / (1 - t), lambda s, t: 2 * t / (1 - t)),
     (custom_sde(), lambda s, t: -torch.ones_like(t), lambda s, t: 4 * t * (0.1 + t**2) + 2 * (0.1 + t**2) ** 2),
+    # a constant alpha (VE-like): f = 0, g^2 = (sigma^2)' = 4 sigma^2 for sigma = 0.1 exp(2t)
+    (sd.LinearSDE(alpha=torch.ones_like, sigma=lambda t: 0.1 * torch.exp(2 * t)), lambda s, t: 0 * t,
+     lambda s, t: 4 * (0.1 * torch.exp(2 * t)) ** 2),
 ]
-IDS = ["ve", "vp", "subvp", "cosine", "rf", "custom"]
+IDS = ["ve", "vp", "subvp", "cosine", "rf", "custom", "custom-constant-alpha"]
 
 
 @pytest.mark.parametrize("sde, f_exact, g2_exact", CLOSED_FORMS, ids=IDS)

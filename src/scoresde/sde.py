@@ -45,7 +45,10 @@ def _autograd_derivative(fn: Schedule, t: Tensor) -> Tensor:
     """Elementwise derivative ``d fn(t) / dt`` by autograd (works inside ``inference_mode``)."""
     with torch.inference_mode(False), torch.enable_grad():
         tt = t.detach().clone().requires_grad_(True)
-        (d,) = torch.autograd.grad(fn(tt).sum(), tt)
+        out = fn(tt)
+        if not out.requires_grad:  # a schedule that does not depend on t (e.g. alpha = 1)
+            return torch.zeros_like(t)
+        (d,) = torch.autograd.grad(out.sum(), tt)
     return d.detach()
 
 
