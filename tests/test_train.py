@@ -11,6 +11,7 @@ from PIL import Image
 
 from scoresde import checkpoint
 from scoresde._tensor import append_dims
+from scoresde.guidance import LabelDropout
 from scoresde.nets import MLP
 from scoresde.train import Trainer, save_image_grid
 
@@ -49,21 +50,24 @@ def _model(seed):
 
 
 def _trainer(model, loss, out_dir, **kw):
-    options = dict(batch_size=8, lr=1e-2, warmup_steps=3, grad_accum=2, label_dropout=0.25, ema_decay=0.9,
+    options = dict(batch_size=8, lr=1e-2, warmup_steps=3, grad_accum=2, ema_decay=0.9,
                    ckpt_every=3, keep_last=2, log_every=2, progress=False, seed=7, out_dir=out_dir)
     return Trainer(model, loss, _data(), **{**options, **kw})
 
 
 def test_kill_and_resume_repeats_the_uninterrupted_run(tmp_path):
-    full = _trainer(_model(0), TinyDSM(), tmp_path / "full")
+    # classifier-free label dropout draws from the trainer's generator too
+    full = _trainer(_model(0), LabelDropout(TinyDSM(), null_label=3, p_uncond=0.25), tmp_path / "full")
     reference = [r["loss"] for r in full.fit(8)]
 
-    killed = _trainer(_model(0), KillAt(TinyDSM(), 2 * 5 + 1), tmp_path / "run")  # dies in step 6
+    dying = KillAt(LabelDropout(TinyDSM(), null_label=3, p_uncond=0.25), 2 * 5 + 1)  # dies in step 6
+    killed = _trainer(_model(0), dying, tmp_path / "run")
     with pytest.raises(KeyboardInterrupt):
         killed.fit(8)
     assert killed.step == 5 and [s for s, _ in checkpoint.list_checkpoints(tmp_path / "run")] == [3]
 
-    resumed = _trainer(_model(123), TinyDSM(), tmp_path / "run", resume=True)  # other init: state is loaded
+    resumed = _trainer(_model(123), LabelDropout(TinyDSM(), null_label=3, p_uncond=0.25), tmp_path / "run",
+                       resume=True)  # another initialisation: the state must come from the checkpoint
     assert resumed.step == 3
     history = resumed.fit(8)
     assert [r["step"] for r in history] == [4, 5, 6, 7, 8]

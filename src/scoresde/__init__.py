@@ -4,6 +4,7 @@ The front door: SDEs, parameterizations and the Gaussian-mixture oracle, losses,
 likelihoods, guidance, networks and the trainer.  Conventions: ``../DESIGN`` in the README.
 """
 
+from .ema import EMA
 from .guidance import (
     AveragePool,
     LabelDropout,
@@ -20,9 +21,11 @@ from .guidance import (
     solve_inverse_problem,
 )
 from .losses import DDPMLoss, DSMLoss, FlowMatchingLoss, SlicedScoreMatchingLoss, SMLDLoss, loss_from_name
+from .nets import MLP, MLPClassifier, NCSNpp, UNetClassifier, build_preset
 from .reflow import Couplings, ReflowLoss, draw_couplings, euler_flow, straightness, velocity_fn_from_score
 from .sampling import SampleInfo, decode, encode, sample, slerp
 from .score import GaussianMixture, Parameterization, ScoreFn, score_fn_from_model
 from .sde import SDE, CosineVPSDE, LinearSDE, RectifiedFlow, SubVPSDE, VESDE, VPSDE, sde_from_name
+from .train import Trainer
 
 __version__ = "0.1.0"

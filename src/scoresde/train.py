@@ -9,7 +9,7 @@ One step minimises a loss ``loss(model, x0, labels=None, generator=None) -> scal
     theta_ema <- d theta_ema + (1 - d) theta
 
 Reproducibility: every random draw of step ``n`` on rank ``r`` (the loss's noise and times,
-dropout, label dropout) comes from generators seeded by ``(seed, r, n)``, and the data
+label dropout inside the loss, dropout layers) comes from generators seeded by ``(seed, r, n)``, and the data
 order is the state of a seeded :class:`scoresde.data.BatchIterator`; so a run resumed from a
 checkpoint repeats the uninterrupted run exactly (CPU; on GPUs up to non-deterministic kernels).
 
@@ -165,8 +165,8 @@ class Trainer:
         ema_decay, ema_warmup: see :class:`~scoresde.ema.EMA`.
         grad_accum: micro-batches per optimizer step.
         class_conditional: pass labels to the loss (None: iff ``model.config["num_classes"]``).
-        label_dropout: probability of replacing a label by ``model.null_label`` (classifier-free
-            guidance training).
+            For classifier-free guidance wrap the loss in ``scoresde.LabelDropout(loss,
+            model.null_label, p_uncond)``; it draws from the step's generator, so resumes stay exact.
         amp: "auto" (bf16 autocast on CUDA when supported, off otherwise), "bf16" or "none".
         compile: wrap the forward pass in ``torch.compile``.
         out_dir: checkpoints, ``log.jsonl``, ``log.csv``, ``samples/``; None: nothing written.
@@ -185,7 +185,7 @@ class Trainer:
                  batch_size: int = 128, lr: float = 2e-4, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, warmup_steps: int = 0,
                  grad_clip: float | None = 1.0, ema_decay: float = 0.9999, ema_warmup: bool = False,
-                 grad_accum: int = 1, class_conditional: bool | None = None, label_dropout: float = 0.0,
+                 grad_accum: int = 1, class_conditional: bool | None = None,
                  amp: str = "auto", compile: bool = False, out_dir: str | Path | None = None,
                  ckpt_every: int = 1000, keep_last: int = 3, log_every: int = 100,
                  eval_every: int | None = None, eval_data: Any = None, sample_every: int | None = None,
@@ -196,24 +196,19 @@ class Trainer:
                         ("keep_last", keep_last), ("log_every", log_every)):
             if v < 1:
                 raise ValueError(f"{name} must be >= 1, got {v}")
-        if not 0.0 <= label_dropout < 1.0:
-            raise ValueError(f"label_dropout must lie in [0, 1), got {label_dropout}")
         if (eval_every is None) != (eval_data is None) or (sample_every is None) != (sample_fn is None):
             raise ValueError("eval_every needs eval_data and sample_every needs sample_fn (and vice versa)")
         self.rank, self.world_size, self.device = init_distributed(device)
         self.hparams = dict(batch_size=batch_size, lr=lr, betas=list(betas), eps=eps, weight_decay=weight_decay,
                             warmup_steps=warmup_steps, grad_clip=grad_clip, ema_decay=ema_decay,
-                            ema_warmup=ema_warmup, grad_accum=grad_accum, label_dropout=label_dropout,
-                            amp=amp, seed=seed, world_size=self.world_size)
+                            ema_warmup=ema_warmup, grad_accum=grad_accum, amp=amp, seed=seed, world_size=self.world_size)
         self.lr, self.warmup_steps, self.grad_clip = lr, warmup_steps, grad_clip
-        self.grad_accum, self.label_dropout, self.seed = grad_accum, label_dropout, seed
+        self.grad_accum, self.seed = grad_accum, seed
         self.loss, self.batch_size, self.config = loss, batch_size, config or {}
         self.model = model.to(self.device)
         model_config = getattr(model, "config", {})
         self.class_conditional = (model_config.get("num_classes") is not None
                                   if class_conditional is None else class_conditional)
-        if label_dropout and getattr(model, "null_label", None) is None:
-            raise ValueError("label_dropout needs a model with a null label (null_label=True)")
         self.autocast_dtype = self._amp_dtype(check_choice(amp, AMP_MODES, "amp"))
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=tuple(betas), eps=eps,
                                            weight_decay=weight_decay)
@@ -267,23 +262,19 @@ class Trainer:
         return torch.Generator(device=self.device).manual_seed(step_seed(self.seed, self.rank, step, stream))
 
     # ------------------------------------------------------------------ one step
-    def _next_batch(self, generator: torch.Generator) -> Batch:
+    def _next_batch(self) -> Batch:
         x, labels = _split_batch(next(self.batches))
         x = x.to(self.device, non_blocking=True)
         if not self.class_conditional:
             return x, None
         if labels is None:
             raise ValueError("a class-conditional model needs (x, labels) batches")
-        labels = labels.to(self.device, non_blocking=True)
-        if self.label_dropout:
-            drop = torch.rand(labels.shape, generator=generator, device=self.device) < self.label_dropout
-            labels = torch.where(drop, torch.full_like(labels, self.model.null_label), labels)
-        return x, labels
+        return x, labels.to(self.device, non_blocking=True)
 
     def _micro_step(self, micro: int, last: bool) -> Tensor:
         """Forward and backward of one micro-batch; returns the detached loss."""
         gen = self._generator(self.step, 2 * micro)
-        x, labels = self._next_batch(gen)
+        x, labels = self._next_batch()
         sync = contextlib.nullcontext() if last or self.world_size == 1 else self.net.no_sync()
         devices = [self.device] if self.device.type == "cuda" else []
         with sync, torch.random.fork_rng(devices=devices, device_type=self.device.type):
