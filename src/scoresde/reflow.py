@@ -31,6 +31,7 @@ from torch import Tensor
 
 from ._tensor import check_batch, check_finite
 from .losses import FlowMatchingLoss, Model
+from .sampling import sample
 from .score import Parameterization, ScoreFn
 from .sde import LinearSDE, RectifiedFlow
 
@@ -179,8 +180,6 @@ def draw_couplings(
     the model's distribution whose reflow (:class:`ReflowLoss`) has straighter paths with the
     same marginals at 0 and 1 (Liu et al. 2023, Theorem 3.3).
     """
-    from .sampling import sample
-
     if len(shape) < 2 or shape[0] < 1:
         raise ValueError(f"shape must be (n, ...) with n >= 1 and a data axis, got {tuple(shape)}")
     x_noise = sde.prior_sample(tuple(shape), generator=generator, device=device, dtype=dtype)
