@@ -292,8 +292,14 @@ def test_ddpm_loss_at_discrete_oracle_equals_closed_form():
     abar = loss.alphas_cumprod
     exact = discrete_irreducible(loss, abar.sqrt(), (1 - abar).sqrt(), 1.0)
     assert abs(value - exact) < K_SE * se, (value, exact, se)
-    t, _ = loss.sample_time(1000, gen(2), x0)
-    assert float(t.min()) >= 1 / 1000 and float(t.max()) <= 1.0  # t_i = (i + 1) / N
+    # per sample it is exactly DDPM's |eps_theta(sqrt(abar_i) x_0 + sqrt(1 - abar_i) eps, t_i) - eps|^2
+    t, w, noise = draw(loss, x0[:500], 2)
+    i = torch.round(t * 1000).long() - 1
+    assert bool((w == 1).all()) and bool((t == (i + 1).to(DT) / 1000).all()) and int(i.min()) >= 0
+    model = as_model(random_mlp(0))
+    x_i = abar[i].sqrt()[:, None] * x0[:500] + (1 - abar[i]).sqrt()[:, None] * noise
+    expected = ((model(x_i, t) - noise) ** 2).sum(1)
+    torch.testing.assert_close(loss.per_sample(model, x0[:500], t, noise), expected, rtol=1e-12, atol=0)
 
 
 def test_smld_loss_at_oracle_equals_closed_form():

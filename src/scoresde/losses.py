@@ -169,8 +169,8 @@ class DSMLoss(_GaussianPathLoss):
     true score whatever the network outputs.  Weightings ``lambda(t)``:
 
     * ``sigma2``: ``sigma^2`` (the paper's default): ``|eps_hat - eps|^2``;
-    * ``likelihood``: ``g^2``, which makes ``L`` the bound on the negative log-likelihood
-      (Song et al. 2021, "Maximum likelihood training"): ``(g^2 / sigma^2) |eps_hat - eps|^2``;
+    * ``likelihood``: ``g^2``: ``(g^2 / sigma^2) |eps_hat - eps|^2``; then ``(T - eps) L / 2`` plus
+      terms free of theta bounds ``-E log p_0`` (Song et al. 2021, "Maximum likelihood training");
     * ``none``: ``1``; or any callable ``lambda(t)``.
 
     ``reduce`` averages (``mean``) or sums (``sum``) the squared error over the data axes.
@@ -219,7 +219,9 @@ class DSMLoss(_GaussianPathLoss):
         return t, 1.0 / ((self.sde.T - self.sde.eps) * q)
 
     def eps_weight(self, t: Tensor) -> Tensor:
-        """The weight in noise space, ``lambda(t) / sigma(t)^2``."""
+        """The weight in noise space, ``lambda(t) / sigma(t)^2`` (exactly 1 for ``sigma2``)."""
+        if self.weighting == "sigma2":
+            return torch.ones_like(t)
         return score_weight(self.sde, self.weighting, t) / self.kernel(t)[1] ** 2
 
     def per_sample(
