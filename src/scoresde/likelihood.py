@@ -1,0 +1,431 @@
+"""Exact log-likelihoods through the probability-flow ODE, and bits/dim.
+
+The probability-flow ODE ``dx/dt = F(x, t) = f(x, t) - g(t)^2 s(x, t) / 2`` moves samples of
+``p_t`` to samples of ``p_{t'}``; along a trajectory the density obeys the instantaneous
+change of variables ``d log p_t(x(t)) / dt = -div_x F(x(t), t)``.  Integrating from the data
+at ``t = eps`` to the noise end ``t_end`` gives (paper, eq. 39)::
+
+    log p_eps(x) = log p_{t_end}(z) + int_eps^{t_end} div_x F(x(t), t) dt,   z = x(t_end).
+
+The unknown ``p_{t_end}`` is replaced by the Gaussian prior.
+
+**The time variable.**  ``time_variable="t"`` solves the ODE above as written (the paper's
+setting; any :class:`~scoresde.sde.SDE`).  ``time_variable="log-snr"`` (the default, linear
+SDEs) solves the same flow for the normalised state ``y = x / k``, ``k = sqrt(alpha^2 + sigma^2)``,
+as a function of the log-SNR ``lambda = log(alpha / sigma)``::
+
+    dy/dlambda = (sigma^2 / k^2) (y + k s(k y, t(lambda))),     div_y = D sigma^2 / k^2 + sigma^2 div_x s,
+    log p_eps(x) = log p_{t_end}(z) + D log(k_end / k_eps) + int_{lambda_eps}^{lambda_end} div_y dlambda.
+
+In these coordinates every linear SDE has the same ODE (that of the variance-preserving SDE with
+the same log-SNR), the state stays of order one from data to noise, and the ``D f(t)`` part
+of the divergence is integrated in closed form (the ``D log(k_end / k_eps)`` term).  The
+solver steps in ``tau``, the VP time (``beta`` from 0.1 to 20) of that log-SNR,
+``dlambda/dtau = -beta(tau) / (2 (1 - exp(-B(tau))))``, which packs the nearly-linear stretches
+at both ends into a few steps.  With this chart VE and sub-VP cost what VP costs (about 90
+NFE at ``rtol = atol = 1e-5``) where in ``t`` they cost up to 140; ``benchmarks/likelihood.py``
+measures error against NFE for both charts.
+
+**Biases (as in the paper).**  The integration starts at ``eps``, so the result is
+``log p_eps`` (data smoothed by the kernel at ``eps``), not ``log p_0``; and the prior
+``N(0, sigma(t_end)^2 I)`` ignores the mean ``alpha(t_end) x_0`` and the data variance
+``alpha(t_end)^2 Var x_0`` left in ``p_{t_end}``.  Both are small for the standard SDEs and are
+measured on the Gaussian-mixture oracle in ``benchmarks/likelihood.py``.
+
+**The end time.**  The ODE is integrated up to ``t_end = T`` unless the log-SNR at ``T`` is
+below ``min_log_snr`` (default ``-10``); then it stops where ``lambda = min_log_snr`` and uses the
+prior ``N(0, sigma(t_end)^2 I)`` there.  This only matters for schedules with ``alpha(T) = 0``,
+such as :class:`~scoresde.sde.RectifiedFlow`, whose drift is singular at ``T``: stopping at
+``alpha = e^{-10} sigma`` leaves a prior error of relative size ``e^{-10}``.
+
+**Error control.**  The solver state is ``[y, l / D]``: ``rtol`` and ``atol`` bound the error of
+each state coordinate and of the log-density *per dimension*, so a tolerance means the same
+thing in 2 and in 3072 dimensions.
+
+**Cost per NFE.**  One evaluation of the ODE right-hand side is one call of ``score_fn`` under
+autograd plus vector-Jacobian products of its output: one VJP for ``divergence="hutchinson"``
+with ``probes=1`` (``k`` VJPs batched for ``k`` probes), ``D`` VJPs batched for ``"exact"``
+(the full Jacobian trace; meant for low dimension).  The drift comes from the same forward
+pass.  ``info.nfe`` counts these evaluations.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+from torch import Tensor
+from torchdiffeq import odeint
+from tqdm.auto import tqdm
+
+from ._tensor import append_dims, as_batch_time, batch_sum, check_choice, check_finite, check_positive
+from .data import dequantize
+from .sde import SDE, VPSDE, LinearSDE
+
+ScoreFn = Callable[[Tensor, Tensor], Tensor]
+
+DIVERGENCES = ("exact", "hutchinson")
+PROBE_DISTS = ("rademacher", "gaussian")
+TIME_VARIABLES = ("log-snr", "t")
+METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")  # torchdiffeq's adaptive solvers
+
+
+@dataclass
+class LikelihoodInfo:
+    """What :func:`log_likelihood` spent and found.
+
+    ``nfe``: score evaluations; ``z``: the latent ``x(t_end)``; ``prior_logp``: ``log prior(z)``;
+    ``delta_logp``: ``log p_eps(x) - log prior(z)``; ``t_end``: where the prior was applied.
+    """
+
+    nfe: int
+    z: Tensor
+    prior_logp: Tensor
+    delta_logp: Tensor
+    t_end: float
+
+
+# -- divergences --------------------------------------------------------------------------------
+def draw_probes(
+    x: Tensor, probes: int, probe_dist: str = "rademacher", generator: torch.Generator | None = None
+) -> Tensor:
+    """``probes`` Hutchinson probe vectors per sample, shape ``(probes, B, ...)``, with
+    ``E[v v^T] = I``: Rademacher (entries +-1) or standard Gaussian."""
+    check_choice(probe_dist, PROBE_DISTS, "probe_dist")
+    shape = (probes,) + tuple(x.shape)
+    if probe_dist == "gaussian":
+        return torch.randn(shape, generator=generator, dtype=x.dtype, device=x.device)
+    bits = torch.randint(0, 2, shape, generator=generator, device=x.device)
+    return bits.to(x.dtype) * 2 - 1
+
+
+def _basis(y: Tensor) -> Tensor:
+    """The ``D`` unit vectors of one sample's space, repeated over the batch: ``(D, B, ...)``."""
+    dim = y[0].numel()
+    eye = torch.eye(dim, dtype=y.dtype, device=y.device)
+    return eye[:, None, :].expand(dim, y.shape[0], dim).reshape((dim,) + tuple(y.shape))
+
+
+def value_and_divergence(fn: Callable[[Tensor], Tensor], y: Tensor, probes: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``(fn(y), div_y fn(y))`` from one forward pass of ``fn`` and batched VJPs.
+
+    ``probes`` ``(k, B, ...)`` gives Hutchinson's estimate ``mean_j v_j^T (d fn / d y) v_j``;
+    ``None`` gives the exact trace ``sum_i e_i^T (d fn / d y) e_i`` (``D`` VJPs).  ``fn`` must
+    act on each sample separately.  Autograd is enabled locally (works under ``no_grad``).
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        y = y.detach().clone().requires_grad_(True)
+        out = fn(y)
+        vectors = _basis(y) if probes is None else probes
+        (vjp,) = torch.autograd.grad(out, y, vectors, is_grads_batched=True)
+    div = batch_sum((vjp * vectors).sum(0))
+    if probes is not None:
+        div = div / probes.shape[0]
+    return out.detach(), div.detach()
+
+
+# -- the ODE in its time variable ---------------------------------------------------------------
+class _Chart:
+    """The probability-flow ODE in a solver variable ``u`` for the state ``y = c(u) x``.
+
+    ``velocity(y, u)`` is ``dy/du``; ``log_scale(u) = log c(u)``; ``time(u)`` maps ``u`` to ``t``.
+    """
+
+    def __init__(self, sde: SDE, score_fn: ScoreFn, t0: float, t1: float) -> None:
+        self.sde, self.score_fn, self.t0, self.t1 = sde, score_fn, t0, t1
+
+    def to_state(self, x: Tensor, u: Tensor) -> Tensor:
+        return x * torch.exp(self.log_scale(u))
+
+    def from_state(self, y: Tensor, u: Tensor) -> Tensor:
+        return y * torch.exp(-self.log_scale(u))
+
+
+class _TimeChart(_Chart):
+    """``u = t``, ``y = x``: ``dx/dt = f(x, t) - g(t)^2 s(x, t) / 2`` (the paper's form)."""
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        return self.t0, self.t1
+
+    def time(self, u: Tensor) -> Tensor:
+        return u
+
+    def log_scale(self, u: Tensor) -> Tensor:
+        return torch.zeros_like(u)
+
+    def velocity(self, y: Tensor, u: Tensor) -> Tensor:
+        t = as_batch_time(u, y)
+        return self.sde.probability_flow_drift(y, t, self.score_fn(y, t))
+
+
+class _LogSNRChart(_Chart):
+    """``u = tau``, the VP time of ``lambda = log(alpha/sigma)``; ``y = x / k``, ``k = sqrt(alpha^2 + sigma^2)``:
+    ``dy/dtau = (dlambda/dtau) (sigma^2 / k^2) (y + k s(k y, t(lambda(tau))))``."""
+
+    clock = VPSDE(beta_min=0.1, beta_max=20.0)
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        lam = self.sde.log_snr(torch.tensor([self.t0, self.t1], dtype=torch.float64))
+        tau = self.clock.t_of_log_snr(lam)
+        return float(tau[0]), float(tau[1])
+
+    def time(self, u: Tensor) -> Tensor:
+        return self.sde.t_of_log_snr(self.clock.log_snr(u))
+
+    def log_scale(self, u: Tensor) -> Tensor:
+        t = self.time(u)
+        return -0.5 * torch.log(self.sde.alpha(t) ** 2 + self.sde.sigma(t) ** 2)
+
+    def velocity(self, y: Tensor, u: Tensor) -> Tensor:
+        t = as_batch_time(self.time(u), y)
+        alpha, sigma = self.sde.alpha(t), self.sde.sigma(t)
+        k2 = alpha**2 + sigma**2
+        k = append_dims(k2.sqrt(), y.ndim)
+        dlam = -self.clock.beta(u) / (2 * -torch.expm1(-self.clock.int_beta(u)))
+        rate = append_dims(dlam * sigma**2 / k2, y.ndim)
+        return rate * (y + k * self.score_fn(k * y, t))
+
+
+_CHARTS = {"t": _TimeChart, "log-snr": _LogSNRChart}
+
+
+def end_time(sde: SDE, min_log_snr: float = -10.0) -> float:
+    """Where the likelihood ODE stops: ``T``, or for a linear SDE whose log-SNR at ``T`` is below
+    ``min_log_snr`` (``alpha(T) = 0``, e.g. rectified flow) the time where ``lambda = min_log_snr``."""
+    if not isinstance(sde, LinearSDE):
+        return sde.T
+    lam_T = float(sde.log_snr(torch.tensor(sde.T, dtype=torch.float64)))
+    if lam_T >= min_log_snr:
+        return sde.T
+    return float(sde.t_of_log_snr(torch.tensor(min_log_snr, dtype=torch.float64)))
+
+
+def _prior_logp(sde: SDE, z: Tensor, t_end: float) -> Tensor:
+    """The SDE's prior at ``T``; before ``T`` (see :func:`end_time`) ``N(0, sigma(t_end)^2 I)``."""
+    if t_end == sde.T:
+        return sde.prior_logp(z)
+    std = float(sde.sigma(torch.tensor(t_end, dtype=torch.float64)))
+    return batch_sum(torch.distributions.Normal(0.0, std).log_prob(z))
+
+
+def _check_input(x: Tensor, sde: SDE, time_variable: str) -> None:
+    if not isinstance(x, Tensor) or x.ndim < 2 or x.shape[0] == 0:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"x must be a tensor of shape (B, ...) with B >= 1 and at least one data axis, got {shape}")
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a floating tensor, got {x.dtype}")
+    check_finite(x, "x")
+    check_choice(time_variable, TIME_VARIABLES, "time_variable")
+    if time_variable == "log-snr" and not isinstance(sde, LinearSDE):
+        raise ValueError("time_variable='log-snr' needs a LinearSDE; use time_variable='t' for other SDEs")
+
+
+def log_likelihood(
+    score_fn: ScoreFn,
+    sde: SDE,
+    x: Tensor,
+    *,
+    divergence: str = "exact",
+    probes: int = 1,
+    probe_dist: str = "rademacher",
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    method: str = "dopri5",
+    eps: float | None = None,
+    time_variable: str = "log-snr",
+    min_log_snr: float = -10.0,
+    generator: torch.Generator | None = None,
+    max_steps: int = 10_000,
+    progress: bool = False,
+) -> tuple[Tensor, LikelihoodInfo]:
+    """``log p_eps(x)`` in nats per sample through the probability-flow ODE (module docstring).
+
+    One batched torchdiffeq solve of ``[y, l]`` from ``eps`` (default ``sde.eps``) to the end
+    time (:func:`end_time`) on ``x``'s device and dtype, with ``l' = div(dy/du)``: the
+    divergence is ``"exact"`` (Jacobian trace, ``D`` VJPs per NFE) or ``"hutchinson"``
+    (``probes`` probe vectors drawn once from ``generator`` and kept for the whole solve, so the
+    estimate is unbiased: ``E[v^T J v] = tr J``).  ``time_variable``: ``"log-snr"`` (default,
+    linear SDEs) or ``"t"``.  ``method``, ``rtol``, ``atol``: the torchdiffeq solver and its
+    tolerances (``METHODS``: its adaptive ones); ``max_steps`` bounds the step count (a stiff
+    ODE raises ``RuntimeError`` instead of running on).  ``min_log_snr``: see :func:`end_time`.
+
+    Per NFE: one ``score_fn`` forward and its VJPs (one for Hutchinson with one probe).
+
+    Returns ``(logp, info)`` with ``logp`` of shape ``(B,)`` and :class:`LikelihoodInfo`.
+    """
+    _check_input(x, sde, time_variable)
+    check_choice(divergence, DIVERGENCES, "divergence")
+    check_choice(method, METHODS, "method")
+    if probes < 1:
+        raise ValueError(f"probes must be >= 1, got {probes}")
+    if max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    check_positive(rtol, "rtol")
+    check_positive(atol, "atol")
+    t0 = sde.eps if eps is None else check_positive(eps, "eps")
+    t_end = end_time(sde, min_log_snr)
+    if not t0 < t_end:
+        raise ValueError(f"eps must be below the end time {t_end}, got {t0}")
+
+    chart = _CHARTS[time_variable](sde, score_fn, t0, t_end)
+    probe_vectors = None
+    if divergence == "hutchinson":
+        probe_vectors = draw_probes(x, probes, probe_dist, generator)
+    u0, u1 = chart.bounds
+    grid = torch.tensor([u0, u1], dtype=x.dtype, device=x.device)
+    nfe = 0
+    bar = tqdm(total=abs(u1 - u0), disable=not progress, desc="log-likelihood", unit="")
+
+    def rhs(u: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        nonlocal nfe
+        nfe += 1
+        u = u.clamp(min(u0, u1), max(u0, u1))  # the solver's first-step probe may overshoot the end
+        if progress:
+            bar.set_postfix(nfe=nfe, refresh=False)
+            bar.update(abs(float(u) - u0) - bar.n)
+        vel, div = value_and_divergence(lambda y: chart.velocity(y, u), state[0], probe_vectors)
+        return vel, div / dim
+
+    dim = x[0].numel()
+    state0 = (chart.to_state(x, grid[0]), torch.zeros(x.shape[0], dtype=x.dtype, device=x.device))
+    try:
+        ys, ls = odeint(rhs, state0, grid, rtol=rtol, atol=atol, method=method, options={"max_num_steps": max_steps})
+    except AssertionError as err:  # torchdiffeq signals the step limit by an assertion
+        raise RuntimeError(f"log_likelihood: the ODE solver stopped after max_steps={max_steps} steps ({err})") from err
+    finally:
+        bar.close()
+    z = chart.from_state(ys[-1], grid[-1])
+    delta = dim * (ls[-1] + chart.log_scale(grid[0]) - chart.log_scale(grid[-1]))
+    prior = _prior_logp(sde, z, t_end)
+    return prior + delta, LikelihoodInfo(nfe=nfe, z=z, prior_logp=prior, delta_logp=delta, t_end=t_end)
+
+# -- bits per dimension -------------------------------------------------------------------------
+def bits_per_dim(
+    logp: Tensor, x: Tensor, data_range: tuple[float, float] = (-1.0, 1.0), levels: int = 256
+) -> Tensor:
+    """Bits per dimension of dequantised discrete data from the model's log-density ``logp``.
+
+    Pixels ``k in {0, .., levels-1}`` dequantised as ``v = (k + u) / levels``, ``u ~ U[0, 1)^D``,
+    reach the model as ``y = lo + (hi - lo) v`` in ``data_range = (lo, hi)``.  The density of
+    ``k + u`` on ``[0, levels)^D`` is ``p(y) ((hi - lo) / levels)^D``, so::
+
+        bpd = (-logp / D - log(hi - lo) + log(levels)) / log 2.
+
+    For ``(-1, 1)`` and 17 levels this is ``(-log p(y)/D - log 2 + log 17) / log 2``.  Averaged
+    over ``u`` it bounds ``-log2 P(k) / D`` from above.  ``x`` (the model-space batch) gives ``D``.
+    """
+    lo, hi = data_range
+    if not hi > lo:
+        raise ValueError(f"data_range must be (lo, hi) with hi > lo, got {data_range}")
+    if levels < 2:
+        raise ValueError(f"levels must be >= 2, got {levels}")
+    if logp.shape != (x.shape[0],):
+        raise ValueError(f"logp must have shape ({x.shape[0]},) to match x, got {tuple(logp.shape)}")
+    dim = x[0].numel()
+    return (-logp / dim - math.log(hi - lo) + math.log(levels)) / math.log(2)
+
+
+@dataclass
+class BPDResult:
+    """Mean bits/dim over a dataset split, its standard error, per-sample values and NFE spent."""
+
+    mean: float
+    stderr: float
+    values: list[float]
+    nfe: int
+
+
+def _first_tensor(batch) -> Tensor:
+    """``x`` from a batch given as a tensor or as ``(x, labels, ...)``."""
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def _load_partial(path: Path, config: dict) -> dict:
+    state = json.loads(path.read_text())
+    if state.get("config") != config:
+        raise ValueError(f"resume_path {path} holds results for {state.get('config')}, not {config}")
+    return state
+
+
+def _save_partial(path: Path, state: dict) -> None:
+    """Write ``state`` as JSON atomically (temporary file, then rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, path)
+
+
+def _generator_state(generator: torch.Generator | None) -> str | None:
+    return None if generator is None else base64.b64encode(generator.get_state().numpy().tobytes()).decode()
+
+
+def _set_generator_state(generator: torch.Generator | None, state: str | None) -> None:
+    if generator is not None and state is not None:
+        raw = torch.frombuffer(bytearray(base64.b64decode(state)), dtype=torch.uint8)
+        generator.set_state(raw)
+
+
+def evaluate_bpd(
+    score_fn: ScoreFn,
+    sde: SDE,
+    batches: Iterable,
+    *,
+    levels: int = 256,
+    data_range: tuple[float, float] = (-1.0, 1.0),
+    draws: int = 1,
+    generator: torch.Generator | None = None,
+    resume_path: str | Path | None = None,
+    progress: bool = True,
+    **likelihood_options,
+) -> BPDResult:
+    """Bits/dim over a dataset split: mean and standard error ``std / sqrt(n)`` over samples.
+
+    ``batches`` yields quantised data in the model's range (``lo + (hi - lo) k / (levels - 1)``,
+    as :mod:`scoresde.data` loads it), as tensors or ``(x, labels)`` pairs, in a fixed order.
+    Each sample's bits/dim (:func:`bits_per_dim`) is averaged over ``draws`` uniform
+    dequantizations (:func:`scoresde.data.dequantize`, noise from ``generator``).
+    ``likelihood_options`` go to :func:`log_likelihood`.
+
+    With ``resume_path`` the per-sample values, the NFE and the generator state are written to
+    that JSON file (atomically) after every batch; a later call with the same file and
+    settings skips the batches already done and continues.
+    """
+    if draws < 1:
+        raise ValueError(f"draws must be >= 1, got {draws}")
+    config = {"levels": levels, "data_range": list(data_range), "draws": draws}
+    path = None if resume_path is None else Path(resume_path)
+    state = {"config": config, "batches": 0, "values": [], "nfe": 0, "generator": None}
+    if path is not None and path.exists():
+        state = _load_partial(path, config)
+        _set_generator_state(generator, state["generator"])
+    bar = tqdm(desc="bits/dim", unit="batch", disable=not progress, initial=state["batches"])
+    for index, batch in enumerate(batches):
+        if index < state["batches"]:
+            continue
+        x = _first_tensor(batch)
+        bpd = torch.zeros(x.shape[0], dtype=torch.float64)
+        for _ in range(draws):
+            y = dequantize(x, levels, data_range, generator)
+            logp, info = log_likelihood(score_fn, sde, y, generator=generator, **likelihood_options)
+            bpd += bits_per_dim(logp, y, data_range, levels).double().cpu() / draws
+            state["nfe"] += info.nfe
+        state["values"] += bpd.tolist()
+        state["batches"] = index + 1
+        state["generator"] = _generator_state(generator)
+        if path is not None:
+            _save_partial(path, state)
+        bar.update(1)
+        bar.set_postfix(bpd=f"{sum(state['values']) / len(state['values']):.4f}")
+    bar.close()
+    values = torch.tensor(state["values"], dtype=torch.float64)
+    if values.numel() == 0:
+        raise ValueError("batches yielded no data")
+    stderr = float(values.std() / math.sqrt(values.numel())) if values.numel() > 1 else float("nan")
+    return BPDResult(mean=float(values.mean()), stderr=stderr, values=state["values"], nfe=state["nfe"])

@@ -1,0 +1,222 @@
+"""Likelihoods through the probability-flow ODE against the Gaussian-mixture oracle's closed forms."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import scoresde as sd
+from scoresde.likelihood import draw_probes, end_time, value_and_divergence
+
+SDES = {"vp": sd.VPSDE, "subvp": sd.SubVPSDE, "ve": sd.VESDE}
+
+
+def _data(name: str, n: int, dtype=torch.float32, seed: int = 0):
+    gmm = sd.GaussianMixture.named(name)
+    x, _ = gmm.sample(n, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    return gmm, x
+
+
+def _with_exact_terminal(gmm, sde, info):
+    """The estimate with the oracle's exact ``log p_{t_end}(z)`` in place of the Gaussian prior:
+    what is left differs from ``log p_eps`` only by the solver's error."""
+    return gmm.log_prob(info.z.double(), info.t_end, sde) + info.delta_logp.double()
+
+
+@pytest.mark.parametrize("time_variable", ["log-snr", "t"])
+@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("mixture", ["ring2d", "mix16"])
+def test_exact_divergence_matches_closed_form(mixture, sde_name, time_variable):
+    sde = SDES[sde_name]()
+    gmm, x = _data(mixture, 32)
+    logp, info = sd.log_likelihood(gmm.score_fn(sde), sde, x, time_variable=time_variable)
+    dim = x.shape[1]
+    ref = gmm.log_prob(x.double(), sde.eps, sde)
+    # Solver error alone: dopri5 at rtol = atol = 1e-5 per dimension leaves 2e-5..1e-4 nats/dim
+    # on average (benchmarks/likelihood.py, 256 samples) and up to ~3e-3 on rare samples that
+    # sit between modes; bound the mean by 5x and the worst sample by 3x those figures.
+    solver_err = (_with_exact_terminal(gmm, sde, info) - ref).abs() / dim
+    assert solver_err.mean() < 5e-4
+    assert solver_err.max() < 1e-2
+    # With the Gaussian prior, the paper's estimator: the prior ignores alpha(T) x_0, which costs
+    # up to ~5e-3 nats/dim on the ring under VE (|z| ~ 50, |x_0| ~ 2: z.x_0 / sigma_max^2 ~ 0.04
+    # per sample); 2e-2 nats/dim bounds it with margin while catching any sign or direction error.
+    assert ((logp.double() - ref).abs() / dim).max() < 2e-2
+    assert torch.allclose(logp, info.prior_logp + info.delta_logp)
+    assert 20 < info.nfe < 400
+
+
+def test_gaussian_data_is_exact_to_1e_4():
+    # For Gaussian data p_t is Gaussian; with the exact terminal density the only error left is
+    # the solver's, which at rtol = atol = 1e-7 in float64 is far below the 1e-4 asked.
+    sde = sd.VPSDE()
+    gmm, x = _data("gauss2d", 16, dtype=torch.float64)
+    logp, info = sd.log_likelihood(gmm.score_fn(sde), sde, x, rtol=1e-7, atol=1e-7)
+    ref = gmm.log_prob(x, sde.eps, sde)
+    assert (_with_exact_terminal(gmm, sde, info) - ref).abs().max() < 1e-4
+
+
+def test_gaussian_data_with_gaussian_prior_bias_matches_its_closed_form():
+    # The paper's prior N(0, sigma_T^2 I) misses p_T = N(alpha_T mu, alpha_T^2 S + sigma_T^2 I);
+    # the estimate is off by exactly log N(z; 0, sigma_T^2) - log p_T(z) (plus solver error).
+    sde = sd.VPSDE()
+    gmm, x = _data("gauss2d", 16, dtype=torch.float64)
+    logp, info = sd.log_likelihood(gmm.score_fn(sde), sde, x, rtol=1e-7, atol=1e-7)
+    ref = gmm.log_prob(x, sde.eps, sde)
+    bias = info.prior_logp - gmm.log_prob(info.z, sde.T, sde)
+    assert (logp - ref - bias).abs().max() < 1e-4
+    assert bias.abs().max() > 1e-4  # the bias is real, and the first check can see it
+
+
+def test_hutchinson_is_unbiased_within_4_standard_errors():
+    sde = sd.VPSDE()
+    gmm, x = _data("ring2d", 2)
+    exact, _ = sd.log_likelihood(gmm.score_fn(sde), sde, x, rtol=1e-4, atol=1e-4)
+    n = 200
+    xs = x.repeat_interleave(n, dim=0)  # 200 single-probe estimates per point in one batched solve
+    g = torch.Generator().manual_seed(0)
+    est, _ = sd.log_likelihood(
+        gmm.score_fn(sde), sde, xs, divergence="hutchinson", rtol=1e-4, atol=1e-4, generator=g
+    )
+    est = est.reshape(2, n).double()
+    se = est.std(dim=1) / math.sqrt(n)
+    assert (se > 0).all()  # the estimator does vary, so the check below is not vacuous
+    assert ((est.mean(dim=1) - exact.double()).abs() < 4 * se + 1e-4).all()
+
+
+def test_hutchinson_probe_average_and_gaussian_probes():
+    sde = sd.VESDE()
+    gmm, x = _data("mix16", 4)
+    exact, _ = sd.log_likelihood(gmm.score_fn(sde), sde, x, rtol=1e-4, atol=1e-4)
+    g = torch.Generator().manual_seed(1)
+    est, info = sd.log_likelihood(
+        gmm.score_fn(sde), sde, x, divergence="hutchinson", probes=64, probe_dist="gaussian",
+        rtol=1e-4, atol=1e-4, generator=g,
+    )
+    # 64 Gaussian probes in 16-D: the divergence integral's spread per probe is a few nats,
+    # its mean over 64 probes within ~1 nat; 3 nats is > 4 standard errors yet far below the
+    # ~20-nat size of the integral itself.
+    assert (est - exact).abs().max() < 3.0
+    assert torch.isfinite(info.z).all()
+
+
+def test_value_and_divergence_exact_trace_and_probes():
+    a = torch.tensor([[2.0, 1.0, 0.0], [0.5, -1.0, 3.0], [0.0, 0.0, 4.0]])
+    x = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+    out, div = value_and_divergence(lambda y: y @ a.T, x, None)
+    assert torch.allclose(out, x @ a.T)
+    assert torch.allclose(div, torch.full((5,), 5.0))
+    v = draw_probes(x, 7, "rademacher", torch.Generator().manual_seed(0))
+    assert set(v.unique().tolist()) == {-1.0, 1.0} and v.shape == (7, 5, 3)
+    _, est = value_and_divergence(lambda y: y @ a.T, x, v)
+    manual = torch.einsum("kbi,ij,kbj->b", v, a, v) / 7
+    assert torch.allclose(est, manual)
+
+
+def test_works_under_inference_mode_and_for_image_shapes():
+    sde = sd.VPSDE()
+    gmm, x = _data("mix16", 3)
+    images = x.reshape(3, 1, 4, 4)
+    ref, _ = sd.log_likelihood(gmm.score_fn(sde), sde, x, rtol=1e-4, atol=1e-4)
+    with torch.inference_mode():
+        logp, info = sd.log_likelihood(gmm.score_fn(sde), sde, images, rtol=1e-4, atol=1e-4)
+    assert info.z.shape == images.shape
+    assert torch.allclose(logp, ref, atol=1e-4)
+
+
+def test_rectified_flow_is_finite_and_accurate():
+    sde = sd.RectifiedFlow()
+    gmm, x = _data("ring2d", 32)
+    logp, info = sd.log_likelihood(gmm.score_fn(sde), sde, x)
+    assert torch.isfinite(logp).all() and torch.isfinite(info.z).all()
+    assert info.t_end == pytest.approx(1 / (1 + math.exp(-10.0)))  # where lambda = min_log_snr
+    ref = gmm.log_prob(x.double(), sde.eps, sde)
+    # Stopping at alpha = e^-10 sigma leaves a prior error ~ e^-10 |z| |x_0| per dimension; with
+    # the solver error (~1e-4) that stays below 1e-3 nats/dim.
+    assert ((logp.double() - ref).abs() / 2).max() < 1e-3
+    assert end_time(sd.VPSDE()) == 1.0
+
+
+def test_bad_input_raises_value_error():
+    sde = sd.VPSDE()
+    gmm = sd.GaussianMixture.named("ring2d")
+    score = gmm.score_fn(sde)
+    with pytest.raises(ValueError, match="x"):
+        sd.log_likelihood(score, sde, torch.tensor([[0.0, float("nan")]]))
+    with pytest.raises(ValueError, match="x"):
+        sd.log_likelihood(score, sde, torch.zeros(2))
+    with pytest.raises(ValueError, match="divergence"):
+        sd.log_likelihood(score, sde, torch.zeros(2, 2), divergence="trace")
+    with pytest.raises(ValueError, match="time_variable"):
+        sd.log_likelihood(score, sde, torch.zeros(2, 2), time_variable="sigma")
+    with pytest.raises(ValueError, match="eps"):
+        sd.log_likelihood(score, sde, torch.zeros(2, 2), eps=2.0)
+    with pytest.raises(RuntimeError, match="max_steps"):
+        sd.log_likelihood(score, sde, torch.zeros(2, 2), max_steps=2)
+
+
+# -- bits per dimension --------------------------------------------------------------------------
+def test_bits_per_dim_of_uniform_density_is_log2_levels():
+    # The uniform density on (-1, 1)^D is 2^-D: the dequantised k + u is uniform on
+    # [0, levels)^D, i.e. exactly log2(levels) bits per dimension.
+    x = torch.zeros(3, 1, 4, 4)
+    logp = torch.full((3,), -16 * math.log(2.0))
+    assert torch.allclose(sd.bits_per_dim(logp, x, (-1, 1), levels=256), torch.full((3,), 8.0))
+    assert torch.allclose(sd.bits_per_dim(torch.zeros(3), x, (0, 1), levels=17), torch.full((3,), math.log2(17)))
+
+
+def test_bits_per_dim_of_a_histogram_density_is_minus_log2_of_the_cell_probability():
+    # A density constant on each dequantisation cell, p(y) = P(k) / cell_width: its bits/dim is
+    # exactly -log2 P(k) / D whatever the dequantisation noise u, so the offset must be exact.
+    levels, lo, hi = 256, -1.0, 1.0
+    g = torch.Generator().manual_seed(0)
+    prob = torch.softmax(torch.randn(levels, generator=g, dtype=torch.float64), 0)
+    k = torch.randint(0, levels, (5, 3, 2, 2), generator=g)
+    u = torch.rand(k.shape, generator=g, dtype=torch.float64)
+    y = lo + (hi - lo) * (k + u) / levels
+    width = (hi - lo) / levels
+    logp = torch.log(prob[k] / width).flatten(1).sum(1)
+    expected = -torch.log2(prob[k]).flatten(1).mean(1)
+    assert torch.allclose(sd.bits_per_dim(logp, y, (lo, hi), levels), expected, atol=1e-12)
+
+
+def test_bits_per_dim_bad_input():
+    with pytest.raises(ValueError, match="data_range"):
+        sd.bits_per_dim(torch.zeros(2), torch.zeros(2, 3), (1, -1))
+    with pytest.raises(ValueError, match="logp"):
+        sd.bits_per_dim(torch.zeros(3), torch.zeros(2, 3))
+
+
+def test_evaluate_bpd_resumes_to_the_same_result(tmp_path):
+    # Gaussian "data" on 17 levels in (-1, 1); the oracle gives the model's score.
+    sde = sd.VPSDE()
+    gmm = sd.GaussianMixture(torch.ones(1), torch.zeros(1, 4), torch.full((1, 4), 0.5))
+    x, _ = gmm.sample(12, generator=torch.Generator().manual_seed(0))
+    k = torch.round((x.clamp(-1, 1) + 1) / 2 * 16)
+    data = k / 16 * 2 - 1
+    batches = [data[i : i + 4] for i in range(0, 12, 4)]
+    opts = dict(levels=17, draws=2, rtol=1e-4, atol=1e-4, progress=False)
+
+    full = sd.evaluate_bpd(gmm.score_fn(sde), sde, batches, generator=torch.Generator().manual_seed(3), **opts)
+    assert len(full.values) == 12 and full.stderr > 0 and full.nfe > 0
+
+    path = tmp_path / "partial.json"
+    g = torch.Generator().manual_seed(3)
+    sd.evaluate_bpd(gmm.score_fn(sde), sde, batches[:2], generator=g, resume_path=path, **opts)
+    resumed = sd.evaluate_bpd(
+        gmm.score_fn(sde), sde, batches, generator=torch.Generator().manual_seed(99), resume_path=path, **opts
+    )
+    assert resumed.values == pytest.approx(full.values, abs=1e-6)
+    assert resumed.mean == pytest.approx(sum(full.values) / 12)
+    # Same per-sample answer as the two front-door calls by hand, draw by draw.
+    g = torch.Generator().manual_seed(3)
+    by_hand = torch.zeros(4, dtype=torch.float64)
+    for _ in range(2):
+        y = sd.data.dequantize(batches[0], 17, (-1.0, 1.0), g)
+        logp, _ = sd.log_likelihood(gmm.score_fn(sde), sde, y, rtol=1e-4, atol=1e-4, generator=g)
+        by_hand += sd.bits_per_dim(logp, y, (-1, 1), 17).double() / 2
+    assert full.values[:4] == pytest.approx(by_hand.tolist(), abs=1e-6)
+    with pytest.raises(ValueError, match="resume_path"):
+        sd.evaluate_bpd(gmm.score_fn(sde), sde, batches, resume_path=path, **{**opts, "levels": 256})
