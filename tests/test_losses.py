@@ -229,7 +229,9 @@ def test_flow_matching_equals_dsm_with_weight_g4_over_4(sde):
     x0, _ = RING.sample(2000, generator=gen(0), dtype=DT)
     t, _, noise = draw(fm, x0, 1)
     model = as_model(random_mlp(0))
-    torch.testing.assert_close(dsm.per_sample(model, x0, t, noise), fm.per_sample(model, x0, t, noise), rtol=1e-6, atol=1e-10)
+    torch.testing.assert_close(
+        dsm.per_sample(model, x0, t, noise), fm.per_sample(model, x0, t, noise), rtol=1e-6, atol=1e-10
+    )
     det = sde.alpha(t) * sde.dsigma(t) - sde.sigma(t) * sde.dalpha(t)
     torch.testing.assert_close(det**2 * sde.sigma(t) ** 2 / sde.alpha(t) ** 2, sde.g2(t) ** 2 / 4, rtol=1e-9, atol=0)
 
@@ -310,6 +312,13 @@ def test_smld_loss_at_oracle_equals_closed_form():
     torch.testing.assert_close(loss.sde.sigma(loss.times), sig, rtol=1e-12, atol=0)
     exact = discrete_irreducible(loss, torch.ones_like(sig), sig, 1.0)
     assert abs(value - exact) < K_SE * se, (value, exact, se)
+    # per sample it is exactly NCSN's sigma_i^2 |s_theta(x_0 + sigma_i z, t_i) + z / sigma_i|^2
+    t, _, noise = draw(loss, x0[:500], 2)
+    i = torch.round(t * 99).long()
+    model = as_model(random_mlp(0))
+    x_i = x0[:500] + sig[i][:, None] * noise
+    expected = (sig[i][:, None] ** 2 * (model(x_i, t) + noise / sig[i][:, None]) ** 2).sum(1)
+    torch.testing.assert_close(loss.per_sample(model, x0[:500], t, noise), expected, rtol=1e-10, atol=1e-12)
 
 
 # -- sliced score matching -----------------------------------------------------------------------

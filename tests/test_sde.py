@@ -212,7 +212,7 @@ def test_reverse_diffusion_discretisation_matches_the_paper():
     assert float((beta_i - vp_beta(vp, t) * dt).abs().max()) <= (20.0 * dt) ** 2
 
 
-class Brownian(sd.SDE):
+class CubicDrift(sd.SDE):
     """A generic (kernel-free) SDE ``dx = -x^3 dt + 2 dw`` to exercise the base class."""
 
     def drift(self, x, t):
@@ -227,7 +227,7 @@ class Brownian(sd.SDE):
 
 
 def test_generic_sde_discretize_reverse_drift_and_prior():
-    sde = Brownian()
+    sde = CubicDrift()
     x = torch.randn(4, 2, generator=gen(0), dtype=DT)
     t = torch.full((4,), 0.5, dtype=DT)
     f_i, G_i = sde.discretize(x, t, 0.04)
