@@ -317,10 +317,10 @@ class DDPMLoss(DSMLoss):
 
     def kernel(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """``(sqrt(abar_i), sqrt(1 - abar_i))`` of the level ``i = N t - 1``."""
-        i = torch.round(t.double() * self.N).long() - 1
-        if (i < 0).any() or not torch.allclose(t.double(), self.times.to(t.device)[i.clamp(0)], atol=1e-6):
+        i = torch.round(t * self.N).long() - 1  # in t's dtype: no float64 on the device
+        if (i < 0).any() or not torch.allclose(t, self.times.to(t)[i.clamp(0)], atol=1e-6):
             raise ValueError(f"t must lie on the DDPM grid (i + 1) / N with N = {self.N}")
-        abar = self.alphas_cumprod.to(t.device)[i].to(t.dtype)
+        abar = self.alphas_cumprod.to(t)[i]
         return abar.sqrt(), (1 - abar).sqrt()
 
 
@@ -422,7 +422,7 @@ class SlicedScoreMatchingLoss:
         if grid.numel() == 0:
             raise ValueError("simulation_steps is too small: no grid time lies in [eps, T]")
         t, _ = _grid_times(grid, x0.shape[0], generator, x0)
-        stop = torch.round(t.double() * steps / T).long()
+        stop = torch.round(t * (steps / T)).long()
         x, out = x0, x0
         for j in range(1, int(stop.max()) + 1):
             x = self.sde.simulate(x, (j - 1) * T / steps, j * T / steps, 1, generator=generator)
