@@ -108,3 +108,11 @@ def test_builders():
         C.build_model(C.load_config("digits-vp", ["model.name=resnet"]))
     with pytest.raises(ValueError, match="model: "):
         C.build_model(C.load_config("digits-vp", ["model.resblock=weird"]))
+
+
+def test_build_loss_follows_the_section():
+    cfg = C.load_config("toy-2d")
+    loss = C.build_loss(cfg, C.build_sde(cfg))
+    assert loss.parameterization.kind == "v"
+    with pytest.raises(ValueError, match="loss: "):
+        C.build_loss(C.load_config("toy-2d", ["loss.weighting=nope"]), C.build_sde(cfg))

@@ -6,7 +6,7 @@ A configuration has seven sections::
     sde:        name: vp | ve | subvp | cosine | rf, plus that SDE's keyword arguments
     model:      name: a scoresde.nets preset (ddpmpp_digits, ncsnpp_cifar10, ...), unet or mlp,
                 plus keyword arguments of the network
-    loss:       name: dsm | flow-matching | ddpm | smld | ssm, plus keyword arguments
+    loss:       name: dsm | fm | ddpm | smld | ssm, plus keyword arguments
     training:   optimisation and checkpointing
     sampling:   the sampler used after training (scoresde.sample)
     evaluation: what ``scoresde eval`` measures
@@ -91,23 +91,17 @@ class ModelConfig(NamedConfig):
     """The network: a preset of ``scoresde.nets`` or ``unet`` / ``mlp`` with keyword options."""
 
     name: str = "ddpmpp_digits"
-    parameterization: str = _field("eps", choices=("eps", "score", "x0", "v", "flow"))
 
 
-LOSSES = {
-    "dsm": "DSMLoss",
-    "flow-matching": "FlowMatchingLoss",
-    "ddpm": "DDPMLoss",
-    "smld": "SMLDLoss",
-    "ssm": "SlicedScoreMatchingLoss",
-}
+LOSSES = ("dsm", "fm", "ddpm", "smld", "ssm")
 
 
 @dataclass
 class LossConfig(NamedConfig):
-    """The training objective: a class of ``scoresde.losses`` by short name."""
+    """The training objective: ``scoresde.losses.loss_from_name(name, sde, **options)``; the
+    loss's ``parameterization`` option (``eps`` by default) says what the network outputs."""
 
-    name: str = _field("dsm", choices=tuple(LOSSES))
+    name: str = _field("dsm", choices=LOSSES)
 
 
 @dataclass
@@ -120,12 +114,12 @@ class TrainingConfig:
     warmup: int = _field(0, ge=0, doc="linear learning-rate warm-up steps")
     grad_clip: float | None = _field(1.0, gt=0, doc="gradient-norm clipping (None: off)")
     ema_decay: float = _field(0.999, ge=0, lt=1, doc="EMA decay of the weights used for sampling")
+    ema_warmup: bool = _field(False, doc="EMA decay min(decay, (1 + n)/(10 + n)) at update n")
     weight_decay: float = _field(0.0, ge=0, doc="AdamW weight decay")
     seed: int = _field(0, ge=0, doc="seed of initialisation, batches and noise")
     log_every: int = _field(50, ge=1, doc="steps between log lines")
     checkpoint_every: int = _field(1000, ge=1, doc="steps between checkpoints")
     keep: int = _field(2, ge=1, doc="checkpoints kept")
-    threads: int | None = _field(None, ge=1, doc="torch CPU threads (None: torch default)")
 
 
 @dataclass
@@ -417,16 +411,10 @@ def build_model(cfg: Config):
 
 
 def build_loss(cfg: Config, sde: Any):
-    """The loss object of ``cfg.loss`` for ``sde`` (given to constructors that take one)."""
-    from scoresde import losses
+    """``scoresde.losses.loss_from_name(cfg.loss.name, sde, **cfg.loss.options)``."""
+    from scoresde.losses import loss_from_name
 
-    ctor = getattr(losses, LOSSES[cfg.loss.name])
-    first = next(iter(inspect.signature(ctor).parameters), None)
-    args = (sde,) if first == "sde" else ()
-    options = dict(cfg.loss.options)
-    if "parameterization" in inspect.signature(ctor).parameters:
-        options.setdefault("parameterization", cfg.model.parameterization)
-    return _construct(ctor, options, "loss", *args)
+    return _construct(loss_from_name, cfg.loss.options, "loss", cfg.loss.name, sde)
 
 
 def build_dataset(cfg: Config, split: str = "train") -> _data.ArrayDataset:

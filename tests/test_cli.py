@@ -1,0 +1,148 @@
+"""Every sub-command end to end on tiny configurations (seconds), and the error contract."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from scoresde import cli
+
+TINY_TOY = ["training.steps=30", "training.batch_size=64", "training.log_every=10", "training.checkpoint_every=20",
+            "model.width=16", "model.depth=1", "data.n=400", "sampling.n=50", "evaluation.n_samples=200",
+            "evaluation.likelihood_n=30", "evaluation.likelihood_batch=12"]
+TINY_DIGITS = ["training.steps=4", "training.batch_size=16", "training.log_every=2", "model.nf=8",
+               "model.ch_mult=[1]", "model.num_res_blocks=1", "model.attn_resolutions=[]", "sampling.steps=4",
+               "evaluation.n_samples=40", "evaluation.likelihood_n=4", "evaluation.likelihood_batch=4",
+               "evaluation.rtol=1e-3", "evaluation.atol=1e-3"]
+
+
+def run_cli(*argv: str) -> int:
+    return cli.main(["--quiet", *argv])
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("toy") / "run"
+    assert run_cli("train", "toy-2d", *TINY_TOY, "--out", str(out)) == 0
+    return out
+
+
+def test_train_writes_a_run_and_refuses_to_overwrite(toy_run, capsys):
+    assert {"config.yaml", "log.jsonl", "ckpt_00000030.json"} <= {p.name for p in toy_run.iterdir()}
+    assert run_cli("train", "toy-2d", *TINY_TOY, "--out", str(toy_run)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("scoresde: error:") and "--resume" in err and "\n" not in err
+
+
+def test_resume_continues_to_more_steps(tmp_path):
+    out = tmp_path / "run"
+    assert run_cli("train", "toy-2d", *TINY_TOY, "training.steps=10", "--out", str(out)) == 0
+    assert run_cli("train", "toy-2d", *TINY_TOY, "training.steps=20", "--out", str(out), "--resume") == 0
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert steps == [10, 20]
+    assert run_cli("train", "toy-2d", *TINY_TOY, "model.width=8", "--out", str(out), "--resume") == 2
+
+
+def test_sample_with_nfe_budget(toy_run, tmp_path, capsys):
+    png = tmp_path / "s.png"
+    assert run_cli("sample", str(toy_run), "-n", "64", "--method", "heun", "--nfe", "10", "--out", str(png)) == 0
+    arc = np.load(png.with_suffix(".npz"))
+    assert arc["x"].shape == (64, 2) and 0 < int(arc["nfe"]) <= 10
+    assert Image.open(png).size[0] > 100
+    assert "NFE" in capsys.readouterr().out
+
+
+def _nfe(sde, method, steps):
+    from scoresde.sampling import sample
+
+    return sample(lambda x, t: torch.zeros_like(x), sde, (1, 2), method=method, steps=steps)[1].nfe
+
+
+def test_steps_for_nfe_is_the_largest_within_budget(toy_run):
+    run = cli.load_run(toy_run)
+    for method in ("dpm-solver++", "heun", "pc"):
+        steps = cli.steps_for_nfe(run.sde, method, 15, (2,), {})
+        assert _nfe(run.sde, method, steps) <= 15 < _nfe(run.sde, method, steps + 1)
+    with pytest.raises(ValueError, match="below the cost"):
+        cli.steps_for_nfe(run.sde, "pc", 1, (2,), {})
+
+
+def test_likelihood_is_resumable(toy_run, tmp_path, capsys):
+    results = tmp_path / "lik.jsonl"
+    args = ("likelihood", str(toy_run), "--limit", "24", "--batch", "12", "--out", str(results))
+    assert run_cli(*args) == 0
+    first = capsys.readouterr().out
+    rows = results.read_text().splitlines()
+    assert len(rows) == 24 and "nats/dim" in first
+    # drop the second batch as if interrupted: the rerun recomputes only it, with the same noise
+    results.write_text("\n".join(rows[:12]) + "\n")
+    assert run_cli(*args) == 0
+    assert capsys.readouterr().out == first
+    assert results.read_text().splitlines() == rows
+
+
+def test_encode_decode_round_trip(toy_run, tmp_path):
+    x = torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
+    np.savez(tmp_path / "x.npz", x=x.numpy())
+    assert run_cli("encode", str(toy_run), str(tmp_path / "x.npz"), "--out", str(tmp_path / "z.npz")) == 0
+    assert run_cli("decode", str(toy_run), str(tmp_path / "z.npz"), "--out", str(tmp_path / "y.png")) == 0
+    y = np.load(tmp_path / "y.npz")["x"]
+    # adaptive solves at rtol = atol = 1e-5 both ways: the round trip error is a few 1e-4 at most
+    assert np.abs(y - x.numpy()).max() < 5e-3
+
+
+def test_eval_toy_metrics(toy_run, tmp_path):
+    out = tmp_path / "ev"
+    assert run_cli("eval", str(toy_run), "--metrics", "sliced-w2", "mmd", "nll", "--steps", "8", "--out", str(out)) == 0
+    res = json.loads((out / "metrics.json").read_text())
+    assert res["sampling"]["nfe"] == 8 and res["sliced-w2"] > 0 and "mean" in res["likelihood"]
+    assert (out / "samples.png").is_file()
+
+
+def test_main_job_on_tiny_digits(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCORESDE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "digits"
+    assert run_cli("run", "digits-vp", *TINY_DIGITS, "--out", str(out)) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["step"] == 4 and res["sampling"]["nfe"] == 4
+    assert res["fd-digits"] > 0 and res["pixel-fd"] > 0
+    assert res["likelihood"]["unit"] == "bits/dim" and res["likelihood"]["n"] == 4
+    grid = Image.open(out / "samples.png")
+    assert grid.mode == "L" and grid.size == (7 * 33 + 1, 6 * 33 + 1)  # 40 images of 32 px in 7 columns
+    assert (out / "loss.png").is_file()
+
+
+def test_errors_are_one_line_and_debug_raises(tmp_path, capsys):
+    assert run_cli("train", "no-such-preset", "--out", str(tmp_path / "x")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown preset 'no-such-preset'" in err
+    assert run_cli("sample", str(tmp_path)) == 2
+    assert "not a run directory" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown preset"):
+        cli.main(["--debug", "train", "no-such-preset", "--out", str(tmp_path / "x")])
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    for name in ("presets", "train", "sample", "likelihood", "encode", "decode", "eval", "run"):
+        assert name in out
+    assert run_cli("presets") == 0
+    assert "digits-vp" in capsys.readouterr().out
+
+
+def test_image_grid_layout():
+    x = torch.linspace(-1, 1, 5).reshape(5, 1, 1, 1).expand(5, 1, 8, 8)
+    grid = cli.image_grid(x, min_cell=16)
+    # 3 columns x 2 rows of 16-pixel cells with 1-pixel borders
+    assert grid.shape == (2 * 17 + 1, 3 * 17 + 1, 1)
+    assert grid[1, 1, 0] == 0 and grid[1, 1 + 17 * 2, 0] == 128 and grid[1 + 17, 1 + 17, 0] == 255
+    assert grid[0, :, 0].min() == 255  # white border
+    with pytest.raises(ValueError, match="images"):
+        cli.image_grid(torch.zeros(2, 4, 8, 8))
