@@ -71,18 +71,24 @@ def test_steps_for_nfe_is_the_largest_within_budget(toy_run):
         cli.steps_for_nfe(run.sde, "pc", 1, (2,), {})
 
 
-def test_likelihood_is_resumable(toy_run, tmp_path, capsys):
-    results = tmp_path / "lik.jsonl"
-    args = ("likelihood", str(toy_run), "--limit", "24", "--batch", "12", "--out", str(results))
-    assert run_cli(*args) == 0
-    first = capsys.readouterr().out
-    rows = results.read_text().splitlines()
-    assert len(rows) == 24 and "nats/dim" in first
-    # drop the second batch as if interrupted: the rerun recomputes only it, with the same noise
-    results.write_text("\n".join(rows[:12]) + "\n")
-    assert run_cli(*args) == 0
-    assert capsys.readouterr().out == first
-    assert results.read_text().splitlines() == rows
+def test_likelihood_toy_nats(toy_run, capsys):
+    assert run_cli("likelihood", str(toy_run), "--limit", "20", "--batch", "10") == 0
+    assert "nats/dim over 20 items" in capsys.readouterr().out
+
+
+def test_likelihood_digits_is_resumable(tmp_path, capsys):
+    out = tmp_path / "digits"
+    assert run_cli("train", "digits-vp", *TINY_DIGITS, "--out", str(out)) == 0
+    capsys.readouterr()
+    base = ("likelihood", str(out), "--batch", "2", "--rtol", "1e-2", "--atol", "1e-2")
+    assert run_cli(*base, "--limit", "4", "--out", str(tmp_path / "whole.json")) == 0
+    whole = capsys.readouterr().out
+    # an interrupted run: the first batch only, then the same file continued to the end
+    assert run_cli(*base, "--limit", "2", "--out", str(tmp_path / "part.json")) == 0
+    assert run_cli(*base, "--limit", "4", "--out", str(tmp_path / "part.json")) == 0
+    resumed = capsys.readouterr().out.splitlines()[-1]
+    assert "bits/dim over 4 items" in whole
+    assert resumed.split("->")[0] == whole.split("->")[0]
 
 
 def test_encode_decode_round_trip(toy_run, tmp_path):

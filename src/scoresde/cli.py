@@ -220,13 +220,12 @@ def sample_run(run: Run, n: int, *, method: str | None = None, steps: int | None
 
 def likelihood_over_split(run: Run, split: str, limit: int | None, batch: int, results: Path, *,
                           divergence: str, rtol: float, atol: float, seed: int = 0,
-                          progress: bool = True) -> dict[str, float]:
-    """Bits/dim (or NLL in nats/dim for continuous data) of the first ``limit`` items of a split.
+                          progress: bool = True) -> dict[str, Any]:
+    """Bits/dim of the first ``limit`` items of a split, or NLL in nats/dim for continuous data.
 
-    Each finished batch appends one JSON line per item to ``results``; a rerun skips items
-    already there (resume). Batch ``k`` uses dequantization and probe noise seeded by
-    ``(seed, k)``, so resumed and uninterrupted runs agree. Returns mean, standard error, count
-    and mean NFE per batch.
+    Quantised data goes through :func:`scoresde.likelihood.evaluate_bpd` (uniform
+    dequantization, progress bar), which saves its partial results in ``results`` after every
+    batch and resumes from them. Returns the mean, standard error, count and NFE per item.
     """
     from tqdm.auto import tqdm
 
@@ -234,40 +233,25 @@ def likelihood_over_split(run: Run, split: str, limit: int | None, batch: int, r
 
     ds = C.build_dataset(run.cfg, split)
     n = len(ds) if limit is None else min(limit, len(ds))
-    done = _read_results(results)
-    levels, lo_hi = run.cfg.data.quantisation_levels(), D.data_range(run.cfg.data.centered)
-    starts = [k for k in range(0, n, batch) if any(i not in done for i in range(k, min(k + batch, n)))]
-    for k in tqdm(starts, desc=f"likelihood ({split})", disable=not progress, unit="batch"):
-        x = ds.x[k : min(k + batch, n)].to(run.device)
-        g = torch.Generator(device=run.device).manual_seed(seed * 1_000_003 + k)
-        y = D.dequantize(x, levels, lo_hi, generator=g) if levels else x
-        logp, info = likelihood.log_likelihood(run.score_fn, run.sde, y, divergence=divergence, rtol=rtol, atol=atol,
-                                    generator=g)
-        if levels:
-            value = likelihood.bits_per_dim(logp, y, data_range=lo_hi, levels=levels)
-        else:
-            value = -logp / y[0].numel()
-        with results.open("a") as fh:
-            for i, v in enumerate(value.tolist()):
-                fh.write(json.dumps({"index": k + i, "value": v, "nfe": info.nfe}) + "\n")
-                done[k + i] = (v, info.nfe)
-    vals = np.array([done[i][0] for i in range(n)])
-    return {"unit": "bits/dim" if levels else "nats/dim", "mean": float(vals.mean()),
+    batches = [ds.x[k : min(k + batch, n)].to(run.device) for k in range(0, n, batch)]
+    generator = torch.Generator(device=run.device).manual_seed(seed)
+    options = {"divergence": divergence, "rtol": rtol, "atol": atol}
+    levels = run.cfg.data.quantisation_levels()
+    if levels:
+        res = likelihood.evaluate_bpd(run.score_fn, run.sde, batches, levels=levels,
+                                      data_range=D.data_range(run.cfg.data.centered), generator=generator,
+                                      resume_path=results, progress=progress, **options)
+        values, nfe, unit = res.values, res.nfe, "bits/dim"
+    else:
+        values, nfe, unit = [], 0, "nats/dim"
+        for x in tqdm(batches, desc=f"likelihood ({split})", unit="batch", disable=not progress):
+            logp, info = likelihood.log_likelihood(run.score_fn, run.sde, x, generator=generator, **options)
+            values += (-logp / x[0].numel()).tolist()
+            nfe += info.nfe
+    vals = np.asarray(values)
+    return {"unit": unit, "mean": float(vals.mean()),
             "stderr": float(vals.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan"),
-            "n": n, "nfe_per_batch": float(np.mean([done[i][1] for i in range(n)]))}
-
-
-def _read_results(path: Path) -> dict[int, tuple[float, int]]:
-    """Parse a partial results file; a torn last line (interrupted write) is ignored."""
-    done: dict[int, tuple[float, int]] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-                done[int(row["index"])] = (float(row["value"]), int(row["nfe"]))
-            except (ValueError, KeyError, TypeError):
-                continue
-    return done
+            "n": n, "nfe_per_batch": nfe / len(batches)}
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -293,7 +277,7 @@ def evaluate_run(run: Run, metrics: Sequence[str], out: Path, *, method: str | N
                  steps: int | None = None, nfe: int | None = None, seed: int = 0,
                  progress: bool = True) -> dict[str, Any]:
     """Measure ``metrics`` of a run; writes ``out/samples.png`` (+ ``.npz``) when sampling and
-    ``out/likelihood_<split>.jsonl``; returns the figures."""
+    ``out/likelihood_<split>.json``; returns the figures."""
     ev = run.cfg.evaluation
     for name in metrics:
         check_choice(name, METRICS, "metric")
@@ -310,7 +294,7 @@ def evaluate_run(run: Run, metrics: Sequence[str], out: Path, *, method: str | N
     if {"bpd", "nll"} & set(metrics):
         t0 = time.perf_counter()
         lik = likelihood_over_split(run, ev.split, ev.likelihood_n, ev.likelihood_batch,
-                                    out / f"likelihood_{ev.split}.jsonl", divergence=ev.divergence,
+                                    out / f"likelihood_{ev.split}.json", divergence=ev.divergence,
                                     rtol=ev.rtol, atol=ev.atol, seed=seed, progress=progress)
         result["likelihood"] = {**lik, "divergence": ev.divergence, "seconds": round(time.perf_counter() - t0, 2)}
     return result
@@ -414,7 +398,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 def _cmd_likelihood(args: argparse.Namespace) -> int:
     run = _load(args)
     ev = run.cfg.evaluation
-    results = Path(args.out) if args.out else run.directory / f"likelihood_{args.split}.jsonl"
+    results = Path(args.out) if args.out else run.directory / f"likelihood_{args.split}.json"
     res = likelihood_over_split(run, args.split, args.limit if args.limit else ev.likelihood_n,
                                 args.batch or ev.likelihood_batch, results,
                                 divergence=args.divergence or ev.divergence, rtol=args.rtol or ev.rtol,
@@ -547,7 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--divergence", choices=("exact", "hutchinson"), help="divergence estimator")
     p.add_argument("--rtol", type=float, help="ODE relative tolerance (default: evaluation.rtol)")
     p.add_argument("--atol", type=float, help="ODE absolute tolerance (default: evaluation.atol)")
-    p.add_argument("--out", help="per-item results file, appended and resumed (default RUN/likelihood_SPLIT.jsonl)")
+    p.add_argument("--out", help="partial-results file, resumed when present (default RUN/likelihood_SPLIT.json)")
     p.set_defaults(func=_cmd_likelihood)
 
     p = sub.add_parser("encode", help="map data to latents with the probability-flow ODE")
