@@ -139,6 +139,35 @@ def test_rectified_flow_is_finite_and_accurate():
     assert end_time(sd.VPSDE()) == 1.0
 
 
+class _GenericVP(sd.SDE):
+    """The VP SDE seen only through the general interface (drift, g, prior): not a LinearSDE."""
+
+    def __init__(self):
+        super().__init__(T=1.0, eps=1e-3)
+        self.vp = sd.VPSDE()
+
+    def drift(self, x, t):
+        return self.vp.drift(x, t)
+
+    def g(self, t):
+        return self.vp.g(t)
+
+    @property
+    def prior_std(self):
+        return self.vp.prior_std
+
+
+def test_general_sde_uses_the_time_chart():
+    # A non-linear-capable SDE defaults to the ODE in t, which for this wrapper is VP's own.
+    gmm, x = _data("ring2d", 8)
+    vp, generic = sd.VPSDE(), _GenericVP()
+    logp, info = sd.log_likelihood(gmm.score_fn(vp), generic, x, rtol=1e-4, atol=1e-4)
+    ref, ref_info = sd.log_likelihood(gmm.score_fn(vp), vp, x, time_variable="t", rtol=1e-4, atol=1e-4)
+    assert torch.allclose(logp, ref) and info.nfe == ref_info.nfe
+    with pytest.raises(ValueError, match="time_variable"):
+        sd.log_likelihood(gmm.score_fn(vp), generic, x, time_variable="log-snr")
+
+
 def test_bad_input_raises_value_error():
     sde = sd.VPSDE()
     gmm = sd.GaussianMixture.named("ring2d")

@@ -18,13 +18,14 @@ as a function of the log-SNR ``lambda = log(alpha / sigma)``::
     log p_eps(x) = log p_{t_end}(z) + D log(k_end / k_eps) + int_{lambda_eps}^{lambda_end} div_y dlambda.
 
 In these coordinates every linear SDE has the same ODE (that of the variance-preserving SDE with
-the same log-SNR), the state stays of order one from data to noise, and the ``D f(t)`` part
-of the divergence is integrated in closed form (the ``D log(k_end / k_eps)`` term).  The
-solver steps in ``tau``, the VP time (``beta`` from 0.1 to 20) of that log-SNR,
-``dlambda/dtau = -beta(tau) / (2 (1 - exp(-B(tau))))``, which packs the nearly-linear stretches
-at both ends into a few steps.  With this chart VE and sub-VP cost what VP costs (about 90
-NFE at ``rtol = atol = 1e-5``) where in ``t`` they cost up to 140; ``benchmarks/likelihood.py``
-measures error against NFE for both charts.
+the same log-SNR), the state stays of order one from data to noise, and the integrand stays
+bounded (for Gaussian data ``N(mu, c^2 I)`` it is ``D sigma~^2 alpha~^2 (c^2 - 1) / (alpha~^2 c^2 +
+sigma~^2)`` with ``alpha~ = alpha / k``, ``sigma~ = sigma / k``).  The solver steps in ``tau``, the
+VP time (``beta`` from 0.1 to 20) of that log-SNR, ``dlambda/dtau = -beta(tau) / (2 (1 -
+exp(-B(tau))))``, which packs the nearly-linear stretches at both ends into a few steps.  For VP
+this is exactly the ODE in ``t``; VE and sub-VP then cost what VP costs (92--98 NFE at ``rtol =
+atol = 1e-5`` on the oracle mixtures, against 104--146 in ``t``) at a similar solver error.
+``benchmarks/likelihood.py`` measures error against NFE for both charts (BENCHMARKS.md).
 
 **Biases (as in the paper).**  The integration starts at ``eps``, so the result is
 ``log p_eps`` (data smoothed by the kernel at ``eps``), not ``log p_0``; and the prior
@@ -66,9 +67,8 @@ from tqdm.auto import tqdm
 
 from ._tensor import append_dims, as_batch_time, batch_sum, check_choice, check_finite, check_positive
 from .data import dequantize
+from .score import ScoreFn
 from .sde import SDE, VPSDE, LinearSDE
-
-ScoreFn = Callable[[Tensor, Tensor], Tensor]
 
 DIVERGENCES = ("exact", "hutchinson")
 PROBE_DISTS = ("rademacher", "gaussian")
@@ -134,7 +134,8 @@ def value_and_divergence(fn: Callable[[Tensor], Tensor], y: Tensor, probes: Tens
 class _Chart:
     """The probability-flow ODE in a solver variable ``u`` for the state ``y = c(u) x``.
 
-    ``velocity(y, u)`` is ``dy/du``; ``log_scale(u) = log c(u)``; ``time(u)`` maps ``u`` to ``t``.
+    ``bounds``: ``u`` at ``eps`` and at the end time; ``velocity(y, u)``: ``dy/du``;
+    ``log_scale(u) = log c(u)``.
     """
 
     def __init__(self, sde: SDE, score_fn: ScoreFn, t0: float, t1: float) -> None:
@@ -153,9 +154,6 @@ class _TimeChart(_Chart):
     @property
     def bounds(self) -> tuple[float, float]:
         return self.t0, self.t1
-
-    def time(self, u: Tensor) -> Tensor:
-        return u
 
     def log_scale(self, u: Tensor) -> Tensor:
         return torch.zeros_like(u)
@@ -217,6 +215,7 @@ def _prior_logp(sde: SDE, z: Tensor, t_end: float) -> Tensor:
 
 
 def _check_input(x: Tensor, sde: SDE, time_variable: str) -> None:
+    """Raise ``ValueError`` naming the argument for malformed ``x`` or an unusable time variable."""
     if not isinstance(x, Tensor) or x.ndim < 2 or x.shape[0] == 0:
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
         raise ValueError(f"x must be a tensor of shape (B, ...) with B >= 1 and at least one data axis, got {shape}")
@@ -240,7 +239,7 @@ def log_likelihood(
     atol: float = 1e-5,
     method: str = "dopri5",
     eps: float | None = None,
-    time_variable: str = "log-snr",
+    time_variable: str | None = None,
     min_log_snr: float = -10.0,
     generator: torch.Generator | None = None,
     max_steps: int = 10_000,
@@ -252,15 +251,19 @@ def log_likelihood(
     time (:func:`end_time`) on ``x``'s device and dtype, with ``l' = div(dy/du)``: the
     divergence is ``"exact"`` (Jacobian trace, ``D`` VJPs per NFE) or ``"hutchinson"``
     (``probes`` probe vectors drawn once from ``generator`` and kept for the whole solve, so the
-    estimate is unbiased: ``E[v^T J v] = tr J``).  ``time_variable``: ``"log-snr"`` (default,
-    linear SDEs) or ``"t"``.  ``method``, ``rtol``, ``atol``: the torchdiffeq solver and its
-    tolerances (``METHODS``: its adaptive ones); ``max_steps`` bounds the step count (a stiff
-    ODE raises ``RuntimeError`` instead of running on).  ``min_log_snr``: see :func:`end_time`.
+    estimate is unbiased: ``E[v^T J v] = tr J``).  ``time_variable``: ``"log-snr"`` (the default
+    for a :class:`~scoresde.sde.LinearSDE`) or ``"t"`` (the default for other SDEs).  ``method``,
+    ``rtol``, ``atol``: the torchdiffeq solver (``METHODS``: its adaptive ones) and its
+    tolerances, per coordinate and per dimension of the log-density; ``max_steps`` bounds the
+    step count (a stiff ODE raises ``RuntimeError`` instead of running on).  ``min_log_snr``:
+    see :func:`end_time`.
 
     Per NFE: one ``score_fn`` forward and its VJPs (one for Hutchinson with one probe).
 
     Returns ``(logp, info)`` with ``logp`` of shape ``(B,)`` and :class:`LikelihoodInfo`.
     """
+    if time_variable is None:
+        time_variable = "log-snr" if isinstance(sde, LinearSDE) else "t"
     _check_input(x, sde, time_variable)
     check_choice(divergence, DIVERGENCES, "divergence")
     check_choice(method, METHODS, "method")
