@@ -122,6 +122,21 @@ def test_warmup_logs_eval_and_samples(tmp_path):
     assert trainer.evaluate() == trainer.evaluate()
 
 
+def test_plain_iterable_data_and_bf16_autocast(tmp_path):
+    x, _ = _data()
+    batches = [x[i:i + 8] for i in range(0, 48, 8)]  # a plain iterable of tensors, no state
+    model = MLP(2, width=16, depth=1, emb_dim=8)
+    trainer = Trainer(model, TinyDSM(), batches, amp="bf16", out_dir=tmp_path, ckpt_every=2, progress=False)
+    assert trainer.autocast_dtype == torch.bfloat16
+    assert all(math.isfinite(r["loss"]) for r in trainer.fit(4))
+    assert Trainer(MLP(2), TinyDSM(), batches, progress=False).autocast_dtype is None  # "auto" on CPU: off
+    with pytest.warns(UserWarning, match="no state_dict"):
+        Trainer(MLP(2, width=16, depth=1, emb_dim=8), TinyDSM(), batches, out_dir=tmp_path, resume=True,
+                progress=False)
+    with pytest.raises(ValueError, match="amp"):
+        Trainer(model, TinyDSM(), batches, amp="fp8")
+
+
 def test_save_image_grid_layout(tmp_path):
     images = torch.linspace(-1, 1, 5 * 3 * 4 * 2).reshape(5, 3, 4, 2)
     path = save_image_grid(images, tmp_path / "g.png", nrow=3)

@@ -414,7 +414,7 @@ class Trainer:
         data_state = ckpt.meta.get("data")
         if data_state is not None and hasattr(self.data, "load_state_dict"):
             self.data.load_state_dict(data_state)
-        elif self.step == 0 and ckpt.step > 0 and not hasattr(self.data, "load_state_dict"):
+        elif not hasattr(self.data, "load_state_dict"):
             warnings.warn("the data iterable has no state_dict(): batch order restarts on resume", stacklevel=2)
         self.step = ckpt.step
 
