@@ -23,6 +23,7 @@ function taking the parsed ``args``); the helpers below (:func:`load_run`, :func
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import importlib.util
 import json
@@ -65,9 +66,9 @@ class Run:
     step: int
     device: torch.device
 
-    @property
+    @functools.cached_property
     def sample_shape(self) -> tuple[int, ...]:
-        """The shape of one data sample (from the training data)."""
+        """The shape of one data sample (read from the test split once)."""
         return tuple(C.build_dataset(self.cfg, "test").sample_shape)
 
 
@@ -176,14 +177,16 @@ def write_json(path: Path, obj: dict) -> None:
 # --------------------------------------------------------------------------- sampling
 
 
-def steps_for_nfe(sde: Any, method: str, nfe: int, shape: tuple[int, ...], options: dict) -> int:
-    """The largest ``steps`` whose run of ``method`` spends at most ``nfe`` score evaluations,
-    found by dry runs with a zero score on one sample (cheap: no network)."""
+def steps_for_nfe(sde: Any, method: str, nfe: int, shape: tuple[int, ...], options: dict,
+                  denoise: bool = False) -> int:
+    """The largest ``steps`` whose run of ``method`` (with the final denoising step when
+    ``denoise``) spends at most ``nfe`` score evaluations, found by dry runs with a zero score on
+    one sample (cheap: no network)."""
     from scoresde.sampling import sample
 
     def cost(steps: int) -> int:
         _, info = sample(lambda x, t: torch.zeros_like(x), sde, (1,) + tuple(shape), method=method,
-                         steps=steps, generator=torch.Generator().manual_seed(0), **options)
+                         steps=steps, denoise=denoise, generator=torch.Generator().manual_seed(0), **options)
         return info.nfe
 
     if cost(1) > nfe:
@@ -200,15 +203,16 @@ def steps_for_nfe(sde: Any, method: str, nfe: int, shape: tuple[int, ...], optio
 def sample_run(run: Run, n: int, *, method: str | None = None, steps: int | None = None,
                nfe: int | None = None, seed: int = 0, progress: bool = True,
                **options: Any) -> tuple[Tensor, Any]:
-    """Draw ``n`` samples from a run with its sampling config, overridden by the arguments."""
+    """Draw ``n`` samples from a run with its sampling config, overridden by the arguments
+    (``steps`` or an ``nfe`` budget; ``options`` of the method)."""
     from scoresde.sampling import sample
 
     s = run.cfg.sampling
     method = method or s.method
-    opts = {**s.options, **options}
+    opts = {**(s.options if method == s.method else {}), **options}  # the config's options fit its method
     shape = run.sample_shape
     if nfe is not None:
-        steps = steps_for_nfe(run.sde, method, nfe, shape, opts)
+        steps = steps_for_nfe(run.sde, method, nfe, shape, opts, s.denoise)
     steps = steps if steps is not None else s.steps
     generator = torch.Generator(device=run.device).manual_seed(seed)
     return sample(run.score_fn, run.sde, (n,) + shape, method=method, steps=steps, generator=generator,
