@@ -32,6 +32,7 @@ from torch import Tensor
 from ._tensor import check_batch, check_finite
 from .losses import FlowMatchingLoss, Model
 from .sampling import sample
+from .sampling._common import check_int
 from .score import Parameterization, ScoreFn
 from .sde import LinearSDE, RectifiedFlow
 
@@ -52,12 +53,6 @@ def velocity_fn_from_score(score_fn: ScoreFn, sde: LinearSDE) -> VelocityFn:
         return param.from_score(score_fn(x, t), x, t)
 
     return velocity
-
-
-def _check_steps(steps: int) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    return steps
 
 
 @dataclass
@@ -92,7 +87,7 @@ def euler_flow(velocity_fn: VelocityFn, x_noise: Tensor, steps: int) -> FlowPath
     rectified flow this equals DDIM (``eta = 0``) on the same grid, and it is exact in one
     step for a straight flow.
     """
-    steps = _check_steps(steps)
+    steps = check_int(steps, "steps", 1)
     check_finite(x_noise, "x_noise")
     times = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
     x, states, velocities = x_noise, [x_noise], []
