@@ -340,10 +340,12 @@ def train_run(cfg: C.Config, out: Path, resume: bool = False, progress: bool = T
 
 
 def _same_run(a: C.Config, b: C.Config) -> bool:
-    """Equal configurations up to ``training.steps`` (a run may be continued for longer)."""
+    """Equal configurations up to ``training.steps`` (a run may be continued for longer) and
+    the description."""
     da, db = a.to_dict(), b.to_dict()
-    da["training"].pop("steps")
-    db["training"].pop("steps")
+    for d in (da, db):
+        d["training"].pop("steps")
+        d.pop("description")
     return da == db
 
 
