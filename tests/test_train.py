@@ -12,7 +12,7 @@ from PIL import Image
 from scoresde import checkpoint
 from scoresde._tensor import append_dims
 from scoresde.guidance import LabelDropout
-from scoresde.nets import MLP
+from scoresde.nets import MLP, NCSNpp
 from scoresde.train import Trainer, save_image_grid
 
 
@@ -135,6 +135,22 @@ def test_plain_iterable_data_and_bf16_autocast(tmp_path):
                 progress=False)
     with pytest.raises(ValueError, match="amp"):
         Trainer(model, TinyDSM(), batches, amp="fp8")
+
+
+def test_channels_last_matches_default_layout():
+    # NHWC only changes the order of float operations inside convolutions: the losses of a
+    # few steps agree to float32 rounding, amplified a little by the optimizer (rtol 1e-4).
+    images = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    losses = []
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        model = NCSNpp(in_channels=1, image_size=8, nf=8, ch_mult=(1, 2), num_res_blocks=1,
+                       attn_resolutions=(4,), dropout=0.1)
+        trainer = Trainer(model, TinyDSM(), images, batch_size=8, lr=1e-3, channels_last=channels_last,
+                          progress=False)
+        losses.append([r["loss"] for r in trainer.fit(3)])
+    assert trainer.model.conv_out.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-4, atol=0)
 
 
 def test_save_image_grid_layout(tmp_path):

@@ -169,6 +169,8 @@ class Trainer:
             model.null_label, p_uncond)``; it draws from the step's generator, so resumes stay exact.
         amp: "auto" (bf16 autocast on CUDA when supported, off otherwise), "bf16" or "none".
         compile: wrap the forward pass in ``torch.compile``.
+        channels_last: keep 4-D weights and image batches in NHWC memory layout (faster
+            convolutions on recent CPUs and on GPU tensor cores; same results up to rounding).
         out_dir: checkpoints, ``log.jsonl``, ``log.csv``, ``samples/``; None: nothing written.
         ckpt_every, keep_last: checkpoint period (and at the end of ``fit``) and how many to keep.
         log_every: period of log records (mean loss over the period, steps/s).
@@ -186,7 +188,7 @@ class Trainer:
                  eps: float = 1e-8, weight_decay: float = 0.0, warmup_steps: int = 0,
                  grad_clip: float | None = 1.0, ema_decay: float = 0.9999, ema_warmup: bool = False,
                  grad_accum: int = 1, class_conditional: bool | None = None,
-                 amp: str = "auto", compile: bool = False, out_dir: str | Path | None = None,
+                 amp: str = "auto", compile: bool = False, channels_last: bool = False, out_dir: str | Path | None = None,
                  ckpt_every: int = 1000, keep_last: int = 3, log_every: int = 100,
                  eval_every: int | None = None, eval_data: Any = None, sample_every: int | None = None,
                  sample_fn: Callable[[nn.Module, int], Tensor] | None = None, seed: int = 0,
@@ -205,7 +207,8 @@ class Trainer:
         self.lr, self.warmup_steps, self.grad_clip = lr, warmup_steps, grad_clip
         self.grad_accum, self.seed = grad_accum, seed
         self.loss, self.batch_size, self.config = loss, batch_size, config or {}
-        self.model = model.to(self.device)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=self.memory_format)
         model_config = getattr(model, "config", {})
         self.class_conditional = (model_config.get("num_classes") is not None
                                   if class_conditional is None else class_conditional)
@@ -265,6 +268,8 @@ class Trainer:
     def _next_batch(self) -> Batch:
         x, labels = _split_batch(next(self.batches))
         x = x.to(self.device, non_blocking=True)
+        if x.ndim == 4:
+            x = x.contiguous(memory_format=self.memory_format)
         if not self.class_conditional:
             return x, None
         if labels is None:
