@@ -281,7 +281,8 @@ def evaluate_run(run: Run, metrics: Sequence[str], out: Path, *, method: str | N
                  steps: int | None = None, nfe: int | None = None, seed: int = 0,
                  progress: bool = True) -> dict[str, Any]:
     """Measure ``metrics`` of a run; writes ``out/samples.png`` (+ ``.npz``) when sampling and
-    ``out/likelihood_<split>.json``; returns the figures."""
+    ``out/likelihood_<split>_step<n>.json`` (partial results of checkpoint ``n``); returns the
+    figures."""
     ev = run.cfg.evaluation
     for name in metrics:
         check_choice(name, METRICS, "metric")
@@ -297,9 +298,10 @@ def evaluate_run(run: Run, metrics: Sequence[str], out: Path, *, method: str | N
         result.update(sample_metrics(x.cpu(), reference, wanted, seed))
     if {"bpd", "nll"} & set(metrics):
         t0 = time.perf_counter()
-        lik = likelihood_over_split(run, ev.split, ev.likelihood_n, ev.likelihood_batch,
-                                    out / f"likelihood_{ev.split}.json", divergence=ev.divergence,
-                                    rtol=ev.rtol, atol=ev.atol, seed=seed, progress=progress)
+        partial = out / f"likelihood_{ev.split}_step{run.step}.json"
+        lik = likelihood_over_split(run, ev.split, ev.likelihood_n, ev.likelihood_batch, partial,
+                                    divergence=ev.divergence, rtol=ev.rtol, atol=ev.atol, seed=seed,
+                                    progress=progress)
         result["likelihood"] = {**lik, "divergence": ev.divergence, "seconds": round(time.perf_counter() - t0, 2)}
     return result
 
@@ -404,7 +406,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 def _cmd_likelihood(args: argparse.Namespace) -> int:
     run = _load(args)
     ev = run.cfg.evaluation
-    results = Path(args.out) if args.out else run.directory / f"likelihood_{args.split}.json"
+    results = Path(args.out) if args.out else run.directory / f"likelihood_{args.split}_step{run.step}.json"
     res = likelihood_over_split(run, args.split, args.limit if args.limit else ev.likelihood_n,
                                 args.batch or ev.likelihood_batch, results,
                                 divergence=args.divergence or ev.divergence, rtol=args.rtol or ev.rtol,
@@ -537,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--divergence", choices=("exact", "hutchinson"), help="divergence estimator")
     p.add_argument("--rtol", type=float, help="ODE relative tolerance (default: evaluation.rtol)")
     p.add_argument("--atol", type=float, help="ODE absolute tolerance (default: evaluation.atol)")
-    p.add_argument("--out", help="partial-results file, resumed when present (default RUN/likelihood_SPLIT.json)")
+    p.add_argument("--out", help="partial-results file, resumed when present (default RUN/likelihood_SPLIT_stepN.json)")
     p.set_defaults(func=_cmd_likelihood)
 
     p = sub.add_parser("encode", help="map data to latents with the probability-flow ODE")
