@@ -188,7 +188,8 @@ class Trainer:
                  eps: float = 1e-8, weight_decay: float = 0.0, warmup_steps: int = 0,
                  grad_clip: float | None = 1.0, ema_decay: float = 0.9999, ema_warmup: bool = False,
                  grad_accum: int = 1, class_conditional: bool | None = None,
-                 amp: str = "auto", compile: bool = False, channels_last: bool = False, out_dir: str | Path | None = None,
+                 amp: str = "auto", compile: bool = False, channels_last: bool = False,
+                 out_dir: str | Path | None = None,
                  ckpt_every: int = 1000, keep_last: int = 3, log_every: int = 100,
                  eval_every: int | None = None, eval_data: Any = None, sample_every: int | None = None,
                  sample_fn: Callable[[nn.Module, int], Tensor] | None = None, seed: int = 0,
@@ -203,7 +204,8 @@ class Trainer:
         self.rank, self.world_size, self.device = init_distributed(device)
         self.hparams = dict(batch_size=batch_size, lr=lr, betas=list(betas), eps=eps, weight_decay=weight_decay,
                             warmup_steps=warmup_steps, grad_clip=grad_clip, ema_decay=ema_decay,
-                            ema_warmup=ema_warmup, grad_accum=grad_accum, amp=amp, seed=seed, world_size=self.world_size)
+                            ema_warmup=ema_warmup, grad_accum=grad_accum, amp=amp, seed=seed,
+                            world_size=self.world_size)
         self.lr, self.warmup_steps, self.grad_clip = lr, warmup_steps, grad_clip
         self.grad_accum, self.seed = grad_accum, seed
         self.loss, self.batch_size, self.config = loss, batch_size, config or {}
