@@ -13,7 +13,7 @@ from scoresde import checkpoint
 from scoresde._tensor import append_dims
 from scoresde.guidance import LabelDropout
 from scoresde.nets import MLP, NCSNpp
-from scoresde.train import Trainer, save_image_grid
+from scoresde.train import Trainer, sample_grid_fn, save_image_grid
 
 
 class TinyDSM:
@@ -151,6 +151,22 @@ def test_channels_last_matches_default_layout():
         losses.append([r["loss"] for r in trainer.fit(3)])
     assert trainer.model.conv_out.weight.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(losses[0], losses[1], rtol=1e-4, atol=0)
+
+
+def test_sample_grid_fn_draws_fixed_samples_through_the_sampling_api(tmp_path):
+    from scoresde.sde import VPSDE
+
+    torch.manual_seed(0)
+    model = NCSNpp(in_channels=1, image_size=8, nf=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
+                   num_classes=3)
+    sample_fn = sample_grid_fn(VPSDE(), (4, 1, 8, 8), labels=torch.arange(4) % 3, steps=3, seed=5)
+    first = sample_fn(model, 1)
+    assert first.shape == (4, 1, 8, 8) and torch.isfinite(first).all()
+    assert torch.equal(first, sample_fn(model, 2))  # same seed at every call
+    trainer = Trainer(model, TinyDSM(), (torch.randn(8, 1, 8, 8), torch.arange(8) % 3), batch_size=4,
+                      sample_every=1, sample_fn=sample_fn, out_dir=tmp_path, progress=False)
+    trainer.fit(1)
+    assert (tmp_path / "samples" / "step_00000001.png").is_file()
 
 
 def test_save_image_grid_layout(tmp_path):

@@ -101,6 +101,29 @@ def save_image_grid(images: Tensor, path: str | Path, *, nrow: int | None = None
     return path
 
 
+def sample_grid_fn(sde: Any, shape: tuple[int, ...], *, parameterization: str = "eps",
+                   labels: Tensor | None = None, method: str = "dpm-solver++", steps: int = 20, seed: int = 0,
+                   **options: Any) -> Callable[[nn.Module, int], Tensor]:
+    """A ``sample_fn(model, step)`` for :class:`Trainer`'s periodic grids: ``scoresde.sample``
+    of ``shape`` from the model's score (``score_fn_from_model(model, sde, parameterization)``,
+    class ``labels`` passed to the model when given), always from the same seed so that grids
+    of successive steps are comparable. ``options`` go to ``scoresde.sample``."""
+    from .sampling import sample
+    from .score import score_fn_from_model
+
+    def sample_fn(model: nn.Module, step: int) -> Tensor:
+        device = next(model.parameters()).device
+        kwargs = {} if labels is None else {"labels": labels.to(device)}
+        score_fn = score_fn_from_model(model, sde, parameterization, **kwargs)
+        generator = torch.Generator(device=device).manual_seed(seed)
+        with torch.no_grad():
+            x, _ = sample(score_fn, sde, shape, method=method, steps=steps, generator=generator, device=device,
+                          **options)
+        return x
+
+    return sample_fn
+
+
 def _as_dataset(data: Any) -> ArrayDataset | None:
     """``ArrayDataset`` from a tensor, an ``(x, labels)`` pair or a TensorDataset; else None."""
     if isinstance(data, ArrayDataset):
@@ -177,7 +200,8 @@ class Trainer:
         eval_every, eval_data: period and data (tensor-like or finite iterable) of the EMA
             model's evaluation loss (fixed noise, so values are comparable over time).
         sample_every, sample_fn: period and ``sample_fn(ema_model, step) -> (B, C, H, W)``
-            images in [-1, 1], written as ``samples/step_<n>.png``.
+            images in [-1, 1], written as ``samples/step_<n>.png`` (:func:`sample_grid_fn` builds one
+            from ``scoresde.sample``).
         seed: root of every random stream. device: default ``cuda:LOCAL_RANK`` or CPU.
         resume: continue from the newest valid checkpoint in ``out_dir``.
         progress: show a tqdm bar (rank 0). config: extra JSON-safe dict stored in checkpoints.
