@@ -235,14 +235,14 @@ def reconstruction_guided_score(
         raise ValueError(f"data_std must be > 0, got {data_std}")
 
     def guided(x: Tensor, t: Tensor) -> Tensor:
-        t = as_batch_time(t, x)
-        a, s = sde.alpha(t), sde.sigma(t)
-        var = append_dims(sigma_y**2 + c2 * s**2 / (a**2 * c2 + s**2), x.ndim)
         with torch.inference_mode(False), torch.enable_grad():
-            xg, tg = x.detach().clone().requires_grad_(True), t.detach().clone()
+            xg = x.detach().clone().requires_grad_(True)
+            tg = as_batch_time(t, x).detach().clone()
+            a, s = append_dims(sde.alpha(tg), x.ndim), append_dims(sde.sigma(tg), x.ndim)
             score = score_fn(xg, tg)
-            x0 = (xg + append_dims(s.detach().clone() ** 2, x.ndim) * score) / append_dims(a.detach().clone(), x.ndim)
-            log_lik = -0.5 * ((y - op(x0)) ** 2 / var.detach().clone()).sum()
+            x0 = (xg + s**2 * score) / a
+            var = sigma_y**2 + c2 * s**2 / (a**2 * c2 + s**2)
+            log_lik = -0.5 * ((y.detach().clone() - op(x0)) ** 2 / var).sum()
             (grad,) = torch.autograd.grad(log_lik, xg)
         return score.detach() + scale * grad
 

@@ -16,8 +16,8 @@ SMCDiff (Trippe et al. 2022), this sampler instead
 
    with the observed entries of ``x_t`` set to ``y_t``;
 3. weights each particle by the kernel's density of the next observed values,
-   ``w <- w N(y_s; mean_obs, var)``, and resamples (multinomial) when the effective sample size
-   falls below ``ess_threshold * P``.
+   ``w <- w N(y_s; mean_obs, var)``, and resamples (multinomial, every row) when the effective
+   sample size of any row falls below ``ess_threshold * P``.
 
 The weighted particles target ``p(x_miss | y_{t_0..t_N}) = p(x_miss | x_obs)``: the method is
 consistent as ``P -> infinity`` and the steps shrink (the only approximations are the Gaussian
