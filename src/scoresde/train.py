@@ -53,12 +53,15 @@ def init_distributed(device: str | torch.device | None = None) -> tuple[int, int
 
     Returns ``(rank, world_size, device)``. Without ``WORLD_SIZE > 1`` (and no group already
     initialised) this is ``(0, 1, device)``. The backend is nccl when the device is CUDA,
-    gloo otherwise; the default device is ``cuda:LOCAL_RANK`` when CUDA is available.
+    gloo otherwise; the default device (and a bare ``"cuda"``) is ``cuda:LOCAL_RANK`` when CUDA
+    is available.
     """
+    local = int(os.environ.get("LOCAL_RANK", "0"))
     if device is None:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if dist.is_available() and dist.is_initialized():
