@@ -8,7 +8,9 @@ import pytest
 import torch
 
 import scoresde as sd
-from scoresde.likelihood import draw_probes, end_time, value_and_divergence
+from scoresde.likelihood import (
+    PAPER_EPS, draw_probes, end_time, gaussian_prior_logp, prior_correction, start_time, value_and_divergence,
+)
 
 SDES = {"vp": sd.VPSDE, "subvp": sd.SubVPSDE, "ve": sd.VESDE}
 
@@ -33,17 +35,19 @@ def test_exact_divergence_matches_closed_form(mixture, sde_name, time_variable):
     gmm, x = _data(mixture, 32)
     logp, info = sd.log_likelihood(gmm.score_fn(sde), sde, x, time_variable=time_variable)
     dim = x.shape[1]
-    ref = gmm.log_prob(x.double(), sde.eps, sde)
+    assert info.t_start == PAPER_EPS
+    ref = gmm.log_prob(x.double(), info.t_start, sde)
     # Solver error alone: dopri5 at rtol = atol = 1e-5 per dimension leaves 2e-5..1e-4 nats/dim
     # on average (benchmarks/likelihood.py, 256 samples) and up to ~3e-3 on rare samples that
     # sit between modes; bound the mean by 5x and the worst sample by 3x those figures.
     solver_err = (_with_exact_terminal(gmm, sde, info) - ref).abs() / dim
     assert solver_err.mean() < 5e-4
     assert solver_err.max() < 1e-2
-    # With the Gaussian prior, the paper's estimator: the prior ignores alpha(T) x_0, which costs
-    # up to ~5e-3 nats/dim on the ring under VE (|z| ~ 50, |x_0| ~ 2: z.x_0 / sigma_max^2 ~ 0.04
-    # per sample); 2e-2 nats/dim bounds it with margin while catching any sign or direction error.
-    assert ((logp.double() - ref).abs() / dim).max() < 2e-2
+    # With the corrected prior (the default) what is left besides the solver's error is the
+    # constant C0 = log p_T(0) - log N(0; 0, sigma_T^2), -4e-4 nats/dim on the ring under VE and
+    # below 3e-4 elsewhere (benchmarks/likelihood.py); 2e-3 on the mean is 5x that plus the solver's.
+    total = (logp.double() - ref).abs() / dim
+    assert total.mean() < 2e-3 and total.max() < 2e-2
     assert torch.allclose(logp, info.prior_logp + info.delta_logp)
     assert 20 < info.nfe < 400
 
@@ -54,7 +58,7 @@ def test_gaussian_data_is_exact_to_1e_4():
     sde = sd.VPSDE()
     gmm, x = _data("gauss2d", 16, dtype=torch.float64)
     logp, info = sd.log_likelihood(gmm.score_fn(sde), sde, x, rtol=1e-7, atol=1e-7)
-    ref = gmm.log_prob(x, sde.eps, sde)
+    ref = gmm.log_prob(x, info.t_start, sde)
     assert (_with_exact_terminal(gmm, sde, info) - ref).abs().max() < 1e-4
 
 
@@ -63,11 +67,51 @@ def test_gaussian_data_with_gaussian_prior_bias_matches_its_closed_form():
     # the estimate is off by exactly log N(z; 0, sigma_T^2) - log p_T(z) (plus solver error).
     sde = sd.VPSDE()
     gmm, x = _data("gauss2d", 16, dtype=torch.float64)
-    logp, info = sd.log_likelihood(gmm.score_fn(sde), sde, x, rtol=1e-7, atol=1e-7)
-    ref = gmm.log_prob(x, sde.eps, sde)
+    logp, info = sd.log_likelihood(gmm.score_fn(sde), sde, x, rtol=1e-7, atol=1e-7, prior="gaussian")
+    ref = gmm.log_prob(x, info.t_start, sde)
     bias = info.prior_logp - gmm.log_prob(info.z, sde.T, sde)
     assert (logp - ref - bias).abs().max() < 1e-4
     assert bias.abs().max() > 1e-4  # the bias is real, and the first check can see it
+
+
+@pytest.mark.parametrize("mixture", ["ring2d", "mix16"])
+def test_corrected_prior_removes_the_gaussian_prior_bias(mixture):
+    # One solve, two prior terms.  The Gaussian prior misses alpha_T z.E[x_0] / sigma_T^2 per sample:
+    # 1.6e-3 (ring) and 7.7e-4 (mix16) nats/dim on average over 2000 latents.  The corrected prior
+    # leaves the constant C0 (-4.4e-5, -2.9e-5 nats/dim) plus the solver's 2e-5..5e-5 at tol 1e-5,
+    # so 3e-4 nats/dim is ~3x what it should leave yet ~2x below the Gaussian prior's bias.
+    sde = sd.VPSDE()
+    gmm, x = _data(mixture, 32)
+    dim = x.shape[1]
+    gauss, g_info = sd.log_likelihood(gmm.score_fn(sde), sde, x, prior="gaussian")
+    corr, c_info = sd.log_likelihood(gmm.score_fn(sde), sde, x, prior="corrected", prior_points=2)
+    ref = gmm.log_prob(x.double(), c_info.t_start, sde)
+    assert float((corr.double() - ref).abs().mean()) / dim < 3e-4
+    assert float((gauss.double() - ref).abs().mean()) / dim > 3e-4
+    assert c_info.nfe == g_info.nfe + 2  # the two Gauss-Legendre nodes are counted
+    assert torch.allclose(c_info.delta_logp, g_info.delta_logp)
+
+
+def test_prior_correction_is_exact_for_gaussian_data_up_to_c0():
+    # Gaussian data: p_T = N(m, v I) with m = alpha_T mu, v = alpha_T^2 c^2 + sigma_T^2, whose score
+    # -(x - m) / v makes the integrand linear in r, so one Gauss-Legendre node is exact; then
+    # log N(z; 0, sigma_T^2) + correction + C0 = log p_T(z) to float64 round-off.
+    sde = sd.VESDE()  # alpha = 1, sigma_T = 50: the largest first-order term of the three SDEs
+    gmm = sd.GaussianMixture.named("gauss2d").diffused(sde, sde.T)
+    z = gmm.sample(64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)[0]
+    std = sde.prior_std
+    origin = torch.zeros(1, 2, dtype=torch.float64)
+    c0 = gmm.log_prob(origin) - gaussian_prior_logp(origin, std)
+    for points in (1, 3):
+        corr = prior_correction(lambda y, t: gmm.score(y), z, sde.T, std, points)
+        est = gaussian_prior_logp(z, std) + corr + c0
+        assert torch.allclose(est, gmm.log_prob(z), rtol=0, atol=1e-9)
+    assert (gaussian_prior_logp(z, std) - gmm.log_prob(z)).abs().max() > 1e-2  # the correction matters
+
+
+def test_default_start_is_the_papers_eps():
+    assert start_time(sd.VPSDE()) == start_time(sd.SubVPSDE()) == start_time(sd.VESDE()) == PAPER_EPS == 1e-5
+    assert start_time(sd.RectifiedFlow()) == sd.RectifiedFlow().eps
 
 
 def test_hutchinson_is_unbiased_within_4_standard_errors():
@@ -162,7 +206,8 @@ def test_general_sde_uses_the_time_chart():
     gmm, x = _data("ring2d", 8)
     vp, generic = sd.VPSDE(), _GenericVP()
     logp, info = sd.log_likelihood(gmm.score_fn(vp), generic, x, rtol=1e-4, atol=1e-4)
-    ref, ref_info = sd.log_likelihood(gmm.score_fn(vp), vp, x, time_variable="t", rtol=1e-4, atol=1e-4)
+    ref, ref_info = sd.log_likelihood(gmm.score_fn(vp), vp, x, time_variable="t", eps=generic.eps, rtol=1e-4, atol=1e-4)
+    assert info.t_start == generic.eps  # the paper's 1e-5 is the default for VP, sub-VP and VE only
     assert torch.allclose(logp, ref) and info.nfe == ref_info.nfe
     with pytest.raises(ValueError, match="time_variable"):
         sd.log_likelihood(gmm.score_fn(vp), generic, x, time_variable="log-snr")
@@ -180,6 +225,10 @@ def test_bad_input_raises_value_error():
         sd.log_likelihood(score, sde, torch.zeros(2, 2), divergence="trace")
     with pytest.raises(ValueError, match="time_variable"):
         sd.log_likelihood(score, sde, torch.zeros(2, 2), time_variable="sigma")
+    with pytest.raises(ValueError, match="prior"):
+        sd.log_likelihood(score, sde, torch.zeros(2, 2), prior="student")
+    with pytest.raises(ValueError, match="prior_points"):
+        sd.log_likelihood(score, sde, torch.zeros(2, 2), prior_points=0)
     with pytest.raises(ValueError, match="eps"):
         sd.log_likelihood(score, sde, torch.zeros(2, 2), eps=2.0)
     with pytest.raises(RuntimeError, match="max_steps"):
