@@ -76,21 +76,6 @@ def test_likelihood_toy_nats(toy_run, capsys):
     assert "nats/dim over 20 items" in capsys.readouterr().out
 
 
-def test_likelihood_digits_is_resumable(tmp_path, capsys):
-    out = tmp_path / "digits"
-    assert run_cli("train", "digits-vp", *TINY_DIGITS, "--out", str(out)) == 0
-    capsys.readouterr()
-    base = ("likelihood", str(out), "--batch", "2", "--rtol", "1e-2", "--atol", "1e-2")
-    assert run_cli(*base, "--limit", "4", "--out", str(tmp_path / "whole.json")) == 0
-    whole = capsys.readouterr().out
-    # an interrupted run: the first batch only, then the same file continued to the end
-    assert run_cli(*base, "--limit", "2", "--out", str(tmp_path / "part.json")) == 0
-    assert run_cli(*base, "--limit", "4", "--out", str(tmp_path / "part.json")) == 0
-    resumed = capsys.readouterr().out.splitlines()[-1]
-    assert "bits/dim over 4 items" in whole
-    assert resumed.split("->")[0] == whole.split("->")[0]
-
-
 def test_encode_decode_round_trip(toy_run, tmp_path):
     x = torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
     np.savez(tmp_path / "x.npz", x=x.numpy())
@@ -109,17 +94,37 @@ def test_eval_toy_metrics(toy_run, tmp_path):
     assert (out / "samples.png").is_file()
 
 
-def test_main_job_on_tiny_digits(tmp_path, monkeypatch):
-    monkeypatch.setenv("SCORESDE_CACHE", str(tmp_path / "cache"))
-    out = tmp_path / "digits"
-    assert run_cli("run", "digits-vp", *TINY_DIGITS, "--out", str(out)) == 0
-    res = json.loads((out / "results.json").read_text())
+@pytest.fixture(scope="module")
+def digits_job(tmp_path_factory):
+    """The main job (`scoresde run digits-vp`) on a tiny network and budget."""
+    # one FD-digits classifier per test session (tests/test_metrics.py uses the same directory)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SCORESDE_CACHE", str(tmp_path_factory.getbasetemp() / "scoresde-cache"))
+        out = tmp_path_factory.mktemp("digits") / "run"
+        assert run_cli("run", "digits-vp", *TINY_DIGITS, "--out", str(out)) == 0
+    return out
+
+
+def test_main_job_on_tiny_digits(digits_job):
+    res = json.loads((digits_job / "results.json").read_text())
     assert res["step"] == 4 and res["sampling"]["nfe"] == 4
     assert res["fd-digits"] > 0 and res["pixel-fd"] > 0
     assert res["likelihood"]["unit"] == "bits/dim" and res["likelihood"]["n"] == 4
-    grid = Image.open(out / "samples.png")
+    grid = Image.open(digits_job / "samples.png")
     assert grid.mode == "L" and grid.size == (7 * 33 + 1, 6 * 33 + 1)  # 40 images of 32 px in 7 columns
-    assert (out / "loss.png").is_file()
+    assert (digits_job / "loss.png").is_file()
+
+
+def test_likelihood_digits_is_resumable(digits_job, tmp_path, capsys):
+    base = ("likelihood", str(digits_job), "--batch", "2", "--rtol", "1e-2", "--atol", "1e-2")
+    assert run_cli(*base, "--limit", "4", "--out", str(tmp_path / "whole.json")) == 0
+    whole = capsys.readouterr().out
+    # an interrupted run: the first batch only, then the same file continued to the end
+    assert run_cli(*base, "--limit", "2", "--out", str(tmp_path / "part.json")) == 0
+    assert run_cli(*base, "--limit", "4", "--out", str(tmp_path / "part.json")) == 0
+    resumed = capsys.readouterr().out.splitlines()[-1]
+    assert "bits/dim over 4 items" in whole
+    assert resumed.split("->")[0] == whole.split("->")[0]
 
 
 def test_errors_are_one_line_and_debug_raises(tmp_path, capsys):

@@ -79,7 +79,8 @@ def test_frechet_distance_of_samples():
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
+    # one FD-digits classifier per test session (tests/test_cli.py uses the same directory)
+    return tmp_path_factory.getbasetemp() / "scoresde-cache"
 
 
 @pytest.fixture(scope="module")
