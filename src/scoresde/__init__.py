@@ -7,6 +7,7 @@ likelihoods, guidance, networks and the trainer.  Conventions: ``../DESIGN`` in 
 from .ema import EMA
 from .guidance import (
     AveragePool,
+    CircularBlur,
     LabelDropout,
     LinearOperator,
     Mask,

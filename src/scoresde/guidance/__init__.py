@@ -14,6 +14,7 @@ from .conditional import (
 )
 from .inverse import (
     AveragePool,
+    CircularBlur,
     LinearOperator,
     Mask,
     colorize,
@@ -28,6 +29,7 @@ from .smc import SMCInfo, inpaint_smc
 
 __all__ = [
     "AveragePool",
+    "CircularBlur",
     "LabelDropout",
     "LinearOperator",
     "Mask",

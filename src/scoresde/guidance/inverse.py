@@ -1,4 +1,6 @@
-"""Linear inverse problems ``y = A x (+ noise)``: inpainting, super-resolution, colorization.
+"""Linear inverse problems ``y = A x (+ noise)``: inpainting (:class:`Mask`), super-resolution
+(:class:`AveragePool`), deblurring (:class:`CircularBlur`), colorization (:func:`colorize`), or
+any user operator given as ``LinearOperator(forward, pinv)``.
 
 **Projection (the paper's replacement method, generalized).** Let ``A^+`` be the Moore--Penrose
 pseudo-inverse, so ``P = A^+ A`` is the orthogonal projection onto the row space of ``A``.  After
@@ -122,6 +124,39 @@ class AveragePool(LinearOperator):
     def check(self, x: Tensor) -> None:
         if x.ndim < 3 or x.shape[-1] % self.factor or x.shape[-2] % self.factor:
             raise ValueError(f"x must end in two axes divisible by factor={self.factor}, got {tuple(x.shape)}")
+
+
+class CircularBlur(LinearOperator):
+    """Blur by circular convolution with a 2-D ``kernel`` over the last two axes:
+    ``A = F^-1 diag(K) F`` with ``K`` the kernel's DFT on the image grid, and the pseudo-inverse
+    ``A^+ = F^-1 diag(K^+) F`` with ``K^+ = 1/K`` where ``|K| > tol * max|K|`` and 0 elsewhere.
+    ``A^+ A`` is then the orthogonal projection onto the kept frequencies (``F`` is unitary);
+    frequencies below the threshold are treated as unobserved."""
+
+    def __init__(self, kernel: Tensor, tol: float = 1e-3) -> None:
+        self.kernel = torch.as_tensor(kernel)
+        if self.kernel.ndim != 2:
+            raise ValueError(f"kernel must be 2-D, got shape {tuple(self.kernel.shape)}")
+        self.tol = float(tol)
+        super().__init__(lambda x: self._filter(x, False), lambda y: self._filter(y, True))
+
+    def _spectrum(self, x: Tensor) -> Tensor:
+        """The kernel's DFT on ``x``'s grid, its centre tap at pixel (0, 0)."""
+        kh, kw = self.kernel.shape
+        padded = torch.zeros(x.shape[-2:], dtype=torch.float64)
+        padded[:kh, :kw] = self.kernel.to(torch.float64)
+        return torch.fft.fft2(padded.roll((-(kh // 2), -(kw // 2)), dims=(0, 1))).to(x.device)
+
+    def _filter(self, x: Tensor, inverse: bool) -> Tensor:
+        k = self._spectrum(x)
+        if inverse:
+            keep = k.abs() > self.tol * k.abs().max()
+            k = torch.where(keep, 1 / torch.where(keep, k, torch.ones_like(k)), torch.zeros_like(k))
+        return torch.fft.ifft2(torch.fft.fft2(x.to(torch.float64)) * k).real.to(x.dtype)
+
+    def check(self, x: Tensor) -> None:
+        if x.ndim < 3 or x.shape[-2] < self.kernel.shape[0] or x.shape[-1] < self.kernel.shape[1]:
+            raise ValueError(f"x must be images (B, ..., H, W) at least as large as the kernel, got {tuple(x.shape)}")
 
 
 # -- the projection (replacement) method ----------------------------------------------------------

@@ -16,8 +16,11 @@ SMCDiff (Trippe et al. 2022), this sampler instead
 
    with the observed entries of ``x_t`` set to ``y_t``;
 3. weights each particle by the kernel's density of the next observed values,
-   ``w <- w N(y_s; mean_obs, var)``, and resamples (multinomial, every row) when the effective
-   sample size of any row falls below ``ess_threshold * P``.
+   ``w <- w N(y_s; mean_obs, var)``. With diagonal kernels this weight depends on ``x_t`` alone
+   (the observed and missing parts of ``x_s`` are independent given ``x_t``), so the kernel is
+   the optimal proposal and resampling (multinomial, every row, when the effective sample size
+   of any row falls below ``ess_threshold * P``) happens *before* the move, which keeps the
+   copies of a resampled particle apart.
 
 The weighted particles target ``p(x_miss | y_{t_0..t_N}) = p(x_miss | x_obs)``: the method is
 consistent as ``P -> infinity`` and the steps shrink (the only approximations are the Gaussian
@@ -103,11 +106,11 @@ def inpaint_smc(
         mean, var = _ancestral_step(score_fn, sde, x, t, s)
         log_w = log_w - 0.5 * ((path[i + 1] - mean) ** 2 * m).flatten(2).sum(-1) / var
         log_w = log_w - log_w.logsumexp(dim=1, keepdim=True)
-        x = mean + var**0.5 * randn_like(mean, generator)
         frac = 1.0 / (torch.exp(2 * log_w).sum(dim=1) * P)
         ess.append(float(frac.mean()))
-        if bool((frac < ess_threshold).any()):
-            x, log_w, resamples = _resample(x, log_w, generator), torch.zeros_like(log_w), resamples + 1
+        if bool((frac < ess_threshold).any()):  # the weight depends on x_t only: resample, then move
+            mean, log_w, resamples = _resample(mean, log_w, generator), torch.zeros_like(log_w), resamples + 1
+        x = mean + var**0.5 * randn_like(mean, generator)
 
     x = _denoise(score_fn, sde, torch.where(m, path[-1], x), float(grid[-1]))
     pick = torch.multinomial(torch.softmax(log_w, dim=1).cpu(), 1, generator=generator).to(x.device)
