@@ -17,7 +17,7 @@ TINY_TOY = ["training.steps=30", "training.batch_size=64", "training.log_every=1
 TINY_DIGITS = ["training.steps=4", "training.batch_size=16", "training.log_every=2", "model.nf=8",
                "model.ch_mult=[1]", "model.num_res_blocks=1", "model.attn_resolutions=[]", "sampling.steps=4",
                "evaluation.n_samples=40", "evaluation.likelihood_n=4", "evaluation.likelihood_batch=4",
-               "evaluation.rtol=1e-3", "evaluation.atol=1e-3"]
+               "evaluation.rtol=1e-3", "evaluation.atol=1e-3", "sampling.clip_denoised=true"]
 
 
 def run_cli(*argv: str) -> int:
@@ -107,7 +107,7 @@ def digits_job(tmp_path_factory):
 
 def test_main_job_on_tiny_digits(digits_job):
     res = json.loads((digits_job / "results.json").read_text())
-    assert res["step"] == 4 and res["sampling"]["nfe"] == 4
+    assert res["step"] == 4 and res["sampling"]["nfe"] == 4 and res["sampling"]["clip_denoised"] is True
     assert res["fd-digits"] > 0 and res["pixel-fd"] > 0
     assert res["likelihood"]["unit"] == "bits/dim" and res["likelihood"]["n"] == 4
     grid = Image.open(digits_job / "samples.png")
@@ -157,3 +157,27 @@ def test_image_grid_layout():
     assert grid[0, :, 0].min() == 255  # white border
     with pytest.raises(ValueError, match="images"):
         cli.image_grid(torch.zeros(2, 4, 8, 8))
+
+
+def test_clip_denoised_on_the_oracle():
+    import scoresde as sd
+
+    sde = sd.VPSDE()
+    gmm = sd.GaussianMixture(torch.tensor([0.5, 0.5]), torch.tensor([[-0.5, 0.2], [0.4, -0.3]]),
+                             torch.full((2, 2), 0.05))
+    t = torch.full((500,), 0.3)
+    x0, _ = gmm.sample(500, generator=torch.Generator().manual_seed(0))
+    xt = sde.marginal(x0, t, torch.randn(x0.shape, generator=torch.Generator().manual_seed(1)))
+    score = lambda x, t: gmm.score(x, t, sde)  # noqa: E731
+
+    def denoised(s):
+        a, s2 = sde.alpha(t)[:, None], sde.sigma(t)[:, None] ** 2
+        return (xt + s2 * s(xt, t)) / a
+
+    # the Tweedie estimate of a mixture with means in [-0.5, 0.5] stays within [-1, 1]: unchanged
+    wide = cli.clip_denoised(score, sde, (-1.0, 1.0))
+    assert torch.allclose(wide(xt, t), score(xt, t), rtol=1e-5, atol=1e-5)
+    # a narrow range: the new score's Tweedie estimate is exactly the clipped one
+    narrow = cli.clip_denoised(score, sde, (-0.1, 0.1))
+    assert torch.allclose(denoised(narrow), denoised(score).clamp(-0.1, 0.1), atol=1e-5)
+    assert (denoised(score).abs() > 0.1).any()

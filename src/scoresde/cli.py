@@ -40,7 +40,7 @@ from torch import Tensor
 
 from scoresde import config as C
 from scoresde import data as D
-from scoresde._tensor import check_choice
+from scoresde._tensor import append_dims, as_batch_time, check_choice
 
 #: Modules that register more sub-commands with ``add_cli(subparsers)`` (skipped if absent).
 #: Guidance (inpaint, colorize, train-classifier) and reflow add one line each here.
@@ -200,14 +200,36 @@ def steps_for_nfe(sde: Any, method: str, nfe: int, shape: tuple[int, ...], optio
     return lo
 
 
+def clip_denoised(score_fn: Callable[[Tensor, Tensor], Tensor], sde: Any,
+                  data_range: tuple[float, float]) -> Callable[[Tensor, Tensor], Tensor]:
+    """The score whose Tweedie estimate ``x0 = (x + sigma^2 s) / alpha`` is clipped to
+    ``data_range``: ``s' = (alpha clip(x0) - x) / sigma^2`` (a linear SDE's kernel, in ``t``).
+
+    Unchanged wherever the estimate already lies in the range; it keeps every sampler that
+    works through ``x0`` from extrapolating out of the data's bounded support ("thresholding").
+    """
+    lo, hi = data_range
+
+    def clipped(x: Tensor, t: Tensor) -> Tensor:
+        tt = as_batch_time(t, x)
+        a, s2 = append_dims(sde.alpha(tt), x.ndim), append_dims(sde.sigma(tt) ** 2, x.ndim)
+        x0 = ((x + s2 * score_fn(x, t)) / a).clamp(lo, hi)
+        return (a * x0 - x) / s2
+
+    return clipped
+
+
 def sample_run(run: Run, n: int, *, method: str | None = None, steps: int | None = None,
-               nfe: int | None = None, seed: int = 0, progress: bool = True,
+               nfe: int | None = None, seed: int = 0, progress: bool = True, clip: bool | None = None,
                **options: Any) -> tuple[Tensor, Any]:
     """Draw ``n`` samples from a run with its sampling config, overridden by the arguments
-    (``steps`` or an ``nfe`` budget; ``options`` of the method)."""
+    (``steps`` or an ``nfe`` budget, ``clip`` for :func:`clip_denoised`, ``options`` of the
+    method)."""
     from scoresde.sampling import sample
 
     s = run.cfg.sampling
+    clip = s.clip_denoised if clip is None else clip
+    score_fn = clip_denoised(run.score_fn, run.sde, D.data_range(run.cfg.data.centered)) if clip else run.score_fn
     method = method or s.method
     opts = {**(s.options if method == s.method else {}), **options}  # the config's options fit its method
     shape = run.sample_shape
@@ -215,7 +237,7 @@ def sample_run(run: Run, n: int, *, method: str | None = None, steps: int | None
         steps = steps_for_nfe(run.sde, method, nfe, shape, opts, s.denoise)
     steps = steps if steps is not None else s.steps
     generator = torch.Generator(device=run.device).manual_seed(seed)
-    return sample(run.score_fn, run.sde, (n,) + shape, method=method, steps=steps, generator=generator,
+    return sample(score_fn, run.sde, (n,) + shape, method=method, steps=steps, generator=generator,
                   denoise=s.denoise, progress=progress, device=run.device, batch_size=s.batch_size, **opts)
 
 
@@ -278,7 +300,7 @@ def sample_metrics(samples: Tensor, reference: Tensor, names: Sequence[str], see
 
 
 def evaluate_run(run: Run, metrics: Sequence[str], out: Path, *, method: str | None = None,
-                 steps: int | None = None, nfe: int | None = None, seed: int = 0,
+                 steps: int | None = None, nfe: int | None = None, seed: int = 0, clip: bool | None = None,
                  progress: bool = True) -> dict[str, Any]:
     """Measure ``metrics`` of a run; writes ``out/samples.png`` (+ ``.npz``) when sampling and
     ``out/likelihood_<split>_step<n>.json`` (partial results of checkpoint ``n``); returns the
@@ -290,9 +312,11 @@ def evaluate_run(run: Run, metrics: Sequence[str], out: Path, *, method: str | N
     wanted = [m for m in metrics if m in SAMPLE_METRICS]
     if wanted:
         t0 = time.perf_counter()
-        x, info = sample_run(run, ev.n_samples, method=method, steps=steps, nfe=nfe, seed=seed, progress=progress)
-        result["sampling"] = {"method": method or run.cfg.sampling.method, "nfe": info.nfe,
-                              "n": ev.n_samples, "seconds": round(time.perf_counter() - t0, 2)}
+        x, info = sample_run(run, ev.n_samples, method=method, steps=steps, nfe=nfe, seed=seed, clip=clip,
+                             progress=progress)
+        result["sampling"] = {"method": info.method, "nfe": info.nfe, "n": ev.n_samples,
+                              "clip_denoised": run.cfg.sampling.clip_denoised if clip is None else clip,
+                              "seconds": round(time.perf_counter() - t0, 2)}
         save_samples(x[:100], out / "samples.png", D.data_range(run.cfg.data.centered))
         reference = C.build_dataset(run.cfg, ev.split).x
         result.update(sample_metrics(x.cpu(), reference, wanted, seed))
@@ -396,7 +420,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     n = args.n or run.cfg.sampling.n
     t0 = time.perf_counter()
     x, info = sample_run(run, n, method=args.method, steps=args.steps, nfe=args.nfe, seed=args.seed,
-                         progress=not args.quiet)
+                         clip=args.clip_denoised, progress=not args.quiet)
     out = Path(args.out) if args.out else run.directory / "samples.png"
     npz = save_samples(x, out, D.data_range(run.cfg.data.centered), nfe=info.nfe)
     print(f"{n} samples, {info.nfe} NFE, {time.perf_counter() - t0:.1f} s -> {out}, {npz}")
@@ -444,7 +468,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else run.directory / "eval"
     out.mkdir(parents=True, exist_ok=True)
     result = evaluate_run(run, metrics, out, method=args.method, steps=args.steps, nfe=args.nfe,
-                          seed=args.seed, progress=not args.quiet)
+                          seed=args.seed, clip=args.clip_denoised, progress=not args.quiet)
     write_json(out / "metrics.json", result)
     print(json.dumps(result, indent=1))
     return 0
@@ -459,7 +483,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     train_s = time.perf_counter() - t0
     run = load_run(out, device=device_of(args.device))
     result = evaluate_run(run, cfg.evaluation.metrics, out, method=args.method, steps=args.steps,
-                          seed=args.seed, progress=not args.quiet)
+                          nfe=args.nfe, seed=args.seed, clip=args.clip_denoised, progress=not args.quiet)
     result["train_seconds"] = round(train_s, 1)
     write_json(out / "results.json", result)
     print(json.dumps(result, indent=1))
@@ -502,6 +526,9 @@ def _sampler_options(p: argparse.ArgumentParser) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--steps", type=int, help="number of time steps (default: the run's sampling.steps)")
     group.add_argument("--nfe", type=int, help="score-evaluation budget: the most steps that fit in it")
+    p.add_argument("--clip-denoised", action=argparse.BooleanOptionalAction, default=None,
+                   help="clip the denoised estimate to the data range at every score evaluation "
+                        "(default: the run's sampling.clip_denoised)")
 
 
 def build_parser() -> argparse.ArgumentParser:

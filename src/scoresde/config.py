@@ -130,6 +130,7 @@ class SamplingConfig:
     steps: int | None = _field(20, ge=1, doc="time steps (None: the method's default)")
     n: int = _field(64, ge=1, doc="samples drawn")
     denoise: bool = _field(False, doc="final Tweedie denoising step")
+    clip_denoised: bool = _field(False, doc="clip the Tweedie estimate to the data range in every score call")
     batch_size: int | None = _field(None, ge=1, doc="samples per batch (None: all at once)")
     options: dict = _field(factory=dict, doc="method options (snr, corrector, eta, ...)")
 
