@@ -402,3 +402,31 @@ def test_bad_input_raises_value_error():
         LabelDropout(lambda *a: 0, null_label=8, p_uncond=1.5)
     with pytest.raises(ValueError, match="y must have shape"):
         solve_inverse_problem(score, SDE, torch.zeros(4, 1, 2, 2), AveragePool(2), (4, 1, 2, 2), steps=2)
+
+
+def test_cli_commands_end_to_end(tmp_path):
+    """train (tiny, with a null label) -> train-classifier -> guide (both kinds) -> inpaint;
+    colorize refuses gray data. Checks exit codes, files, the labels and the observed pixels."""
+    import numpy as np
+
+    from scoresde import cli
+    from scoresde import config as C
+
+    run, clf = str(tmp_path / "run"), str(tmp_path / "clf")
+    tiny = ["model.nf=8", "training.steps=2", "training.batch_size=8", "training.checkpoint_every=2"]
+    assert cli.main(["train", "digits-vp", *tiny, "model.num_classes=10", "model.null_label=true", "--out", run, "--quiet"]) == 0
+    assert cli.main(["train-classifier", "digits-vp", *tiny, "--steps", "2", "--nf", "8", "--out", clf, "--quiet"]) == 0
+    assert (tmp_path / "clf" / "accuracy.json").is_file()
+    for kind in (["--cfg"], ["--classifier", clf]):
+        png = tmp_path / f"guide{len(kind)}.png"
+        assert cli.main(["guide", run, *kind, "--scale", "2", "-n", "20", "--steps", "2", "--out", str(png), "--quiet"]) == 0
+        with np.load(png.with_suffix(".npz")) as arc:
+            assert arc["x"].shape == (20, 1, 8, 8) and arc["labels"].tolist() == sorted(list(range(10)) * 2)
+    png = tmp_path / "inpaint.png"
+    assert cli.main(["inpaint", run, "--mask", "box", "-n", "3", "--steps", "3", "--out", str(png), "--quiet"]) == 0
+    with np.load(png.with_suffix(".npz")) as arc:
+        out, mask = torch.as_tensor(arc["inpainted"]), torch.as_tensor(arc["mask"])
+    test = C.build_dataset(C.load_config("digits-vp"), "test").x[:3]
+    assert mask.shape == (1, 8, 8) and int((~mask).sum()) == 16
+    assert torch.equal(out[:, mask], test[:, mask])
+    assert cli.main(["colorize", run, "-n", "2", "--out", str(tmp_path / "c.png"), "--quiet"]) == 2
