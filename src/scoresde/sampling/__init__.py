@@ -61,12 +61,12 @@ METHODS: dict[str, Method] = {
     "ode-euler": Method(ode_fixed, 500, "log-snr", {"scheme": "euler"}),
     "ode-heun": Method(ode_fixed, 50, "log-snr", {"scheme": "heun"}),
     "ode-rk4": Method(ode_fixed, 25, "log-snr", {"scheme": "rk4"}),
-    "ddim": Method(ddim, 50, "log-snr"),
+    "ddim": Method(ddim, 50, "log-snr-window"),
     "heun": Method(edm_heun, 18, "karras"),
-    "dpm-solver++": Method(dpm_solver_pp, 20, "log-snr", {"order": 3}),
-    "dpm-solver++2m": Method(dpm_solver_pp, 20, "log-snr", {"order": 2}),
-    "dpm-solver++3m": Method(dpm_solver_pp, 20, "log-snr", {"order": 3}),
-    "unipc": Method(dpm_solver_pp, 20, "log-snr", {"order": 3, "corrector": True}),
+    "dpm-solver++": Method(dpm_solver_pp, 20, "log-snr-window", {"order": 3}),
+    "dpm-solver++2m": Method(dpm_solver_pp, 20, "log-snr-window", {"order": 2}),
+    "dpm-solver++3m": Method(dpm_solver_pp, 20, "log-snr-window", {"order": 3}),
+    "unipc": Method(dpm_solver_pp, 20, "log-snr-window", {"order": 3, "corrector": True}),
 }
 
 _PLUMBING = ("score_fn", "sde", "x", "grid", "generator", "callback", "progress")
