@@ -1,16 +1,19 @@
 """Likelihood benchmark: error against NFE on the Gaussian-mixture oracle, biases, Hutchinson
 variance, and wall time per NFE on the digits DDPM++.  Prints JSON; plots error vs NFE.
 
-    OMP_NUM_THREADS=1 python benchmarks/likelihood.py [--quick] [--plot docs/likelihood_error_nfe.png]
+    OMP_NUM_THREADS=1 python benchmarks/likelihood.py [--quick] [--parts error,biases] [--plot docs/likelihood_error_nfe.png]
 
-Errors are mean absolute per dimension, in nats, against the closed form ``log p_eps(x)``:
+Errors are mean absolute per dimension, in nats, against the closed form ``log p_eps(x)`` at the
+likelihood's start ``eps = 1e-5`` (:func:`scoresde.likelihood.start_time`):
 
-* ``solver``: the estimate with the oracle's exact ``log p_T(z)`` in place of the Gaussian
-  prior -- what the ODE solver alone gets wrong;
-* ``total``: the paper's estimator (Gaussian prior at ``T``) -- solver error plus prior bias.
+* ``solver``: the estimate with the oracle's exact ``log p_T(z)`` in place of the prior term --
+  what the ODE solver alone gets wrong;
+* ``total_gaussian``: with the paper's prior ``N(0, sigma_T^2 I)`` (solver error plus prior bias);
+* ``total_corrected``: with ``prior="corrected"`` (the score's line integral from 0 to z, two
+  Gauss--Legendre nodes, two more NFE): what ``sd.log_likelihood`` returns by default.
 
-The baseline is dopri5 in ``t`` at ``rtol = atol = 1e-5`` (``time_variable="t"``); the default
-is dopri5 in the log-SNR chart (``time_variable="log-snr"``).
+The baseline is dopri5 in ``t`` at ``rtol = atol = 1e-5`` with the Gaussian prior (the paper's
+estimator); ours is the log-SNR chart with the corrected prior, dopri5 or bosh3, across tolerances.
 """
 
 from __future__ import annotations
@@ -24,20 +27,32 @@ import time
 import torch
 
 import scoresde as sd
-from scoresde.likelihood import value_and_divergence
+from scoresde.likelihood import gaussian_prior_logp, prior_correction, value_and_divergence
 
 SDES = {"vp": sd.VPSDE, "subvp": sd.SubVPSDE, "ve": sd.VESDE}
 MIXTURES = {"ring2d": 256, "mix64": 64}
-TOLERANCES = (1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6)
-CHARTS = ("t", "log-snr")
+# (chart, method) -> tolerances: the baseline's curve in t, ours in the log-SNR chart
+TOLERANCES = {
+    ("t", "dopri5"): (3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5),
+    ("log-snr", "dopri5"): (3e-3, 1e-3, 5e-4, 3e-4, 2e-4, 1e-4, 5e-5, 3e-5, 1e-5),
+    ("log-snr", "bosh3"): (1e-2, 5e-3, 3e-3, 2e-3, 1e-3, 5e-4, 3e-4, 2e-4, 1e-4),
+}
+QUICK_TOLERANCES = {
+    ("t", "dopri5"): (1e-3, 1e-4, 1e-5),
+    ("log-snr", "dopri5"): (1e-3, 3e-4, 1e-4, 3e-5, 1e-5),
+    ("log-snr", "bosh3"): (5e-3, 2e-3, 1e-3, 3e-4, 1e-4),
+}
+BASELINE = dict(chart="t", method="dopri5", tol=1e-5)
+PRIOR_POINTS = 2
 
 
 def mean_per_dim(err: torch.Tensor, dim: int) -> float:
     return float(err.abs().mean() / dim)
 
 
-def error_vs_nfe(tolerances) -> list[dict]:
-    """One solve per (mixture, SDE, chart, tolerance) with the exact divergence."""
+def error_vs_nfe(tolerances: dict) -> list[dict]:
+    """One solve per (mixture, SDE, chart, method, tolerance) with the exact divergence; both prior terms
+    are applied to the same latent (the corrected one costs ``PRIOR_POINTS`` more NFE)."""
     rows = []
     for name, n in MIXTURES.items():
         gmm = sd.GaussianMixture.named(name)
@@ -45,25 +60,55 @@ def error_vs_nfe(tolerances) -> list[dict]:
         dim = x.shape[1]
         for sde_name, make in SDES.items():
             sde = make()
-            ref = gmm.log_prob(x.double(), sde.eps, sde)
-            for chart in CHARTS:
-                for tol in tolerances:
+            score_fn = gmm.score_fn(sde)
+            for (chart, method), tols in tolerances.items():
+                for tol in tols:
                     start = time.perf_counter()
-                    logp, info = sd.log_likelihood(gmm.score_fn(sde), sde, x, time_variable=chart, rtol=tol, atol=tol)
+                    logp, info = sd.log_likelihood(score_fn, sde, x, time_variable=chart, method=method,
+                                                   rtol=tol, atol=tol, prior="gaussian")
                     seconds = time.perf_counter() - start
+                    ref = gmm.log_prob(x.double(), info.t_start, sde)
+                    std = sde.prior_std
+                    corrected = logp + prior_correction(score_fn, info.z, info.t_end, std, PRIOR_POINTS)
                     exact_end = gmm.log_prob(info.z.double(), info.t_end, sde) + info.delta_logp.double()
                     rows.append(dict(
-                        mixture=name, sde=sde_name, chart=chart, tol=tol, nfe=info.nfe, seconds=round(seconds, 3),
-                        solver=mean_per_dim(exact_end - ref, dim), total=mean_per_dim(logp.double() - ref, dim),
+                        mixture=name, sde=sde_name, chart=chart, method=method, tol=tol, nfe=info.nfe,
+                        nfe_corrected=info.nfe + PRIOR_POINTS, seconds=round(seconds, 3),
+                        solver=mean_per_dim(exact_end - ref, dim),
+                        total_gaussian=mean_per_dim(logp.double() - ref, dim),
+                        total_corrected=mean_per_dim(corrected.double() - ref, dim),
                     ))
                     print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
+def summary(rows: list[dict]) -> list[dict]:
+    """Per mixture and SDE: the baseline's NFE and total error, and the smallest NFE at which ours
+    (log-SNR chart, corrected prior, any method and tolerance measured) is at or below that error."""
+    out = []
+    for name in MIXTURES:
+        for sde_name in SDES:
+            mine = [r for r in rows if r["mixture"] == name and r["sde"] == sde_name]
+            base = next(r for r in mine if all(r[k] == v for k, v in BASELINE.items()))
+            ours = [r for r in mine if r["chart"] == "log-snr" and r["total_corrected"] <= base["total_gaussian"]]
+            best = min(ours, key=lambda r: (r["nfe_corrected"], r["total_corrected"]), default=None)
+            out.append(dict(
+                mixture=name, sde=sde_name, baseline_nfe=base["nfe"], baseline_total=base["total_gaussian"],
+                ours_nfe=None if best is None else best["nfe_corrected"],
+                ours_method=None if best is None else best["method"],
+                ours_tol=None if best is None else best["tol"],
+                ours_total=None if best is None else best["total_corrected"],
+                half_met=best is not None and best["nfe_corrected"] <= base["nfe"] / 2,
+            ))
+    return out
+
+
 def biases() -> list[dict]:
-    """The two biases of the paper's estimator, from the oracle alone (no solver):
-    prior: ``|log N(z; 0, sigma_T^2) - log p_T(z)|`` at latents ``z ~ p_T``;
-    start: ``|log p_eps(x) - log p_0(x)|`` at data ``x ~ p_0``."""
+    """The biases from the oracle alone (no solver), mean absolute per dimension:
+    prior term at latents ``z ~ p_T``: ``log N(z; 0, sigma_T^2) - log p_T(z)`` (``gaussian``) and
+    ``log N + prior_correction - log p_T`` for 1..3 nodes (``corrected_k``), and the constant it
+    leaves, ``C0 / D = (log p_T(0) - log N(0; 0, sigma_T^2)) / D``;
+    start at data ``x ~ p_0``: ``log p_eps(x) - log p_0(x)`` at the likelihood's ``eps`` and at ``sde.eps``."""
     rows = []
     for name in MIXTURES:
         gmm = sd.GaussianMixture.named(name)
@@ -71,10 +116,22 @@ def biases() -> list[dict]:
         dim = x.shape[1]
         for sde_name, make in SDES.items():
             sde = make()
+            eps = sd.likelihood.start_time(sde)
             z = gmm.diffused(sde, sde.T).sample(4000, generator=torch.Generator().manual_seed(3), dtype=torch.float64)[0]
-            prior = mean_per_dim(sde.prior_logp(z) - gmm.log_prob(z, sde.T, sde), dim)
-            start = mean_per_dim(gmm.log_prob(x, sde.eps, sde) - gmm.log_prob(x), dim)
-            rows.append(dict(mixture=name, sde=sde_name, prior_bias=prior, start_bias=start, eps=sde.eps))
+            exact = gmm.log_prob(z, sde.T, sde)
+            gauss = gaussian_prior_logp(z, sde.prior_std)
+            origin = torch.zeros(1, dim, dtype=torch.float64)
+            c0 = float(gmm.log_prob(origin, sde.T, sde) - gaussian_prior_logp(origin, sde.prior_std)) / dim
+            row = dict(mixture=name, sde=sde_name, prior_gaussian=mean_per_dim(gauss - exact, dim), c0_per_dim=c0)
+            for k in (1, 2, 3):
+                corr = gauss + prior_correction(gmm.score_fn(sde), z, sde.T, sde.prior_std, k)
+                row[f"prior_corrected_{k}"] = mean_per_dim(corr - exact, dim)
+            row.update(
+                eps=eps, start=mean_per_dim(gmm.log_prob(x, eps, sde) - gmm.log_prob(x), dim),
+                sde_eps=sde.eps, start_at_sde_eps=mean_per_dim(gmm.log_prob(x, sde.eps, sde) - gmm.log_prob(x), dim),
+            )
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     return rows
 
 
@@ -120,7 +177,7 @@ def per_nfe_cost(batch: int = 16, repeats: int = 20) -> dict:
     fwd_vjp = (time.perf_counter() - start) / repeats
 
     start = time.perf_counter()
-    _, info = sd.log_likelihood(score_fn, sde, x, divergence="hutchinson", rtol=1e-3, atol=1e-3,
+    _, info = sd.log_likelihood(score_fn, sde, x, divergence="hutchinson", rtol=1e-3, atol=1e-3, prior="gaussian",
                                 generator=torch.Generator().manual_seed(2))
     per_nfe = (time.perf_counter() - start) / info.nfe
     params = sum(p.numel() for p in model.parameters())
@@ -134,42 +191,60 @@ def plot(rows: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(MIXTURES), figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, len(MIXTURES), figsize=(11, 5.2))
     colors = {"vp": "C0", "subvp": "C1", "ve": "C2"}
-    styles = {"t": ("--", "o"), "log-snr": ("-", "s")}
     for ax, name in zip(axes, MIXTURES):
         for sde_name in SDES:
-            for chart in CHARTS:
-                pts = sorted((r["nfe"], r["solver"]) for r in rows if r["mixture"] == name and r["sde"] == sde_name and r["chart"] == chart)
-                ls, marker = styles[chart]
-                ax.loglog(*zip(*pts), ls, marker=marker, color=colors[sde_name], ms=4, label=f"{sde_name}, {chart}")
-            base = [r for r in rows if r["mixture"] == name and r["sde"] == sde_name and r["chart"] == "t" and r["tol"] == 1e-5]
-            ax.loglog(base[0]["nfe"], base[0]["solver"], "*", color=colors[sde_name], ms=14, mec="k")
-        ax.set_title(f"{name}: solver error vs NFE (star: baseline dopri5 in t, tol 1e-5)", fontsize=9)
-        ax.set_xlabel("NFE")
-        ax.set_ylabel("mean |log p - exact| / D  (nats)")
+            mine = [r for r in rows if r["mixture"] == name and r["sde"] == sde_name]
+            # points joined in order of tolerance (NFE is not monotone in it)
+            base_curve = [(r["nfe"], r["total_gaussian"]) for r in mine if r["chart"] == "t"]
+            ax.loglog(*zip(*base_curve), ":", marker="o", color=colors[sde_name], ms=3, lw=0.8, alpha=0.6,
+                      label=f"{sde_name}: dopri5 in t, Gaussian prior (paper)")
+            for method, marker in (("dopri5", "s"), ("bosh3", "^")):
+                ours = [(r["nfe_corrected"], r["total_corrected"]) for r in mine
+                        if r["chart"] == "log-snr" and r["method"] == method]
+                ax.loglog(*zip(*ours), "-", marker=marker, color=colors[sde_name], ms=4, lw=0.6,
+                          label=f"{sde_name}: {method}, log-SNR chart, corrected prior")
+            base = next(r for r in mine if all(r[k] == v for k, v in BASELINE.items()))
+            ax.loglog(base["nfe"], base["total_gaussian"], "*", color=colors[sde_name], ms=14, mec="k")
+            ax.axvline(base["nfe"] / 2, color=colors[sde_name], lw=0.8, alpha=0.5)
+        ax.set_title(f"{name}: total error vs NFE (star: baseline, tol 1e-5; vertical: half its NFE;\n"
+                     "VP and sub-VP coincide in the log-SNR chart)", fontsize=8)
+        ax.set_xlabel("NFE (corrected prior: +2)")
+        ax.set_ylabel("mean |log p - log p_eps| / D  (nats)")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     fig.savefig(path, dpi=120)
+
+
+PARTS = ("error", "biases", "hutchinson", "per-nfe")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="three tolerances, fewer probes")
+    parser.add_argument("--quick", action="store_true", help="fewer tolerances, fewer probes")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {PARTS}")
     parser.add_argument("--plot", default=None, help="write the error-vs-NFE figure here")
     args = parser.parse_args()
+    parts = args.parts.split(",")
+    for part in parts:
+        if part not in PARTS:
+            raise ValueError(f"--parts: unknown part {part!r}; choose from {PARTS}")
     torch.set_num_threads(1)
-    tolerances = TOLERANCES[::2] if args.quick else TOLERANCES
-    result = dict(
-        machine=f"{platform.machine()}, {torch.get_num_threads()} thread(s), torch {torch.__version__}",
-        error_vs_nfe=error_vs_nfe(tolerances),
-        biases=biases(),
-        hutchinson=hutchinson(100 if args.quick else 400),
-        per_nfe=per_nfe_cost(),
-    )
-    if args.plot:
-        plot(result["error_vs_nfe"], args.plot)
+    result = dict(machine=f"{platform.machine()}, {torch.get_num_threads()} thread(s), torch {torch.__version__}")
+    if "error" in parts:
+        result["error_vs_nfe"] = error_vs_nfe(QUICK_TOLERANCES if args.quick else TOLERANCES)
+        result["summary"] = summary(result["error_vs_nfe"])
+        if args.plot:
+            plot(result["error_vs_nfe"], args.plot)
+    if "biases" in parts:
+        result["biases"] = biases()
+    if "hutchinson" in parts:
+        result["hutchinson"] = hutchinson(100 if args.quick else 400)
+    if "per-nfe" in parts:
+        result["per_nfe"] = per_nfe_cost()
     print(json.dumps(result, indent=1))
 
 
