@@ -71,8 +71,10 @@ such as :class:`~scoresde.sde.RectifiedFlow`, whose drift is singular at ``T``: 
 each state coordinate and of the log-density *per dimension*, so a tolerance means the same
 thing in 2 and in 3072 dimensions.  Once the prior is corrected the tolerance, not a bias, sets
 the total error, so set it by the target: the defaults (dopri5, ``1e-5``) leave 4e-5--7e-5
-nats/dim on the oracle mixtures (VP, sub-VP); for a target near 1e-3 nats/dim the third-order
-``method="bosh3"`` at ``rtol = atol = 5e-3`` costs 37--43 NFE (benchmarks/likelihood.py).
+nats/dim on the oracle mixtures (VP, sub-VP); for looser targets the third-order
+``method="bosh3"`` spends fewer NFE than dopri5 at the same error, e.g. 8e-4 nats/dim on the 2-D
+ring in 43 NFE (``rtol = atol = 5e-3``) and 1.2e-4 on the 64-D mixture in 58 (``5e-4``), prior
+included (benchmarks/likelihood.py, BENCHMARKS.md).
 
 **Cost per NFE.**  One evaluation of the ODE right-hand side is one call of ``score_fn`` under
 autograd plus vector-Jacobian products of its output: one VJP for ``divergence="hutchinson"``
