@@ -116,8 +116,9 @@ METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")  # torchdi
 class LikelihoodInfo:
     """What :func:`log_likelihood` spent and found.
 
-    ``nfe``: score evaluations; ``z``: the latent ``x(t_end)``; ``prior_logp``: ``log prior(z)``;
-    ``delta_logp``: ``log p_eps(x) - log prior(z)``; ``t_start``: ``eps``, where the integration
+    ``nfe``: score evaluations (the prior correction's included); ``z``: the latent ``x(t_end)``;
+    ``prior_logp``: the prior term, ``log N(z; 0, sigma^2 I)`` plus the correction when
+    ``prior="corrected"``; ``delta_logp``: ``log p_eps(x) - prior_logp``; ``t_start``: ``eps``, where the integration
     started; ``t_end``: where the prior was applied.
     """
 
