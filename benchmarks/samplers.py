@@ -5,7 +5,7 @@ every sampler stops at ``t = eps`` without the final Tweedie step, so ``p_eps`` 
 should reproduce.  Per run (``n`` samples) we report
 
 * ``sw``: sliced-W2 to a fresh true set of the same size, and its floor (mean, std of sliced-W2
-  between ``pairs`` pairs of independent true sets); the same 256 projections everywhere;
+  between ``pairs`` pairs of independent true sets); the same 64 projections everywhere;
 * ``tv``: total variation between the mode shares (``assign``) and the weights, and its floor
   (mean, std of the same figure over true sets: the multinomial floor plus mode overlap);
 * ``gap``: ``E_true[log p] - E_samples[log p]`` under the exact ``p_eps`` with its standard error
@@ -33,6 +33,7 @@ import scoresde as sd
 from scoresde.metrics import sliced_wasserstein
 
 PROJECTION_SEED = 1234
+PROJECTIONS = 64  # the same 64 directions for every figure (sorting dominates the cost)
 
 
 @dataclass
@@ -47,7 +48,7 @@ class Reference:
 
 
 def _sw(x: torch.Tensor, y: torch.Tensor) -> float:
-    return sliced_wasserstein(x, y, generator=torch.Generator().manual_seed(PROJECTION_SEED))
+    return sliced_wasserstein(x, y, n_projections=PROJECTIONS, generator=torch.Generator().manual_seed(PROJECTION_SEED))
 
 
 def _tv(target: sd.GaussianMixture, x: torch.Tensor) -> float:
@@ -141,30 +142,34 @@ ODE_TOLERANCES = (1e-3, 1e-4, 1e-5)
 
 
 def plan(sde_name: str, quick: bool) -> list[dict]:
-    """The runs for one SDE: every method on VP; on the others the paper's PC, the adaptive ODE
-    and the fast solvers (the other stochastic families' curves hardly depend on the SDE).
+    """The runs for one SDE: every method on VP; on sub-VP and VE the paper's PC, the adaptive ODE
+    and the fast solvers (the other stochastic families' curves hardly depend on the SDE); on
+    others (``rf``) the deterministic solvers only.
     Annealed Langevin is left out: NCSN's step size (``step_lr = 2e-5``) is tuned for images and
     needs thousands of steps per level on these mixtures."""
     runs = [{"method": "ode", "rtol": tol, "atol": tol} for tol in ODE_TOLERANCES]
     nfes = FAST_NFE[:8] if quick else FAST_NFE
     for method, per_step in FAST.items():
         runs += [{"method": method, "steps": steps} for steps in sorted({nfe // per_step for nfe in nfes if nfe >= per_step})]
-    for spec, steps in (PC, *STOCHASTIC) if sde_name == "vp" else (PC,):
+    stochastic = (PC, *STOCHASTIC) if sde_name == "vp" else (PC,) if sde_name in ("subvp", "ve") else ()
+    for spec, steps in stochastic:
         runs += [{**spec, "steps": n} for n in (steps[:1] if quick else steps)]
     return runs
 
 
 def nfe_to_floor(rows: list[dict]) -> dict:
-    """Per method: the smallest NFE at the floor from which every larger tested NFE is at the floor too."""
+    """Per method: ``first``, the smallest tested NFE at the floor, and ``stable``, the smallest
+    from which every larger tested NFE is at the floor too (None where there is none)."""
     out = {}
     for method in sorted({r["method"] for r in rows}):
         mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["nfe"])
-        best = None
+        stable = None
         for r in reversed(mine):
             if not r["at_floor"]:
                 break
-            best = r["nfe"]
-        out[method] = best
+            stable = r["nfe"]
+        first = next((r["nfe"] for r in mine if r["at_floor"]), None)
+        out[method] = {"first": first, "stable": stable}
     return out
 
 
@@ -193,6 +198,33 @@ def plot(results: dict, path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def overhead(batch: int = 64, repeats: int = 5) -> dict:
+    """Wall time of the fast solvers over ``NFE x`` (median time of one score evaluation) with the
+    digits DDPM++ U-Net (``nets.ddpmpp_digits``, random weights), batch ``batch`` of 1x8x8 images."""
+    from scoresde.nets import ddpmpp_digits
+
+    sde, model = sd.VPSDE(), ddpmpp_digits().eval()
+    score_fn = sd.score_fn_from_model(model, sde, "eps")
+    x, t = torch.randn(batch, 1, 8, 8), torch.full((batch,), 0.5)
+
+    def median_time(fn) -> float:
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return sorted(times)[len(times) // 2]
+
+    with torch.no_grad():
+        one = median_time(lambda: score_fn(x, t))
+    out = {"batch": batch, "score_eval_s": one}
+    for method in ("dpm-solver++", "unipc", "ddim", "heun"):
+        nfe = sd.sample(score_fn, sde, x_T=x, method=method)[1].nfe
+        wall = median_time(lambda: sd.sample(score_fn, sde, x_T=x, method=method))
+        out[method] = {"nfe": nfe, "wall_s": wall, "ratio": wall / (nfe * one)}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mixtures", default="ring2d,mix64")
@@ -204,10 +236,18 @@ def main() -> None:
     parser.add_argument("--plot", default="docs/samplers_nfe.png")
     parser.add_argument("--out", default=None, help="also write the JSON here")
     parser.add_argument("--merge", default=None, help="comma-separated JSON files of earlier runs: merge, print, plot")
+    parser.add_argument("--overhead", action="store_true", help="only the sampler-overhead figure on a U-Net")
     args = parser.parse_args()
+    if args.overhead:
+        torch.set_num_threads(1)
+        print(json.dumps(overhead()))
+        return
     if args.merge:
         reports = [json.load(open(path)) for path in args.merge.split(",")]
         results = {mix: r for rep in reports for mix, r in rep["results"].items()}
+        for per_sde in results.values():
+            for entry in per_sde.values():
+                entry["nfe_to_floor"] = nfe_to_floor(entry["runs"])
         print(json.dumps({"meta": [rep["meta"] for rep in reports], "results": results}, default=float))
         plot(results, args.plot)
         return

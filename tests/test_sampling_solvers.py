@@ -29,6 +29,8 @@ SOLVERS = {  # name -> (run(score_fn, sde, x, grid), declared order)
     "dpm-solver++2m": (lambda f, sde, x, g: fast.dpm_solver_pp(f, sde, x, g, order=2, lower_order_final=False), 2),
     "dpm-solver++3m": (lambda f, sde, x, g: fast.dpm_solver_pp(f, sde, x, g, order=3, lower_order_final=False), 3),
     "edm-heun": (lambda f, sde, x, g: fast.edm_heun(f, sde, x, g), 2),
+    # the SRA1 drift tableau without noise is Ralston's second-order method
+    "srk-eta0": (lambda f, sde, x, g: pc.pc_sample(f, sde, x, g, predictor="srk", corrector="none", eta=0.0), 2),
     **{
         f"ode-{name}": ((lambda name: lambda f, sde, x, g: ode.ode_fixed(f, sde, x, g, scheme=name))(name), tab.order)
         for name, tab in ode.TABLEAUS.items()

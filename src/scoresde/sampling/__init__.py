@@ -27,7 +27,7 @@ from .._tensor import check_choice
 from ..sde import SDE, LinearSDE
 from ._common import CountedScore, SampleInfo, check_int, denoise as tweedie
 from .fast import ddim, dpm_solver_pp, edm_heun
-from .grids import SCHEDULES, check_grid, default_t_max, make_grid
+from .grids import SCHEDULES, check_grid, make_grid
 from .ode import decode, encode, ode_adaptive, ode_fixed, slerp
 from .pc import pc_sample
 
@@ -100,7 +100,8 @@ def _start_state(
     return x
 
 
-def _grid_for(sde: SDE, method: str, spec: Method, steps: int | None, grid, schedule: str | None) -> Tensor:
+def _grid_for(sde: SDE, spec: Method, steps: int | None, grid, schedule: str | None) -> Tensor:
+    """The explicit ``grid`` (checked), or ``steps`` steps of ``schedule`` (method defaults)."""
     if grid is not None:
         grid = check_grid(grid, sde)
         if steps is not None and steps != len(grid) - 1:
@@ -148,7 +149,7 @@ def sample(
         raise ValueError(f"dtype must be a floating dtype, got {dtype}")
     if batch_size is not None:
         check_int(batch_size, "batch_size", 1)
-    grid = _grid_for(sde, method, spec, steps, grid, schedule)
+    grid = _grid_for(sde, spec, steps, grid, schedule)
     x = _start_state(sde, shape, x_T, float(grid[0]), generator, dtype, device)
     states: list[Tensor] | None = [] if trajectory else None
 
