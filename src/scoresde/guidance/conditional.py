@@ -61,7 +61,7 @@ def check_labels(labels: Tensor | int, n: int, num_classes: int | None, device) 
     return labels
 
 
-def _check_num_classes(labels: Tensor | int, num_classes: int | None) -> None:
+def _check_labels_early(labels: Tensor | int, num_classes: int | None) -> None:
     """Early checks of constant labels (before any batch is known)."""
     if num_classes is not None and num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -102,7 +102,7 @@ def classifier_guided_score(
     ``score_fn`` evaluation plus one classifier forward and backward.
     """
     scale = check_scale(scale)
-    _check_num_classes(labels, num_classes)
+    _check_labels_early(labels, num_classes)
 
     def guided(x: Tensor, t: Tensor) -> Tensor:
         t = as_batch_time(t, x)
@@ -168,7 +168,7 @@ def cfg_score_from_model(
     scale = check_scale(scale)
     if null_label < 1:
         raise ValueError(f"null_label must be >= 1 (it follows the real classes), got {null_label}")
-    _check_num_classes(labels, null_label)
+    _check_labels_early(labels, null_label)
     param = parameterization if isinstance(parameterization, Parameterization) else Parameterization(parameterization, sde)
 
     def guided(x: Tensor, t: Tensor) -> Tensor:
