@@ -439,3 +439,20 @@ def test_cli_commands_end_to_end(tmp_path):
     assert mask.shape == (1, 8, 8) and int((~mask).sum()) == 16
     assert torch.equal(out[:, mask], test[:, mask])
     assert cli.main(["colorize", run, "-n", "2", "--out", str(tmp_path / "c.png"), "--quiet"]) == 2
+
+
+def test_cli_colorize_keeps_the_gray_image(tmp_path):
+    import numpy as np
+
+    from scoresde import cli
+
+    x = np.random.RandomState(0).uniform(-1, 1, (16, 3, 8, 8)).astype(np.float32)
+    data, run, png = tmp_path / "rgb.npz", str(tmp_path / "run"), tmp_path / "c.png"
+    np.savez(data, x=x)
+    assert cli.main(["train", "digits-vp", "data.source=npz", f"data.path={data}", "model.in_channels=3", "model.nf=8",
+                     "training.steps=2", "training.batch_size=8", "training.checkpoint_every=2", "--out", run, "--quiet"]) == 0
+    assert cli.main(["colorize", run, "--input", str(data), "-n", "3", "--steps", "3", "--out", str(png), "--quiet"]) == 0
+    with np.load(png.with_suffix(".npz")) as arc:
+        out = torch.as_tensor(arc["colorized"])
+    assert out.shape == (3, 3, 8, 8)
+    torch.testing.assert_close(to_gray(out), to_gray(torch.as_tensor(x[:3])), rtol=1e-5, atol=1e-5)
