@@ -366,13 +366,12 @@ def train_run(cfg: C.Config, out: Path, resume: bool = False, progress: bool = T
 
 
 def _same_run(a: C.Config, b: C.Config) -> bool:
-    """Equal configurations up to ``training.steps`` (a run may be continued for longer) and
-    the description."""
+    """Whether ``b`` continues the training of ``a``: the same data, SDE, model, loss and
+    training section up to ``training.steps`` (sampling and evaluation may change)."""
     da, db = a.to_dict(), b.to_dict()
     for d in (da, db):
         d["training"].pop("steps")
-        d.pop("description")
-    return da == db
+    return all(da[k] == db[k] for k in ("data", "sde", "model", "loss", "training"))
 
 
 def plot_loss(run_dir: Path, path: Path) -> None:
