@@ -119,9 +119,12 @@ def run_one(ref: Reference, sde: sd.LinearSDE, method: str, n: int, seed: int = 
     x, info = sd.sample(matmul_score_fn(ref.gmm, sde), sde, (n, ref.gmm.dim), method=method,
                         generator=torch.Generator().manual_seed(seed), **options)
     wall = time.perf_counter() - t0
-    extra = {k: v for k, v in options.items() if k != "steps"}
-    label = method + "".join(f" {k}={v}" for k, v in extra.items() if k not in ("rtol", "atol"))
-    return {"method": label, **options, "nfe": info.nfe, "wall_s": round(wall, 3), **evaluate(ref, x)}
+    return {"method": label(method, options), **options, "nfe": info.nfe, "wall_s": round(wall, 3), **evaluate(ref, x)}
+
+
+def label(method: str, options: dict) -> str:
+    """A run's name: the method and its options other than the budget (steps, tolerances)."""
+    return method + "".join(f" {k}={v}" for k, v in options.items() if k not in ("method", "steps", "rtol", "atol"))
 
 
 # -- the grid of runs ------------------------------------------------------------------------------
@@ -137,7 +140,10 @@ STOCHASTIC = (  # (options, steps); VP only unless marked
     ({"method": "pc", "corrector": "hmc"}, STOCHASTIC_STEPS[:2]),
     ({"method": "pc", "snr": 0.05}, STOCHASTIC_STEPS[1:]),
 )
-PC = ({"method": "pc"}, STOCHASTIC_STEPS)  # every SDE: the paper's PC, reverse diffusion + Langevin snr 0.16
+PC = (  # VP, sub-VP, VE: the paper's PC (reverse diffusion + Langevin, snr 0.16) and ours with MALA
+    ({"method": "pc"}, STOCHASTIC_STEPS),
+    ({"method": "pc", "corrector": "mala"}, STOCHASTIC_STEPS[1:]),
+)
 ODE_TOLERANCES = (1e-3, 1e-4, 1e-5)
 
 
@@ -151,7 +157,7 @@ def plan(sde_name: str, quick: bool) -> list[dict]:
     nfes = FAST_NFE[:8] if quick else FAST_NFE
     for method, per_step in FAST.items():
         runs += [{"method": method, "steps": steps} for steps in sorted({nfe // per_step for nfe in nfes if nfe >= per_step})]
-    stochastic = (PC, *STOCHASTIC) if sde_name == "vp" else (PC,) if sde_name in ("subvp", "ve") else ()
+    stochastic = (*PC, *STOCHASTIC) if sde_name == "vp" else PC if sde_name in ("subvp", "ve") else ()
     for spec, steps in stochastic:
         runs += [{**spec, "steps": n} for n in (steps[:1] if quick else steps)]
     return runs
@@ -225,6 +231,25 @@ def overhead(batch: int = 64, repeats: int = 5) -> dict:
     return out
 
 
+def markdown(results: dict) -> str:
+    """The NFE-to-floor table (``first`` / ``stable``; '-' where never at the floor)."""
+    columns = [(mix, sde) for mix in results for sde in results[mix]]
+    methods = sorted({m for mix, sde in columns for m in results[mix][sde]["nfe_to_floor"]})
+    lines = ["| method | " + " | ".join(f"{mix} {sde}" for mix, sde in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for method in methods:
+        cells = []
+        for mix, sde in columns:
+            entry = results[mix][sde]["nfe_to_floor"].get(method)
+            if entry is None:
+                cells.append("")
+                continue
+            first, stable = entry["first"], entry["stable"]
+            cells.append("-" if first is None else f"{first}" if first == stable else f"{first} / {stable or '-'}")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mixtures", default="ring2d,mix64")
@@ -237,6 +262,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="also write the JSON here")
     parser.add_argument("--merge", default=None, help="comma-separated JSON files of earlier runs: merge, print, plot")
     parser.add_argument("--overhead", action="store_true", help="only the sampler-overhead figure on a U-Net")
+    parser.add_argument("--only", default=None, help="run only the planned runs whose name contains this")
     args = parser.parse_args()
     if args.overhead:
         torch.set_num_threads(1)
@@ -249,7 +275,9 @@ def main() -> None:
             for entry in per_sde.values():
                 entry["nfe_to_floor"] = nfe_to_floor(entry["runs"])
         print(json.dumps({"meta": [rep["meta"] for rep in reports], "results": results}, default=float))
-        plot(results, args.plot)
+        print(markdown(results))
+        if args.plot:
+            plot(results, args.plot)
         return
     torch.set_num_threads(1)
     sizes = {"ring2d": args.n_ring, "mix64": args.n_mix64}
@@ -262,6 +290,8 @@ def main() -> None:
             ref = reference(gmm, sde, n, pairs=args.pairs)
             rows = []
             for spec in plan(sde_name, args.quick):
+                if args.only and args.only not in label(spec["method"], spec):
+                    continue
                 rows.append(run_one(ref, sde, n=n, **spec))
                 print(json.dumps({k: rows[-1][k] for k in ("method", "nfe", "wall_s", "at_floor")}), file=sys.stderr, flush=True)
             results.setdefault(mix, {})[sde_name] = {
