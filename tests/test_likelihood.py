@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 import torch
 
 import scoresde as sd
 from scoresde.likelihood import (
-    PAPER_EPS, draw_probes, end_time, gaussian_prior_logp, prior_correction, start_time, value_and_divergence,
+    draw_probes, end_time, gaussian_prior_logp, prior_correction, value_and_divergence,
 )
 
-SDES = {"vp": sd.VPSDE, "subvp": sd.SubVPSDE, "ve": sd.VESDE}
+PAPER_EPS = 1e-5  # where the paper starts its likelihood integrals
+SDES = {name: partial(make, eps=PAPER_EPS) for name, make in {"vp": sd.VPSDE, "subvp": sd.SubVPSDE, "ve": sd.VESDE}.items()}
 
 
 def _data(name: str, n: int, dtype=torch.float32, seed: int = 0):
@@ -55,7 +57,7 @@ def test_exact_divergence_matches_closed_form(mixture, sde_name, time_variable):
 def test_gaussian_data_is_exact_to_1e_4():
     # For Gaussian data p_t is Gaussian; with the exact terminal density the only error left is
     # the solver's, which at rtol = atol = 1e-7 in float64 is far below the 1e-4 asked.
-    sde = sd.VPSDE()
+    sde = SDES["vp"]()
     gmm, x = _data("gauss2d", 16, dtype=torch.float64)
     logp, info = sd.log_likelihood(gmm.score_fn(sde), sde, x, rtol=1e-7, atol=1e-7)
     ref = gmm.log_prob(x, info.t_start, sde)
@@ -65,7 +67,7 @@ def test_gaussian_data_is_exact_to_1e_4():
 def test_gaussian_data_with_gaussian_prior_bias_matches_its_closed_form():
     # The paper's prior N(0, sigma_T^2 I) misses p_T = N(alpha_T mu, alpha_T^2 S + sigma_T^2 I);
     # the estimate is off by exactly log N(z; 0, sigma_T^2) - log p_T(z) (plus solver error).
-    sde = sd.VPSDE()
+    sde = SDES["vp"]()
     gmm, x = _data("gauss2d", 16, dtype=torch.float64)
     logp, info = sd.log_likelihood(gmm.score_fn(sde), sde, x, rtol=1e-7, atol=1e-7, prior="gaussian")
     ref = gmm.log_prob(x, info.t_start, sde)
@@ -80,7 +82,7 @@ def test_corrected_prior_removes_the_gaussian_prior_bias(mixture):
     # 1.6e-3 (ring) and 7.7e-4 (mix16) nats/dim on average over 2000 latents.  The corrected prior
     # leaves the constant C0 (-4.4e-5, -2.9e-5 nats/dim) plus the solver's 2e-5..5e-5 at tol 1e-5,
     # so 3e-4 nats/dim is ~3x what it should leave yet ~2x below the Gaussian prior's bias.
-    sde = sd.VPSDE()
+    sde = SDES["vp"]()
     gmm, x = _data(mixture, 32)
     dim = x.shape[1]
     gauss, g_info = sd.log_likelihood(gmm.score_fn(sde), sde, x, prior="gaussian")
@@ -96,7 +98,7 @@ def test_prior_correction_is_exact_for_gaussian_data_up_to_c0():
     # Gaussian data: p_T = N(m, v I) with m = alpha_T mu, v = alpha_T^2 c^2 + sigma_T^2, whose score
     # -(x - m) / v makes the integrand linear in r, so one Gauss-Legendre node is exact; then
     # log N(z; 0, sigma_T^2) + correction + C0 = log p_T(z) to float64 round-off.
-    sde = sd.VESDE()  # alpha = 1, sigma_T = 50: the largest first-order term of the three SDEs
+    sde = SDES["ve"]()  # alpha = 1, sigma_T = 50: the largest first-order term of the three SDEs
     gmm = sd.GaussianMixture.named("gauss2d").diffused(sde, sde.T)
     z = gmm.sample(64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)[0]
     std = sde.prior_std
@@ -109,13 +111,8 @@ def test_prior_correction_is_exact_for_gaussian_data_up_to_c0():
     assert (gaussian_prior_logp(z, std) - gmm.log_prob(z)).abs().max() > 1e-2  # the correction matters
 
 
-def test_default_start_is_the_papers_eps():
-    assert start_time(sd.VPSDE()) == start_time(sd.SubVPSDE()) == start_time(sd.VESDE()) == PAPER_EPS == 1e-5
-    assert start_time(sd.RectifiedFlow()) == sd.RectifiedFlow().eps
-
-
 def test_hutchinson_is_unbiased_within_4_standard_errors():
-    sde = sd.VPSDE()
+    sde = SDES["vp"]()
     gmm, x = _data("ring2d", 2)
     exact, _ = sd.log_likelihood(gmm.score_fn(sde), sde, x, rtol=1e-4, atol=1e-4)
     n = 200
@@ -131,7 +128,7 @@ def test_hutchinson_is_unbiased_within_4_standard_errors():
 
 
 def test_hutchinson_probe_average_and_gaussian_probes():
-    sde = sd.VESDE()
+    sde = SDES["ve"]()
     gmm, x = _data("mix16", 4)
     exact, _ = sd.log_likelihood(gmm.score_fn(sde), sde, x, rtol=1e-4, atol=1e-4)
     g = torch.Generator().manual_seed(1)
@@ -160,7 +157,7 @@ def test_value_and_divergence_exact_trace_and_probes():
 
 
 def test_works_under_inference_mode_and_for_image_shapes():
-    sde = sd.VPSDE()
+    sde = SDES["vp"]()
     gmm, x = _data("mix16", 3)
     images = x.reshape(3, 1, 4, 4)
     ref, _ = sd.log_likelihood(gmm.score_fn(sde), sde, x, rtol=1e-4, atol=1e-4)
@@ -180,7 +177,7 @@ def test_rectified_flow_is_finite_and_accurate():
     # Stopping at alpha = e^-10 sigma leaves a prior error ~ e^-10 |z| |x_0| per dimension; with
     # the solver error (~1e-4) that stays below 1e-3 nats/dim.
     assert ((logp.double() - ref).abs() / 2).max() < 1e-3
-    assert end_time(sd.VPSDE()) == 1.0
+    assert end_time(SDES["vp"]()) == 1.0
 
 
 class _GenericVP(sd.SDE):
@@ -188,7 +185,7 @@ class _GenericVP(sd.SDE):
 
     def __init__(self):
         super().__init__(T=1.0, eps=1e-3)
-        self.vp = sd.VPSDE()
+        self.vp = SDES["vp"]()
 
     def drift(self, x, t):
         return self.vp.drift(x, t)
@@ -204,7 +201,7 @@ class _GenericVP(sd.SDE):
 def test_general_sde_uses_the_time_chart():
     # A non-linear-capable SDE defaults to the ODE in t, which for this wrapper is VP's own.
     gmm, x = _data("ring2d", 8)
-    vp, generic = sd.VPSDE(), _GenericVP()
+    vp, generic = SDES["vp"](), _GenericVP()
     logp, info = sd.log_likelihood(gmm.score_fn(vp), generic, x, rtol=1e-4, atol=1e-4)
     ref, ref_info = sd.log_likelihood(gmm.score_fn(vp), vp, x, time_variable="t", eps=generic.eps, rtol=1e-4, atol=1e-4)
     assert info.t_start == generic.eps  # the paper's 1e-5 is the default for VP, sub-VP and VE only
@@ -214,7 +211,7 @@ def test_general_sde_uses_the_time_chart():
 
 
 def test_bad_input_raises_value_error():
-    sde = sd.VPSDE()
+    sde = SDES["vp"]()
     gmm = sd.GaussianMixture.named("ring2d")
     score = gmm.score_fn(sde)
     with pytest.raises(ValueError, match="x"):
@@ -269,7 +266,7 @@ def test_bits_per_dim_bad_input():
 
 def test_evaluate_bpd_resumes_to_the_same_result(tmp_path):
     # Gaussian "data" on 17 levels in (-1, 1); the oracle gives the model's score.
-    sde = sd.VPSDE()
+    sde = SDES["vp"]()
     gmm = sd.GaussianMixture(torch.ones(1), torch.zeros(1, 4), torch.full((1, 4), 0.5))
     x, _ = gmm.sample(12, generator=torch.Generator().manual_seed(0))
     k = torch.round((x.clamp(-1, 1) + 1) / 2 * 16)

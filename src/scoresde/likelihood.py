@@ -51,15 +51,15 @@ default because it removes a bias 7--35x the solver's error at tolerance 1e-5 fo
 score is queried at ``r z``, closer to the origin than typical latents: a trained network must be
 accurate there too, which the oracle cannot check (``prior="gaussian"`` avoids those queries).
 
-**The start.**  The integration starts at ``eps``, so the result is ``log p_eps`` (data smoothed
-by the kernel at ``eps``), not ``log p_0``.  The paper integrates likelihoods from ``eps = 1e-5``
-(VP's ``sde.eps = 1e-3`` is its sampling cut-off): that is the default for VP, sub-VP and VE
-(:func:`start_time`); other SDEs start at their own ``sde.eps``.  On the oracle the start costs
+**The start.**  The integration starts at ``eps`` (default ``sde.eps``, the same cut-off the
+network was trained and sampled on), so the result is ``log p_eps`` (data smoothed by the kernel at
+``eps``), not ``log p_0``.  The paper integrates from ``eps = 1e-5``: build the SDE with
+``eps=1e-5`` (as ``benchmarks/likelihood.py`` does) to match it, and train on that range too; a
+network trained on ``t >= sde.eps`` should not be queried below it.  On the oracle the start costs
 ``|log p_eps - log p_0|`` of 9e-6 (ring) and 3e-7 (64-D) nats/dim under VP at ``eps = 1e-5``
-(9.7e-4 and 3.8e-5 at VP's ``sde.eps = 1e-3``); VE keeps ``sigma(0) = sigma_min``, so its
-``p_eps`` is the data smoothed by ``sigma_min``: 9.0e-4 and 3.8e-5 nats/dim.  A network trained
-on ``t >= sde.eps`` is queried below its range at ``t < sde.eps``; pass ``eps=sde.eps`` to avoid
-it.  Both biases are measured in ``benchmarks/likelihood.py``.
+(9.7e-4 and 3.8e-5 at VP's default ``sde.eps = 1e-3``); VE keeps ``sigma(0) = sigma_min``, so its
+``p_eps`` is the data smoothed by ``sigma_min``: 9.0e-4 and 3.8e-5 nats/dim.  Both biases are
+measured in ``benchmarks/likelihood.py``.
 
 **The end time.**  The ODE is integrated up to ``t_end = T`` unless the log-SNR at ``T`` is
 below ``min_log_snr`` (default ``-10``); then it stops where ``lambda = min_log_snr`` and uses the
@@ -102,13 +102,12 @@ from tqdm.auto import tqdm
 from ._tensor import append_dims, as_batch_time, batch_sum, check_choice, check_finite, check_positive
 from .data import dequantize
 from .score import ScoreFn
-from .sde import SDE, VESDE, VPSDE, LinearSDE
+from .sde import SDE, VPSDE, LinearSDE
 
 DIVERGENCES = ("exact", "hutchinson")
 PROBE_DISTS = ("rademacher", "gaussian")
 TIME_VARIABLES = ("log-snr", "t")
 PRIORS = ("corrected", "gaussian")
-PAPER_EPS = 1e-5  # where the paper starts its likelihood integrals (VE, VP, sub-VP)
 METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")  # torchdiffeq's adaptive solvers
 
 
@@ -245,12 +244,6 @@ def end_time(sde: SDE, min_log_snr: float = -10.0) -> float:
     return float(sde.t_of_log_snr(torch.tensor(min_log_snr, dtype=torch.float64)))
 
 
-def start_time(sde: SDE) -> float:
-    """Where the likelihood ODE starts by default: the paper's ``1e-5`` for VP, sub-VP and VE
-    (VP's ``sde.eps = 1e-3`` is a sampling cut-off), ``sde.eps`` for other SDEs."""
-    return PAPER_EPS if isinstance(sde, (VPSDE, VESDE)) else sde.eps
-
-
 def _prior_std(sde: SDE, t_end: float) -> float:
     """The Gaussian prior's standard deviation at ``t_end``: ``sde.prior_std`` at ``T``, else ``sigma(t_end)``."""
     if t_end == sde.T:
@@ -317,8 +310,7 @@ def log_likelihood(
 ) -> tuple[Tensor, LikelihoodInfo]:
     """``log p_eps(x)`` in nats per sample through the probability-flow ODE (module docstring).
 
-    One batched torchdiffeq solve of ``[y, l]`` from ``eps`` (default :func:`start_time`: the
-    paper's ``1e-5`` for VP, sub-VP and VE) to the end
+    One batched torchdiffeq solve of ``[y, l]`` from ``eps`` (default ``sde.eps``) to the end
     time (:func:`end_time`) on ``x``'s device and dtype, with ``l' = div(dy/du)``: the
     divergence is ``"exact"`` (Jacobian trace, ``D`` VJPs per NFE) or ``"hutchinson"``
     (``probes`` probe vectors drawn once from ``generator`` and kept for the whole solve, so the
@@ -349,7 +341,7 @@ def log_likelihood(
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
     check_positive(rtol, "rtol")
     check_positive(atol, "atol")
-    t0 = start_time(sde) if eps is None else check_positive(eps, "eps")
+    t0 = sde.eps if eps is None else check_positive(eps, "eps")
     t_end = end_time(sde, min_log_snr)
     if not t0 < t_end:
         raise ValueError(f"eps must be below the end time {t_end}, got {t0}")
