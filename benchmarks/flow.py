@@ -14,8 +14,10 @@ ODE, beside the floor (sliced-W2 between two exact sample sets of the same size)
 ``docs/reflow_trajectories.png`` shows 1-RF and 2-RF trajectories from the same noise.
 
 ``floor``: RF and VP with the exact oracle score on both benchmark mixtures (``ring2d``,
-``mix64``): for each deterministic solver the smallest NFE whose samples sit on the noise floor
-(the sampler benchmark's criterion, imported from ``benchmarks/samplers.py``).
+``mix64``): for each deterministic solver the smallest NFE at the noise floor with the sampler benchmark's
+machinery (``benchmarks/samplers.py``: reference sets, criterion, NFE ladder, sample sizes),
+up to 50 NFE, for DDIM, DPM-Solver++(3M), UniPC and RK4 on their default grids and, except
+UniPC, on a grid uniform in ``t``; and the adaptive ODE at rtol = atol = 1e-5.
 """
 
 from __future__ import annotations
@@ -138,46 +140,49 @@ def run_reflow(args: argparse.Namespace) -> dict:
     }
 
 
-FLOOR_METHODS = {  # deterministic solvers: (method, options)
-    "ddim": ("ddim", {}),
-    "ddim time-uniform": ("ddim", {"schedule": "time-uniform"}),
-    "dpm-solver++2m": ("dpm-solver++2m", {}),
-    "dpm-solver++3m": ("dpm-solver++3m", {}),
-    "dpm-solver++3m time-uniform": ("dpm-solver++3m", {"schedule": "time-uniform"}),
-    "unipc": ("unipc", {}),
-    "heun": ("heun", {}),
-    "ode-rk4": ("ode-rk4", {}),
-}
-FLOOR_STEPS = (3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50)
+FLOOR_SOLVERS = ("ddim", "dpm-solver++", "unipc", "ode-rk4")  # the sampler benchmark's fastest families
+TIME_UNIFORM = ("ddim", "dpm-solver++", "ode-rk4")  # also run on RF's natural grid, uniform in t
+FLOOR_MAX_NFE = 50
+SAMPLE_SIZES = {"ring2d": 20000, "mix64": 10000}  # the sampler benchmark's defaults
 
 
-def nfe_to_floor(run_one, ref, sde: sd.LinearSDE, method: str, options: dict, n: int) -> dict | None:
-    """The first run of ``FLOOR_STEPS`` at the floor (``run_one`` of the sampler benchmark), or None."""
-    for steps in FLOOR_STEPS:
-        row = run_one(ref, sde, method, n, steps=steps, **options)
-        if row["at_floor"]:
-            return row
-    return None
+def floor_plan(samplers) -> list[dict]:
+    """The adaptive ODE at rtol = atol = 1e-5 and the solvers of ``FLOOR_SOLVERS`` over the sampler
+    benchmark's NFE ladder up to ``FLOOR_MAX_NFE``, on their default grid and, for ``TIME_UNIFORM``,
+    on a grid uniform in ``t``."""
+    runs = [{"method": "ode", "rtol": 1e-5, "atol": 1e-5}]
+    for method in FLOOR_SOLVERS:
+        per_step = samplers.FAST[method]
+        ladder = sorted({nfe // per_step for nfe in samplers.FAST_NFE if per_step <= nfe <= FLOOR_MAX_NFE})
+        for extra in ({},) + (({"schedule": "time-uniform"},) if method in TIME_UNIFORM else ()):
+            runs += [{"method": method, "steps": steps, **extra} for steps in ladder]
+    return runs
 
 
 def run_floor(args: argparse.Namespace) -> dict:
-    """Smallest NFE at the floor for every deterministic solver, RF beside VP, on both mixtures;
-    plus the adaptive ODE at rtol = atol = 1e-5 (whether it reaches the floor, and its NFE)."""
+    """NFE to the floor per deterministic solver, RF beside VP, on both mixtures, with the sampler
+    benchmark's reference sets, criterion and sample sizes (20000 on the ring, 10000 on mix64)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import samplers  # the sampler benchmark's reference sets, floors and at-floor criterion
+    import samplers
 
-    result: dict = {"n": args.floor_n, "criterion": "benchmarks/samplers.py: evaluate (sw, tv, gap within 3 SE)"}
-    for name in ("ring2d", "mix64"):
+    result: dict = {"criterion": "benchmarks/samplers.py: sw, tv within floor + 3 std and |gap| within 3 SE, "
+                                 f"at that NFE and every larger tested NFE up to {FLOOR_MAX_NFE}"}
+    for name, n in ((m, SAMPLE_SIZES[m]) for m in args.mixtures.split(",")):
         gmm = sd.GaussianMixture.named(name)
         for sde in (sd.RectifiedFlow(), sd.VPSDE()):
-            ref = samplers.reference(gmm, sde, args.floor_n)
-            rows = {label: nfe_to_floor(samplers.run_one, ref, sde, method, options, args.floor_n)
-                    for label, (method, options) in FLOOR_METHODS.items()}
-            best = min((r for r in rows.values() if r is not None), key=lambda r: r["nfe"], default=None)
-            adaptive = samplers.run_one(ref, sde, "ode", args.floor_n, rtol=1e-5, atol=1e-5)
+            ref = samplers.reference(gmm, sde, n)
+            rows = []
+            for spec in floor_plan(samplers):
+                spec = dict(spec)
+                rows.append(samplers.run_one(ref, sde, spec.pop("method"), n, **spec))
+                print(name, type(sde).__name__, rows[-1]["method"], rows[-1]["nfe"], rows[-1]["at_floor"],
+                      file=sys.stderr, flush=True)
+            to_floor = {k: v["stable"] for k, v in samplers.nfe_to_floor(rows).items()}
+            reached = {k: v for k, v in to_floor.items() if v is not None and k != "ode"}
             result[f"{name}/{type(sde).__name__}"] = {
-                "floor": ref.floor, "nfe_to_floor": {k: (r["nfe"] if r else None) for k, r in rows.items()},
-                "fastest": best, "adaptive_ode": adaptive}
+                "n": n, "floor": ref.floor, "nfe_to_floor": to_floor,
+                "fastest": min(reached.items(), key=lambda kv: kv[1], default=None),
+                "adaptive_ode": rows[0]}
     return result
 
 
@@ -190,7 +195,7 @@ def main() -> None:
     parser.add_argument("--couplings", type=int, default=20000)
     parser.add_argument("--eval-n", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--floor-n", type=int, default=4000, help="samples per run of the floor search")
+    parser.add_argument("--mixtures", default="ring2d,mix64", help="floor: comma-separated mixtures")
     args = parser.parse_args()
     result = run_reflow(args) if args.experiment == "reflow" else run_floor(args)
     result["machine"] = {"platform": platform.platform(), "torch": torch.__version__,
