@@ -145,6 +145,7 @@ PC = (  # VP, sub-VP, VE: the paper's PC (reverse diffusion + Langevin, snr 0.16
     ({"method": "pc", "corrector": "mala"}, STOCHASTIC_STEPS[1:]),
 )
 ODE_TOLERANCES = (1e-3, 1e-4, 1e-5)
+STOCHASTIC_NAMES = ("pc", "euler-maruyama", "reverse-diffusion", "ancestral", "srk")
 
 
 def plan(sde_name: str, quick: bool) -> list[dict]:
@@ -190,11 +191,13 @@ def plot(results: dict, path: str) -> None:
     fig, axes = plt.subplots(2, len(mixtures), figsize=(6 * len(mixtures), 8), squeeze=False)
     for col, mix in enumerate(mixtures):
         rows, floor = results[mix]["vp"]["runs"], results[mix]["vp"]["floor"]
-        for method in sorted({r["method"] for r in rows}):
+        for k, method in enumerate(sorted({r["method"] for r in rows})):
             mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["nfe"])
             nfe = [r["nfe"] for r in mine]
-            axes[0, col].plot(nfe, [r["sw"] for r in mine], marker="o", ms=3, label=method)
-            axes[1, col].plot(nfe, [max(abs(r["gap"]) / r["gap_se"], 1e-2) for r in mine], marker="o", ms=3, label=method)
+            style = {"marker": "os^v"[k % 4], "ms": 3, "label": method, "color": plt.cm.tab20(k % 20),
+                     "ls": "--" if method.startswith(STOCHASTIC_NAMES) else "-"}
+            axes[0, col].plot(nfe, [r["sw"] for r in mine], **style)
+            axes[1, col].plot(nfe, [max(abs(r["gap"]) / r["gap_se"], 1e-2) for r in mine], **style)
         axes[0, col].axhspan(0, floor["sw"] + 3 * floor["sw_std"], color="grey", alpha=0.2, label="floor + 3 std")
         axes[1, col].axhline(3, color="grey", ls="--", label="3 standard errors")
         axes[0, col].set(xscale="log", yscale="log", title=f"{mix}, VP: sliced-W2 to a true set", xlabel="NFE")
@@ -262,7 +265,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="also write the JSON here")
     parser.add_argument("--merge", default=None, help="comma-separated JSON files of earlier runs: merge, print, plot")
     parser.add_argument("--overhead", action="store_true", help="only the sampler-overhead figure on a U-Net")
-    parser.add_argument("--only", default=None, help="run only the planned runs whose name contains this")
+    parser.add_argument("--only", default=None, help="run only the planned runs whose name contains one of these (comma-separated)")
     args = parser.parse_args()
     if args.overhead:
         torch.set_num_threads(1)
@@ -270,7 +273,15 @@ def main() -> None:
         return
     if args.merge:
         reports = [json.load(open(path)) for path in args.merge.split(",")]
-        results = {mix: r for rep in reports for mix, r in rep["results"].items()}
+        results: dict = {}
+        for rep in reports:  # later files add SDEs, or replace runs of the same name and budget
+            for mix, per_sde in rep["results"].items():
+                for sde_name, entry in per_sde.items():
+                    old = results.setdefault(mix, {}).setdefault(sde_name, entry)
+                    if old is not entry:
+                        key = lambda r: (r["method"], r["nfe"] if "steps" in r else r.get("rtol"))  # noqa: E731
+                        fresh = {key(r) for r in entry["runs"]}
+                        old["runs"] = [r for r in old["runs"] if key(r) not in fresh] + entry["runs"]
         for per_sde in results.values():
             for entry in per_sde.values():
                 entry["nfe_to_floor"] = nfe_to_floor(entry["runs"])
@@ -290,7 +301,7 @@ def main() -> None:
             ref = reference(gmm, sde, n, pairs=args.pairs)
             rows = []
             for spec in plan(sde_name, args.quick):
-                if args.only and args.only not in label(spec["method"], spec):
+                if args.only and not any(part in label(spec["method"], spec) for part in args.only.split(",")):
                     continue
                 rows.append(run_one(ref, sde, n=n, **spec))
                 print(json.dumps({k: rows[-1][k] for k in ("method", "nfe", "wall_s", "at_floor")}), file=sys.stderr, flush=True)

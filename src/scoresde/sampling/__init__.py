@@ -53,8 +53,8 @@ def _pc(predictor: str, corrector: str = "none", **options) -> dict:
 METHODS: dict[str, Method] = {
     "euler-maruyama": Method(pc_sample, 1000, "log-snr", _pc("euler-maruyama")),
     "reverse-diffusion": Method(pc_sample, 1000, "time-uniform", _pc("reverse-diffusion"), linear_only=False),
-    "ancestral": Method(pc_sample, 500, "log-snr", _pc("ancestral")),
-    "srk": Method(pc_sample, 250, "log-snr", _pc("srk")),
+    "ancestral": Method(pc_sample, 1000, "log-snr", _pc("ancestral")),
+    "srk": Method(pc_sample, 100, "log-snr", _pc("srk")),
     "pc": Method(pc_sample, 1000, "time-uniform", _pc("reverse-diffusion", "langevin")),
     "annealed-langevin": Method(pc_sample, 200, "time-uniform", _pc("none", "annealed-langevin", corrector_steps=5)),
     "ode": Method(ode_adaptive, 1, "time-uniform", linear_only=False),

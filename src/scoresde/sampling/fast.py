@@ -115,6 +115,7 @@ def dpm_solver_pp(
     order: int = 3,
     corrector: bool = False,
     lower_order_final: bool = True,
+    max_step_ratio: float = 2.0,
     generator: torch.Generator | None = None,
     callback=None,
     progress: bool = False,
@@ -124,7 +125,9 @@ def dpm_solver_pp(
     Step ``i`` integrates ``x_s = (sigma_s/sigma_t) x_t + alpha_s int_0^h e^{u-h} x0(u) du`` exactly for
     the polynomial ``x0(u)`` through the last ``min(order, i + 1)`` denoised values (warm-up at lower
     order; with ``lower_order_final`` the last steps drop to order ``N - i``, which keeps the large
-    final log-SNR step stable).  ``corrector=True`` (UniPC-style) re-integrates the step with the
+    final log-SNR step stable), and a step longer than ``max_step_ratio`` times the previous one is
+    taken at order 1: extrapolating the polynomial far past its nodes overshoots where ``x0_hat``
+    saturates (the long high-SNR tail of sub-VP).  ``corrector=True`` (UniPC-style) re-integrates the step with the
     polynomial through the value evaluated at the new point, which the next step needs anyway.
     """
     if isinstance(order, bool) or order not in (1, 2, 3, 4):
@@ -134,6 +137,8 @@ def dpm_solver_pp(
     history = [(log_snr(sde, float(grid[0])), denoise(score, sde, x, float(grid[0])))]
     for i, t, s in steps_of(grid, progress):
         k = min(order, len(history), n - i) if lower_order_final else min(order, len(history))
+        if k > 1 and log_snr(sde, s) - log_snr(sde, t) > max_step_ratio * (log_snr(sde, t) - history[-2][0]):
+            k = 1  # a step far longer than the node spacing: extrapolating the polynomial is unsafe
         x_new = _exp_multistep(x, sde, t, s, history[-k:])
         if i < n - 1:
             history.append((log_snr(sde, s), denoise(score, sde, x_new, s)))
