@@ -74,6 +74,15 @@ def test_callback_sees_every_step_and_replaces_state(method):
     assert torch.equal(x, torch.zeros_like(x))
 
 
+@pytest.mark.parametrize("corrector", [None, "mala", "hmc", "annealed-langevin"])
+def test_pc_correctors_count_their_evaluations(corrector):
+    """NFE per step: predictor 1 + corrector_steps x (1; mala 2; hmc leapfrog_steps; None 0)."""
+    counter = Counter(gaussian_score(SDE))
+    _, info = sd.sample(counter, SDE, (6, 2), method="pc", steps=4, corrector=corrector, corrector_steps=2)
+    per_corrector = {None: 0, "mala": 2, "hmc": 3, "annealed-langevin": 1}[corrector]
+    assert info.nfe == counter.calls == 4 * (1 + 2 * per_corrector)
+
+
 def test_batch_chunks_and_trajectory():
     x, info = sd.sample(gaussian_score(SDE), SDE, (10, 2), method="ddim", steps=4, batch_size=3, trajectory=True)
     assert x.shape == (10, 2) and info.nfe == 4

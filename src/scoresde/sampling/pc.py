@@ -195,6 +195,7 @@ def pc_sample(
     """Predictor-corrector sampling over ``grid``: per step the predictor ``t -> s``, then
     ``corrector_steps`` corrector steps at ``s``.  NFE per step: predictor (1; ``srk`` 2; ``none`` 0)
     plus ``corrector_steps`` (times 2 for ``mala``, ``leapfrog_steps`` for ``hmc``)."""
+    predictor, corrector = predictor or "none", corrector or "none"  # None means "none"
     predict = PREDICTORS[check_choice(predictor, list(PREDICTORS), "predictor")]
     correct = CORRECTORS[check_choice(corrector, list(CORRECTORS), "corrector")]
     eta = check_eta(eta)
