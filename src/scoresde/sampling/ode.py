@@ -42,6 +42,9 @@ TABLEAUS: dict[str, Tableau] = {
 }
 
 
+ADAPTIVE_SOLVERS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")  # torchdiffeq's embedded pairs
+
+
 def probability_flow(score: CountedScore, sde: SDE) -> Callable[[float, Tensor], Tensor]:
     """``F(t, x) = f(x, t) - g(t)^2 s(x, t) / 2``, one NFE per call."""
 
@@ -91,7 +94,7 @@ def _log_snr_field(field: Callable[[float, Tensor], Tensor], sde: LinearSDE) -> 
     """The same ODE in ``lambda``: ``dx/dlambda = F(t(lambda), x) / lambda'(t)``, ``lambda' = alpha'/alpha - sigma'/sigma``."""
 
     def dx_dlam(lam: Tensor, x: Tensor) -> Tensor:
-        t = sde.t_of_log_snr(lam.to(torch.float64))
+        t = sde.t_of_log_snr(torch.tensor(float(lam), dtype=torch.float64))  # float64 on the CPU
         dlam = sde.dalpha(t) / sde.alpha(t) - sde.dsigma(t) / sde.sigma(t)
         return field(float(t), x) / float(dlam)
 
@@ -120,6 +123,7 @@ def ode_adaptive(
     check_positive(rtol, "rtol")
     check_positive(atol, "atol")
     check_choice(variable, ("t", "log-snr"), "variable")
+    check_choice(solver, ADAPTIVE_SOLVERS, "solver")
     check_int(max_nfe, "max_nfe", 1)
     if variable == "log-snr" and not isinstance(sde, LinearSDE):
         raise ValueError("variable='log-snr' needs a LinearSDE")
@@ -127,9 +131,11 @@ def ode_adaptive(
     field = probability_flow(score, sde)
     rhs = _log_snr_field(field, sde) if variable == "log-snr" else (lambda t, y: field(float(t), y))
     to_var = (lambda t: float(sde.log_snr(torch.tensor(t, dtype=torch.float64)))) if variable == "log-snr" else float
+    time_dtype = torch.float32 if x.device.type == "mps" else torch.float64  # MPS has no float64
     for i, t, s in steps_of(grid, progress):
-        span = torch.tensor([to_var(t), to_var(s)], dtype=torch.float64)
-        x = torchdiffeq.odeint(rhs, x, span, rtol=rtol, atol=atol, method=solver, options={"step_t": span[1:]})[-1]
+        span = torch.tensor([to_var(t), to_var(s)], dtype=time_dtype, device=x.device)
+        options = {"step_t": span[1:], "dtype": time_dtype}  # land exactly on s: never evaluate past it
+        x = torchdiffeq.odeint(rhs, x, span, rtol=rtol, atol=atol, method=solver, options=options)[-1]
         x = apply_callback(callback, i, s, x)
     return x, score.nfe
 
