@@ -8,6 +8,7 @@
   small CNN classifier of scikit-learn's 8x8 digits that the package trains once on the digits
   train split and caches (``$SCORESDE_CACHE`` or ``~/.cache/scoresde``). It is *not* FID and its
   values are not comparable with FID figures.
+- :func:`bits_per_dim`: re-exported from :mod:`scoresde.likelihood`.
 - :class:`InceptionNet`, :func:`fid`, :func:`inception_score`: FID and IS with an Inception-v3
   TorchScript file the user supplies (e.g. NVIDIA's ``inception-2015-12-05.pt`` from the
   StyleGAN2-ADA metrics), loaded with ``torch.jit.load``; nothing is downloaded.
@@ -26,6 +27,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from scoresde._tensor import check_positive
+from scoresde.likelihood import bits_per_dim  # noqa: F401  (re-exported: every metric in one module)
 
 # --------------------------------------------------------------------------- distances on samples
 
