@@ -229,6 +229,8 @@ class GaussianMixture:
             return means[None], var[None]
         t = as_batch_time(t, x)
         check_time(t, sde.T)
+        if bool((t == t[0]).all()):  # one time for the batch: shared parameters, matrix-product path
+            t = t[:1]
         a = sde.alpha(t)[:, None, None]
         s = sde.sigma(t)[:, None, None]
         return a * means[None], a**2 * var[None] + s**2
@@ -238,9 +240,15 @@ class GaussianMixture:
             raise ValueError(f"x must have shape (B, {self.dim}), got {tuple(x.shape)}")
 
     def _component_logp(self, x: Tensor, means: Tensor, var: Tensor) -> Tensor:
-        """``log N(x; m_k, diag var_k)`` for every component: ``(B, K)``."""
-        diff = x[:, None, :] - means
-        return -0.5 * (diff**2 / var + torch.log(var) + _LOG_2PI).sum(-1)
+        """``log N(x; m_k, diag var_k)`` for every component: ``(B, K)``.  With parameters shared by
+        the batch the quadratic ``sum_d (x - m_k)^2 / v_k`` is expanded into matrix products
+        ``x^2 . (1/v_k) - 2 x . (m_k/v_k) + m_k^2 . (1/v_k)`` (O(B K d) work without a ``(B, K, d)`` tensor)."""
+        log_norm = (torch.log(var) + _LOG_2PI).sum(-1)
+        if means.shape[0] == 1:
+            m, inv = means[0], 1 / var[0]
+            quad = (x**2) @ inv.T - 2 * x @ (m * inv).T + (m**2 * inv).sum(-1)
+            return -0.5 * (quad + log_norm)
+        return -0.5 * ((x[:, None, :] - means) ** 2 / var).sum(-1) - 0.5 * log_norm
 
     def _joint_logp(self, x: Tensor, sde: LinearSDE | None, t) -> Tensor:
         means, var = self._params_at(x, sde, t)
@@ -267,6 +275,9 @@ class GaussianMixture:
         """``grad log p_t(x) = sum_k p(k | x_t) grad log N_k(x_t)``."""
         means, var = self._params_at(x, sde, t)
         post = torch.softmax(torch.log(self.weights.to(x)) + self._component_logp(x, means, var), dim=1)
+        if means.shape[0] == 1:  # sum_k p_k (m_k - x) / v_k as two matrix products
+            inv = 1 / var[0]
+            return post @ (means[0] * inv) - x * (post @ inv)
         return (post[..., None] * (-(x[:, None, :] - means) / var)).sum(1)
 
     def grad_log_posterior(
