@@ -1,7 +1,8 @@
-"""Rectified flow on the 2-D ring: reflow's straightening, measured; prints one JSON object.
+"""Rectified flow measured: reflow on the 2-D ring and on digits, NFE to the floor beside VP; prints JSON.
 
     OMP_NUM_THREADS=1 python benchmarks/flow.py reflow [--fm-steps 3000 --reflow-steps 3000]
-    OMP_NUM_THREADS=1 python benchmarks/flow.py floor
+    OMP_NUM_THREADS=1 python benchmarks/flow.py floor [--mixtures ring2d,mix64]
+    OMP_NUM_THREADS=1 python benchmarks/flow.py digits --run RUN --reflowed RUN2
 
 ``reflow``: a small MLP (:class:`scoresde.nets.MLP`, width 128, depth 3) is trained with
 :class:`~scoresde.losses.FlowMatchingLoss` on the rectified flow (1-RF); ``--couplings`` pairs
@@ -18,6 +19,9 @@ ODE, beside the floor (sliced-W2 between two exact sample sets of the same size)
 machinery (``benchmarks/samplers.py``: reference sets, criterion, NFE ladder, sample sizes),
 up to 50 NFE, for DDIM, DPM-Solver++(3M), UniPC and RK4 on their default grids and, except
 UniPC, on a grid uniform in ``t``; and the adaptive ODE at rtol = atol = 1e-5.
+
+``digits``: a ``digits-rf`` run and its reflow: straightness and FD-digits of 1000 Euler samples
+(1, 2, 4, 8 steps) from the same noise.
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ import torch
 from torch import Tensor
 
 import scoresde as sd
-from scoresde.metrics import sliced_wasserstein
+from scoresde import cli
+from scoresde.config import build_dataset
+from scoresde.metrics import fd_digits, sliced_wasserstein
 from scoresde.nets import MLP
 from scoresde.reflow import FlowPath, euler_flow
 from scoresde.train import Trainer
@@ -186,9 +192,24 @@ def run_floor(args: argparse.Namespace) -> dict:
     return result
 
 
+def run_digits(args: argparse.Namespace) -> dict:
+    """A digits rectified-flow run (``scoresde train digits-rf``) beside its reflow (``scoresde
+    reflow``): straightness and FD-digits of 1000 Euler samples at few steps from the same noise."""
+    runs = {"1-RF": cli.load_run(args.run), "2-RF": cli.load_run(args.reflowed)}
+    reference = build_dataset(runs["1-RF"].cfg, "test").x
+    x_noise = torch.randn((1000,) + runs["1-RF"].sample_shape, generator=gen(args.seed))
+    out: dict = {"runs": {k: str(r.directory) for k, r in runs.items()}, "n": 1000}
+    for name, run in runs.items():
+        row = {"straightness": chunked_straightness(run.model, x_noise)}
+        for steps in EULER_STEPS:
+            row[f"fd_digits_euler_{steps}"] = fd_digits(euler_flow(run.model, x_noise, steps).end, reference)
+        out[name] = row
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("experiment", choices=("reflow", "floor"))
+    parser.add_argument("experiment", choices=("reflow", "floor", "digits"))
     parser.add_argument("--fm-steps", type=int, default=3000)
     parser.add_argument("--reflow-steps", type=int, default=3000)
     parser.add_argument("--train-n", type=int, default=20000)
@@ -196,8 +217,11 @@ def main() -> None:
     parser.add_argument("--eval-n", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mixtures", default="ring2d,mix64", help="floor: comma-separated mixtures")
+    parser.add_argument("--run", help="digits: a digits-rf run directory")
+    parser.add_argument("--reflowed", help="digits: its reflow (scoresde reflow RUN --out DIR)")
     args = parser.parse_args()
-    result = run_reflow(args) if args.experiment == "reflow" else run_floor(args)
+    experiments = {"reflow": run_reflow, "floor": run_floor, "digits": run_digits}
+    result = experiments[args.experiment](args)
     result["machine"] = {"platform": platform.platform(), "torch": torch.__version__,
                          "threads": torch.get_num_threads(), "date": datetime.date.today().isoformat()}
     print(json.dumps(result, indent=2))
