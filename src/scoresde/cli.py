@@ -340,21 +340,26 @@ def train_run(cfg: C.Config, out: Path, resume: bool = False, progress: bool = T
 
     Under ``torchrun`` each process reads its rank's slice of every global batch.
     """
-    import os
+    import torch.distributed as dist
 
-    from scoresde.train import Trainer
+    from scoresde.train import Trainer, init_distributed
 
+    rank, world, device = init_distributed(device)
     if (out / CONFIG_FILE).is_file() and not resume:
         raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     if (out / CONFIG_FILE).is_file() and not _same_run(C.load_config(str(out / CONFIG_FILE)), cfg):
         raise ValueError(f"{out} holds a run of another configuration; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    C.save_config(cfg, out / CONFIG_FILE)
+    if world > 1:
+        dist.barrier()  # every rank has checked the directory before rank 0 writes into it
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        C.save_config(cfg, out / CONFIG_FILE)
+    if world > 1:
+        dist.barrier()
     t = cfg.training
     torch.manual_seed(t.seed)  # network initialisation
     sde = C.build_sde(cfg)
     model, loss = C.build_model(cfg), C.build_loss(cfg, sde)
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     batches = C.build_batches(cfg, C.build_dataset(cfg, "train"), rank=rank, world_size=world)
     trainer = Trainer(model, loss, batches, batch_size=t.batch_size, lr=t.lr, warmup_steps=t.warmup,
                       grad_clip=t.grad_clip, ema_decay=t.ema_decay, ema_warmup=t.ema_warmup,
