@@ -74,6 +74,9 @@ def test_steps_for_nfe_is_the_largest_within_budget(toy_run):
 def test_likelihood_toy_nats(toy_run, capsys):
     assert run_cli("likelihood", str(toy_run), "--limit", "20", "--batch", "10") == 0
     assert "nats/dim over 20 items" in capsys.readouterr().out
+    assert run_cli("likelihood", str(toy_run), "--limit", "20", "--batch", "10", "--prior", "gaussian",
+                   "--eps", "1e-3") == 0
+    assert "nats/dim over 20 items" in capsys.readouterr().out
 
 
 def test_encode_decode_round_trip(toy_run, tmp_path):
@@ -181,3 +184,17 @@ def test_clip_denoised_on_the_oracle():
     narrow = cli.clip_denoised(score, sde, (-0.1, 0.1))
     assert torch.allclose(denoised(narrow), denoised(score).clamp(-0.1, 0.1), atol=1e-5)
     assert (denoised(score).abs() > 0.1).any()
+
+
+def test_label_dropout_trains_class_conditional_digits(tmp_path):
+    out = tmp_path / "cfg"
+    options = ["model.num_classes=10", "model.null_label=true", "training.label_dropout=0.2"]
+    assert run_cli("train", "digits-vp", *TINY_DIGITS, *options, "--out", str(out)) == 0
+    assert json.loads((out / "log.jsonl").read_text().splitlines()[-1])["step"] == 4
+    with pytest.raises(ValueError, match=r"training\.label_dropout"):
+        cli.main(["--debug", "--quiet", "train", "toy-2d", *TINY_TOY, "training.label_dropout=0.2",
+                  "--out", str(tmp_path / "unconditional")])
+    assert not (tmp_path / "unconditional").exists()  # rejected before the run directory is written
+    with pytest.raises(ValueError, match=r"training\.label_dropout must be < 1"):
+        cli.main(["--debug", "--quiet", "train", "toy-2d", *TINY_TOY, "training.label_dropout=1.0",
+                  "--out", str(tmp_path / "p1")])

@@ -246,12 +246,13 @@ def sample_run(run: Run, n: int, *, method: str | None = None, steps: int | None
 
 def likelihood_over_split(run: Run, split: str, limit: int | None, batch: int, results: Path, *,
                           divergence: str, rtol: float, atol: float, seed: int = 0,
-                          progress: bool = True) -> dict[str, Any]:
+                          progress: bool = True, **likelihood_options: Any) -> dict[str, Any]:
     """Bits/dim of the first ``limit`` items of a split, or NLL in nats/dim for continuous data.
 
     Quantised data goes through :func:`scoresde.likelihood.evaluate_bpd` (uniform
     dequantization, progress bar), which saves its partial results in ``results`` after every
-    batch and resumes from them. Returns the mean, standard error, count and NFE per item.
+    batch and resumes from them. ``likelihood_options`` (e.g. ``prior``, ``eps``) go to
+    :func:`scoresde.likelihood.log_likelihood`. Returns the mean, standard error, count and NFE per item.
     """
     from tqdm.auto import tqdm
 
@@ -261,7 +262,7 @@ def likelihood_over_split(run: Run, split: str, limit: int | None, batch: int, r
     n = len(ds) if limit is None else min(limit, len(ds))
     batches = [ds.x[k : min(k + batch, n)].to(run.device) for k in range(0, n, batch)]
     generator = torch.Generator(device=run.device).manual_seed(seed)
-    options = {"divergence": divergence, "rtol": rtol, "atol": atol}
+    options = {"divergence": divergence, "rtol": rtol, "atol": atol, **likelihood_options}
     levels = run.cfg.data.quantisation_levels()
     if levels:
         res = likelihood.evaluate_bpd(run.score_fn, run.sde, batches, levels=levels,
@@ -345,6 +346,12 @@ def train_run(cfg: C.Config, out: Path, resume: bool = False, progress: bool = T
     from scoresde.train import Trainer, init_distributed
 
     rank, world, device = init_distributed(device)
+    t = cfg.training
+    torch.manual_seed(t.seed)  # network initialisation
+    sde = C.build_sde(cfg)
+    model, loss = C.build_model(cfg), C.build_loss(cfg, sde)
+    if t.label_dropout > 0:
+        loss = _with_label_dropout(loss, model, t.label_dropout)
     if (out / CONFIG_FILE).is_file() and not resume:
         raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     if (out / CONFIG_FILE).is_file() and not _same_run(C.load_config(str(out / CONFIG_FILE)), cfg):
@@ -356,10 +363,6 @@ def train_run(cfg: C.Config, out: Path, resume: bool = False, progress: bool = T
         C.save_config(cfg, out / CONFIG_FILE)
     if world > 1:
         dist.barrier()
-    t = cfg.training
-    torch.manual_seed(t.seed)  # network initialisation
-    sde = C.build_sde(cfg)
-    model, loss = C.build_model(cfg), C.build_loss(cfg, sde)
     batches = C.build_batches(cfg, C.build_dataset(cfg, "train"), rank=rank, world_size=world)
     trainer = Trainer(model, loss, batches, batch_size=t.batch_size, lr=t.lr, warmup_steps=t.warmup,
                       grad_clip=t.grad_clip, ema_decay=t.ema_decay, ema_warmup=t.ema_warmup,
@@ -368,6 +371,17 @@ def train_run(cfg: C.Config, out: Path, resume: bool = False, progress: bool = T
                       progress=progress, config=cfg.to_dict(), device=device)
     trainer.fit(t.steps)
     return out
+
+
+def _with_label_dropout(loss: Callable[..., Tensor], model: torch.nn.Module, p: float) -> Callable[..., Tensor]:
+    """``loss`` trained on the model's null label with probability ``p`` (classifier-free guidance)."""
+    import scoresde as sd
+
+    null = getattr(model, "null_label", None)
+    if null is None:
+        raise ValueError("training.label_dropout > 0 needs a class-conditional model with a null label "
+                         "(set model.num_classes and model.null_label=true)")
+    return sd.LabelDropout(loss, null, p)
 
 
 def _same_run(a: C.Config, b: C.Config) -> bool:
@@ -438,7 +452,8 @@ def _cmd_likelihood(args: argparse.Namespace) -> int:
     res = likelihood_over_split(run, args.split, args.limit if args.limit else ev.likelihood_n,
                                 args.batch or ev.likelihood_batch, results,
                                 divergence=args.divergence or ev.divergence, rtol=args.rtol or ev.rtol,
-                                atol=args.atol or ev.atol, seed=args.seed, progress=not args.quiet)
+                                atol=args.atol or ev.atol, seed=args.seed, progress=not args.quiet,
+                                **{k: v for k in ("prior", "eps") if (v := getattr(args, k)) is not None})
     print(f"{args.split}: {res['mean']:.4f} ± {res['stderr']:.4f} {res['unit']} over {res['n']} items "
           f"({res['nfe_per_batch']:.0f} NFE per batch) -> {results}")
     return 0
@@ -570,6 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--divergence", choices=("exact", "hutchinson"), help="divergence estimator")
     p.add_argument("--rtol", type=float, help="ODE relative tolerance (default: evaluation.rtol)")
     p.add_argument("--atol", type=float, help="ODE absolute tolerance (default: evaluation.atol)")
+    p.add_argument("--prior", choices=("corrected", "gaussian"),
+                   help="prior term of log p (default: scoresde.likelihood.log_likelihood's)")
+    p.add_argument("--eps", type=float, help="start time of the ODE (default: the SDE's eps)")
     p.add_argument("--out", help="partial-results file, resumed when present (default RUN/likelihood_SPLIT_stepN.json)")
     p.set_defaults(func=_cmd_likelihood)
 

@@ -120,6 +120,8 @@ class TrainingConfig:
     log_every: int = _field(50, ge=1, doc="steps between log lines")
     checkpoint_every: int = _field(1000, ge=1, doc="steps between checkpoints")
     keep: int = _field(2, ge=1, doc="checkpoints kept")
+    label_dropout: float = _field(0.0, ge=0, lt=1, doc="classifier-free guidance: probability of training "
+                                  "on the null label (needs model.num_classes and model.null_label)")
 
 
 @dataclass
