@@ -1,8 +1,11 @@
 """A residual MLP score network for vector data ``(B, d)``.
 
-``h_0 = W_in x``; each block ``h <- h + W_2 Drop(act(W_1 act(LN(h)) + D temb))``; output
-``W_out act(LN(h))`` (zero-initialised), with ``temb`` the time (and label) embedding of
-:class:`~scoresde.nets.embeddings.TimeEmbedding`.
+``h_0 = W_in x``; each block ``h <- h + W_2 Drop(act(W_1 act(LN(h)) + D temb))``; with the
+features ``phi = act(LN(h))`` the output is ``W_out phi + (W_gain phi) * x`` (both heads
+zero-initialised), with ``temb`` the time (and label) embedding of
+:class:`~scoresde.nets.embeddings.TimeEmbedding`.  The gated input path lets the output grow
+linearly with ``x`` where the normalised features saturate: far in the tails, as for prior draws,
+the noise prediction is ``eps ~ c(t) x``, which a bounded head alone cannot follow.
 """
 
 from __future__ import annotations
@@ -73,8 +76,10 @@ class MLP(nn.Module):
         self.trunk = MLPTrunk(dim, **options)
         width = self.trunk.inp.out_features
         self.out = nn.Linear(width, dim)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        self.gain = nn.Linear(width, dim)
+        for layer in (self.out, self.gain):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
 
     @property
     def null_label(self) -> int | None:
@@ -82,4 +87,5 @@ class MLP(nn.Module):
         return self.trunk.embed.null_label
 
     def forward(self, x: Tensor, t: Tensor | float, labels: Tensor | None = None) -> Tensor:
-        return self.out(self.trunk(x, t, labels))
+        features = self.trunk(x, t, labels)
+        return self.out(features) + self.gain(features) * x
