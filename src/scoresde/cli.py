@@ -40,6 +40,7 @@ from torch import Tensor
 
 from scoresde import config as C
 from scoresde import data as D
+from scoresde import likelihood as L
 from scoresde._tensor import append_dims, as_batch_time, check_choice
 
 #: Modules that register more sub-commands with ``add_cli(subparsers)`` (skipped if absent).
@@ -256,8 +257,6 @@ def likelihood_over_split(run: Run, split: str, limit: int | None, batch: int, r
     """
     from tqdm.auto import tqdm
 
-    from scoresde import likelihood
-
     ds = C.build_dataset(run.cfg, split)
     n = len(ds) if limit is None else min(limit, len(ds))
     batches = [ds.x[k : min(k + batch, n)].to(run.device) for k in range(0, n, batch)]
@@ -265,14 +264,14 @@ def likelihood_over_split(run: Run, split: str, limit: int | None, batch: int, r
     options = {"divergence": divergence, "rtol": rtol, "atol": atol, **likelihood_options}
     levels = run.cfg.data.quantisation_levels()
     if levels:
-        res = likelihood.evaluate_bpd(run.score_fn, run.sde, batches, levels=levels,
+        res = L.evaluate_bpd(run.score_fn, run.sde, batches, levels=levels,
                                       data_range=D.data_range(run.cfg.data.centered), generator=generator,
                                       resume_path=results, progress=progress, **options)
         values, nfe, unit = res.values, res.nfe, "bits/dim"
     else:
         values, nfe, unit = [], 0, "nats/dim"
         for x in tqdm(batches, desc=f"likelihood ({split})", unit="batch", disable=not progress):
-            logp, info = likelihood.log_likelihood(run.score_fn, run.sde, x, generator=generator, **options)
+            logp, info = L.log_likelihood(run.score_fn, run.sde, x, generator=generator, **options)
             values += (-logp / x[0].numel()).tolist()
             nfe += info.nfe
     vals = np.asarray(values)
@@ -325,9 +324,9 @@ def evaluate_run(run: Run, metrics: Sequence[str], out: Path, *, method: str | N
         t0 = time.perf_counter()
         partial = out / f"likelihood_{ev.split}_step{run.step}.json"
         lik = likelihood_over_split(run, ev.split, ev.likelihood_n, ev.likelihood_batch, partial,
-                                    divergence=ev.divergence, rtol=ev.rtol, atol=ev.atol, seed=seed,
-                                    progress=progress)
-        result["likelihood"] = {**lik, "divergence": ev.divergence, "seconds": round(time.perf_counter() - t0, 2)}
+                                    divergence=ev.divergence, method=ev.ode_method, rtol=ev.rtol, atol=ev.atol,
+                                    seed=seed, progress=progress)
+        result["likelihood"] = {**lik, "divergence": ev.divergence, "method": ev.ode_method, "seconds": round(time.perf_counter() - t0, 2)}
     return result
 
 
@@ -451,7 +450,8 @@ def _cmd_likelihood(args: argparse.Namespace) -> int:
     results = Path(args.out) if args.out else run.directory / f"likelihood_{args.split}_step{run.step}.json"
     res = likelihood_over_split(run, args.split, args.limit if args.limit else ev.likelihood_n,
                                 args.batch or ev.likelihood_batch, results,
-                                divergence=args.divergence or ev.divergence, rtol=args.rtol or ev.rtol,
+                                divergence=args.divergence or ev.divergence, method=args.method or ev.ode_method,
+                                rtol=args.rtol or ev.rtol,
                                 atol=args.atol or ev.atol, seed=args.seed, progress=not args.quiet,
                                 **{k: v for k in ("prior", "eps") if (v := getattr(args, k)) is not None})
     print(f"{args.split}: {res['mean']:.4f} ± {res['stderr']:.4f} {res['unit']} over {res['n']} items "
@@ -583,6 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="first N items only (default: evaluation.likelihood_n)")
     p.add_argument("--batch", type=int, help="items per ODE solve (default: evaluation.likelihood_batch)")
     p.add_argument("--divergence", choices=("exact", "hutchinson"), help="divergence estimator")
+    p.add_argument("--method", choices=L.METHODS, help="ODE solver (default: evaluation.ode_method)")
     p.add_argument("--rtol", type=float, help="ODE relative tolerance (default: evaluation.rtol)")
     p.add_argument("--atol", type=float, help="ODE absolute tolerance (default: evaluation.atol)")
     p.add_argument("--prior", choices=("corrected", "gaussian"),

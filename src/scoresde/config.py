@@ -36,6 +36,7 @@ from typing import Any, Callable, Sequence
 import yaml
 
 from scoresde import data as _data
+from scoresde import likelihood as _likelihood
 
 def _field(default: Any = dataclasses.MISSING, *, choices: Sequence | None = None,
            ge: float | None = None, gt: float | None = None, lt: float | None = None,
@@ -148,8 +149,9 @@ class EvaluationConfig:
     likelihood_n: int | None = _field(200, ge=1, doc="first N images of the split for bits/dim (None: all)")
     likelihood_batch: int = _field(100, ge=1, doc="images per likelihood batch")
     divergence: str = _field("hutchinson", choices=("exact", "hutchinson"))
-    rtol: float = _field(1e-5, gt=0)
-    atol: float = _field(1e-5, gt=0)
+    ode_method: str = _field("bosh3", choices=_likelihood.METHODS, doc="likelihood ODE solver")
+    rtol: float = _field(1e-3, gt=0, doc="likelihood ODE tolerances (per coordinate and per dimension)")
+    atol: float = _field(1e-3, gt=0)
 
 
 @dataclass

@@ -67,14 +67,20 @@ prior ``N(0, sigma(t_end)^2 I)`` there.  This only matters for schedules with ``
 such as :class:`~scoresde.sde.RectifiedFlow`, whose drift is singular at ``T``: stopping at
 ``alpha = e^{-10} sigma`` leaves a prior error of relative size ``e^{-10}``.
 
-**Error control.**  The solver state is ``[y, l / D]``: ``rtol`` and ``atol`` bound the error of
-each state coordinate and of the log-density *per dimension*, so a tolerance means the same
-thing in 2 and in 3072 dimensions.  Once the prior is corrected the tolerance, not a bias, sets
-the total error, so set it by the target: the defaults (dopri5, ``1e-5``) leave 4e-5--7e-5
-nats/dim on the oracle mixtures (VP, sub-VP); for looser targets the third-order
-``method="bosh3"`` spends fewer NFE than dopri5 at the same error, e.g. 8e-4 nats/dim on the 2-D
-ring in 43 NFE (``rtol = atol = 5e-3``) and 1.2e-4 on the 64-D mixture in 58 (``5e-4``), prior
-included (benchmarks/likelihood.py, BENCHMARKS.md).
+**Error control.**  The solver state is the flat ``(B, D + 1)`` tensor ``[y, l / D]``: ``rtol``
+and ``atol`` bound the RMS, over the batch, of the local error of each state coordinate and of the
+log-density *per dimension* (the paper's norm, that of scipy's ``solve_ivp``, with the log-density
+divided by ``D`` so that a tolerance means the same thing in 2 and in 3072 dimensions).  The default
+solver is :mod:`scoresde.rk`'s Bogacki--Shampine 3(2) pair with a PI step-size controller, which on
+this ODE rarely rejects a step (with the elementary controller of torchdiffeq and scipy, dopri5
+spent 18 of 64 NFE on rejected steps on the 64-D oracle mixture); ``method="dopri5"`` is the Dormand--Prince 5(4) pair
+under the same controller, and ``"torchdiffeq:<name>"`` runs torchdiffeq's adaptive solvers.
+Once the prior is corrected the tolerance, not a bias, sets the total error, so set it by the
+target.  The default (bosh3, ``rtol = atol = 1e-3``) leaves about 2e-4 nats/dim on the 64-D
+oracle mixture in 42 NFE and 5e-5 on the 2-D ring, prior included, where the paper's estimator
+(dopri5 in ``t`` at ``1e-5``, Gaussian prior) spends 86--128 NFE for 2.3e-4--4.5e-3
+(benchmarks/likelihood.py, BENCHMARKS.md).  For tighter targets use dopri5 (``1e-5``: 3e-5 nats/dim
+in 93 NFE on the 64-D mixture).
 
 **Cost per NFE.**  One evaluation of the ODE right-hand side is one call of ``score_fn`` under
 autograd plus vector-Jacobian products of its output: one VJP for ``divergence="hutchinson"``
@@ -101,6 +107,7 @@ from tqdm.auto import tqdm
 
 from ._tensor import append_dims, as_batch_time, batch_sum, check_choice, check_finite, check_positive
 from .data import dequantize
+from .rk import PAIRS, solve_adaptive
 from .score import ScoreFn
 from .sde import SDE, VPSDE, LinearSDE
 
@@ -108,7 +115,8 @@ DIVERGENCES = ("exact", "hutchinson")
 PROBE_DISTS = ("rademacher", "gaussian")
 TIME_VARIABLES = ("log-snr", "t")
 PRIORS = ("corrected", "gaussian")
-METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")  # torchdiffeq's adaptive solvers
+TORCHDIFFEQ_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")  # its adaptive solvers
+METHODS = tuple(PAIRS) + tuple(f"torchdiffeq:{m}" for m in TORCHDIFFEQ_METHODS)
 
 
 @dataclass
@@ -288,6 +296,21 @@ def _check_input(x: Tensor, sde: SDE, time_variable: str) -> None:
         raise ValueError("time_variable='log-snr' needs a LinearSDE; use time_variable='t' for other SDEs")
 
 
+def _solve(rhs: Callable[[float, Tensor], Tensor], state: Tensor, u0: float, u1: float, method: str,
+           rtol: float, atol: float, max_steps: int) -> Tensor:
+    """``state`` at ``u1``: :func:`scoresde.rk.solve_adaptive` (PI control) for ``"bosh3"`` and
+    ``"dopri5"``, torchdiffeq's ``odeint`` for ``"torchdiffeq:<method>"``; both bound the RMS error
+    over the whole flat state (the paper's norm, that of scipy's ``solve_ivp``)."""
+    if method in PAIRS:
+        return solve_adaptive(rhs, state, u0, u1, PAIRS[method], rtol=rtol, atol=atol, max_steps=max_steps)[0]
+    grid = torch.tensor([u0, u1], dtype=state.dtype, device=state.device)
+    try:
+        return odeint(lambda u, s: rhs(float(u), s), state, grid, rtol=rtol, atol=atol,
+                      method=method.split(":")[1], options={"max_num_steps": max_steps})[-1]
+    except AssertionError as err:  # torchdiffeq signals the step limit by an assertion
+        raise RuntimeError(f"log_likelihood: the ODE solver stopped after max_steps={max_steps} steps ({err})") from err
+
+
 def log_likelihood(
     score_fn: ScoreFn,
     sde: SDE,
@@ -296,9 +319,9 @@ def log_likelihood(
     divergence: str = "exact",
     probes: int = 1,
     probe_dist: str = "rademacher",
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    method: str = "dopri5",
+    rtol: float = 1e-3,
+    atol: float = 1e-3,
+    method: str = "bosh3",
     eps: float | None = None,
     time_variable: str | None = None,
     prior: str = "corrected",
@@ -310,15 +333,16 @@ def log_likelihood(
 ) -> tuple[Tensor, LikelihoodInfo]:
     """``log p_eps(x)`` in nats per sample through the probability-flow ODE (module docstring).
 
-    One batched torchdiffeq solve of ``[y, l]`` from ``eps`` (default ``sde.eps``) to the end
+    One batched adaptive solve of ``[y, l]`` from ``eps`` (default ``sde.eps``) to the end
     time (:func:`end_time`) on ``x``'s device and dtype, with ``l' = div(dy/du)``: the
     divergence is ``"exact"`` (Jacobian trace, ``D`` VJPs per NFE) or ``"hutchinson"``
     (``probes`` probe vectors drawn once from ``generator`` and kept for the whole solve, so the
     estimate is unbiased: ``E[v^T J v] = tr J``).  ``time_variable``: ``"log-snr"`` (the default
-    for a :class:`~scoresde.sde.LinearSDE`) or ``"t"`` (the default for other SDEs).  ``method``,
-    ``rtol``, ``atol``: the torchdiffeq solver (``METHODS``: its adaptive ones) and its
-    tolerances, per coordinate and per dimension of the log-density; ``max_steps`` bounds the
-    step count (a stiff ODE raises ``RuntimeError`` instead of running on).  ``min_log_snr``:
+    for a :class:`~scoresde.sde.LinearSDE`) or ``"t"`` (the default for other SDEs).  ``method``:
+    ``"bosh3"`` or ``"dopri5"`` (:func:`scoresde.rk.solve_adaptive`, PI step control) or
+    ``"torchdiffeq:<name>"`` (``METHODS``); ``rtol``, ``atol``: its tolerances, per coordinate and
+    per dimension of the log-density (module docstring); ``max_steps`` bounds the step count (a
+    stiff ODE raises ``RuntimeError`` instead of running on).  ``min_log_snr``:
     see :func:`end_time`.  ``prior``: ``"corrected"`` (``log N`` plus the score's line integral
     from ``0`` to ``z``, :func:`prior_correction`, ``prior_points`` extra NFE) or ``"gaussian"``
     (the paper's ``log N(z; 0, sigma(t_end)^2 I)``); the module docstring states the bias of each.
@@ -351,30 +375,32 @@ def log_likelihood(
     if divergence == "hutchinson":
         probe_vectors = draw_probes(x, probes, probe_dist, generator)
     u0, u1 = chart.bounds
-    grid = torch.tensor([u0, u1], dtype=x.dtype, device=x.device)
+    dim = x[0].numel()
     nfe = 0
     bar = tqdm(total=abs(u1 - u0), disable=not progress, desc="log-likelihood", unit="")
 
-    def rhs(u: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    def rhs(u: float, state: Tensor) -> Tensor:
+        """``d[y, l/D]/du`` for the flat state ``(B, D + 1)``: one forward and its VJPs."""
         nonlocal nfe
         nfe += 1
-        u = u.clamp(min(u0, u1), max(u0, u1))  # the solver's first-step probe may overshoot the end
+        u = min(max(u, min(u0, u1)), max(u0, u1))  # torchdiffeq's first-step probe may overshoot the end
         if progress:
             bar.set_postfix(nfe=nfe, refresh=False)
-            bar.update(abs(float(u) - u0) - bar.n)
-        vel, div = value_and_divergence(lambda y: chart.velocity(y, u), state[0], probe_vectors)
-        return vel, div / dim
+            bar.update(abs(u - u0) - bar.n)
+        ut = torch.tensor(u, dtype=x.dtype, device=x.device)
+        y = state[:, :dim].reshape(x.shape)
+        vel, div = value_and_divergence(lambda v: chart.velocity(v, ut), y, probe_vectors)
+        return torch.cat([vel.flatten(1), (div / dim)[:, None]], 1)
 
-    dim = x[0].numel()
-    state0 = (chart.to_state(x, grid[0]), torch.zeros(x.shape[0], dtype=x.dtype, device=x.device))
+    y0 = chart.to_state(x, torch.tensor(u0, dtype=x.dtype, device=x.device))
+    state = torch.cat([y0.flatten(1), y0.new_zeros(x.shape[0], 1)], 1)
     try:
-        ys, ls = odeint(rhs, state0, grid, rtol=rtol, atol=atol, method=method, options={"max_num_steps": max_steps})
-    except AssertionError as err:  # torchdiffeq signals the step limit by an assertion
-        raise RuntimeError(f"log_likelihood: the ODE solver stopped after max_steps={max_steps} steps ({err})") from err
+        state = _solve(rhs, state, u0, u1, method, rtol, atol, max_steps)
     finally:
         bar.close()
-    z = chart.from_state(ys[-1], grid[-1])
-    delta = dim * (ls[-1] + chart.log_scale(grid[0]) - chart.log_scale(grid[-1]))
+    u_end = torch.tensor(u1, dtype=x.dtype, device=x.device)
+    z = chart.from_state(state[:, :dim].reshape(x.shape), u_end)
+    delta = dim * (state[:, dim] + chart.log_scale(torch.tensor(u0, dtype=x.dtype, device=x.device)) - chart.log_scale(u_end))
     std = _prior_std(sde, t_end)
     prior_logp = gaussian_prior_logp(z, std)
     if prior == "corrected":

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -20,26 +19,10 @@ import torchdiffeq
 from torch import Tensor
 
 from .._tensor import append_dims, as_batch_time, batch_sum, check_choice, check_positive
+from ..rk import TABLEAUS, rk_step
 from ..sde import SDE, LinearSDE
 from ._common import CountedScore, SampleInfo, apply_callback, check_int, steps_of
 from .grids import default_t_max
-
-
-@dataclass(frozen=True)
-class Tableau:
-    """An explicit Runge--Kutta method: nodes ``c``, lower-triangular ``a``, weights ``b``, its order."""
-
-    c: tuple[float, ...]
-    a: tuple[tuple[float, ...], ...]
-    b: tuple[float, ...]
-    order: int
-
-
-TABLEAUS: dict[str, Tableau] = {
-    "euler": Tableau(c=(0.0,), a=((),), b=(1.0,), order=1),
-    "heun": Tableau(c=(0.0, 1.0), a=((), (1.0,)), b=(0.5, 0.5), order=2),
-    "rk4": Tableau(c=(0.0, 0.5, 0.5, 1.0), a=((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)), b=(1 / 6, 1 / 3, 1 / 3, 1 / 6), order=4),
-}
 
 
 ADAPTIVE_SOLVERS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")  # torchdiffeq's embedded pairs
@@ -52,21 +35,6 @@ def probability_flow(score: CountedScore, sde: SDE) -> Callable[[float, Tensor],
         return sde.probability_flow_drift(x, as_batch_time(t, x), score(x, t))
 
     return field
-
-
-def rk_step(field: Callable[[float, Tensor], Tensor], tableau: Tableau, x: Tensor, t: float, s: float) -> Tensor:
-    """One explicit RK step ``t -> s`` (``h = s - t``): ``k_j = F(t + c_j h, x + h sum_l a_jl k_l)``,
-    ``x_s = x + h sum_j b_j k_j``."""
-    h, ks = s - t, []
-    for c, row in zip(tableau.c, tableau.a):
-        y = x
-        for a, k in zip(row, ks):
-            if a:
-                y = y + (h * a) * k
-        ks.append(field(t + c * h, y))
-    for b, k in zip(tableau.b, ks):
-        x = x + (h * b) * k
-    return x
 
 
 def ode_fixed(

@@ -1,0 +1,176 @@
+"""Explicit Runge--Kutta methods: Butcher tableaus, embedded pairs, and an adaptive solver with a
+PI step-size controller.
+
+A method with nodes ``c``, coefficients ``a`` and weights ``b`` advances ``x' = F(t, x)`` by
+``h`` as ``k_j = F(t + c_j h, x + h sum_l a_jl k_l)``, ``x_new = x + h sum_j b_j k_j``.  An
+embedded pair adds weights ``b_hat`` of one order less; ``e = h sum_j (b_j - b_hat_j) k_j``
+estimates the local error of the lower-order solution, and the step is accepted when
+
+    err = RMS( e / (atol + rtol max(|x|, |x_new|)) ) <= 1,
+
+the RMS taken over every entry of the state (for a batch: every sample and coordinate).  The
+solution carried on is the higher-order one (local extrapolation).  The next step is set by a
+PI controller (Gustafsson; Hairer & Wanner, *Solving ODEs II*, IV.2) with ``q`` the pair's order:
+
+    h_next = h * clip(safety * err^(-0.7/q) * err_prev^(0.4/q), 0.2, 10),
+
+which, unlike the elementary ``h * err^(-1/q)`` rule of torchdiffeq and scipy, damps the
+oscillation between accepted and rejected steps; after a rejection the step shrinks by
+``safety * err^(-1/q)`` (at least 5x less) and the following step may not grow.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+Field = Callable[[float, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class Tableau:
+    """An explicit Runge--Kutta method: nodes ``c``, lower-triangular ``a``, weights ``b``, its order."""
+
+    c: tuple[float, ...]
+    a: tuple[tuple[float, ...], ...]
+    b: tuple[float, ...]
+    order: int
+
+
+@dataclass(frozen=True)
+class EmbeddedPair:
+    """A tableau with error weights ``b_err = b - b_hat`` (``b_hat`` of order ``tableau.order - 1``)
+    whose last stage is ``F`` at the new point (first same as last: the next step reuses it)."""
+
+    tableau: Tableau
+    b_err: tuple[float, ...]
+
+
+TABLEAUS: dict[str, Tableau] = {
+    "euler": Tableau(c=(0.0,), a=((),), b=(1.0,), order=1),
+    "heun": Tableau(c=(0.0, 1.0), a=((), (1.0,)), b=(0.5, 0.5), order=2),
+    "rk4": Tableau(c=(0.0, 0.5, 0.5, 1.0), a=((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)), b=(1 / 6, 1 / 3, 1 / 3, 1 / 6), order=4),
+}
+
+
+def _pair(c, a, b, b_hat, order: int) -> EmbeddedPair:
+    if tuple(a[-1]) + (0,) != tuple(b) or c[-1] != 1:
+        raise ValueError("solve_adaptive needs a first-same-as-last pair: a[-1] = b[:-1], c[-1] = 1")
+    return EmbeddedPair(Tableau(tuple(c), tuple(map(tuple, a)), tuple(b), order), tuple(x - y for x, y in zip(b, b_hat)))
+
+
+PAIRS: dict[str, EmbeddedPair] = {
+    # Bogacki--Shampine 3(2)
+    "bosh3": _pair(
+        c=(0, 1 / 2, 3 / 4, 1), a=((), (1 / 2,), (0, 3 / 4), (2 / 9, 1 / 3, 4 / 9)),
+        b=(2 / 9, 1 / 3, 4 / 9, 0), b_hat=(7 / 24, 1 / 4, 1 / 3, 1 / 8), order=3,
+    ),
+    # Dormand--Prince 5(4)
+    "dopri5": _pair(
+        c=(0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1, 1),
+        a=((), (1 / 5,), (3 / 40, 9 / 40), (44 / 45, -56 / 15, 32 / 9),
+           (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
+           (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
+           (35 / 384, 0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84)),
+        b=(35 / 384, 0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0),
+        b_hat=(5179 / 57600, 0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40), order=5,
+    ),
+}
+
+
+def _combine(x: Tensor, h: float, weights: tuple[float, ...], ks: list[Tensor]) -> Tensor:
+    """``x + h sum_j w_j k_j`` over the nonzero weights."""
+    for w, k in zip(weights, ks):
+        if w:
+            x = x + (h * w) * k
+    return x
+
+
+def rk_stages(field: Field, tableau: Tableau, x: Tensor, t: float, h: float, k0: Tensor | None = None) -> list[Tensor]:
+    """The stages ``k_j = F(t + c_j h, x + h sum_l a_jl k_l)``; ``k0``, if given, is ``F(t, x)`` (not re-evaluated)."""
+    ks: list[Tensor] = []
+    for c, row in zip(tableau.c, tableau.a):
+        ks.append(k0 if (not ks and k0 is not None) else field(t + c * h, _combine(x, h, row, ks)))
+    return ks
+
+
+def rk_step(field: Field, tableau: Tableau, x: Tensor, t: float, s: float) -> Tensor:
+    """One explicit RK step ``t -> s`` (``h = s - t``): ``x_s = x + h sum_j b_j k_j``."""
+    h = s - t
+    return _combine(x, h, tableau.b, rk_stages(field, tableau, x, t, h))
+
+
+@dataclass
+class AdaptiveStats:
+    """Work done by :func:`solve_adaptive`: field evaluations, accepted and rejected steps."""
+
+    nfe: int = 0
+    accepted: int = 0
+    rejected: int = 0
+
+
+def error_ratio(err: Tensor, x: Tensor, x_new: Tensor, rtol: float, atol: float) -> float:
+    """``RMS(err / (atol + rtol max(|x|, |x_new|)))`` over all entries (one host sync)."""
+    scale = atol + rtol * torch.maximum(x.abs(), x_new.abs())
+    return float(torch.linalg.vector_norm(err / scale) / math.sqrt(err.numel()))
+
+
+def _first_step(x: Tensor, k0: Tensor, span: float, rtol: float, atol: float) -> float:
+    """Initial step ``0.01 ||x|| / ||F(t0, x)||`` in the error norm (Hairer--Norsett--Wanner's first
+    guess, without its second evaluation), at most the whole span."""
+    d0, d1 = error_ratio(x, x, x, rtol, atol), error_ratio(k0, x, x, rtol, atol)
+    h = 0.01 * d0 / d1 if d0 > 1e-5 and d1 > 1e-5 else 1e-6 * span
+    return min(h, span)
+
+
+def solve_adaptive(
+    field: Field,
+    x: Tensor,
+    t0: float,
+    t1: float,
+    pair: EmbeddedPair,
+    *,
+    rtol: float,
+    atol: float,
+    max_steps: int = 10_000,
+    safety: float = 0.9,
+    on_step: Callable[[float, AdaptiveStats], None] | None = None,
+) -> tuple[Tensor, AdaptiveStats]:
+    """``x(t1)`` for ``x' = F(t, x)``, ``x(t0) = x``, by the embedded ``pair`` with the PI controller
+    of the module docstring (either direction of time).  ``field`` takes ``t`` as a Python float.
+    A step whose error is not finite is rejected like a too-large one; more than ``max_steps``
+    attempted steps raise ``RuntimeError``.  ``on_step(t, stats)`` is called after each accepted step.
+    """
+    tab, q = pair.tableau, pair.tableau.order
+    span, sign = abs(t1 - t0), (1.0 if t1 >= t0 else -1.0)
+    stats = AdaptiveStats()
+    k0 = field(t0, x)
+    stats.nfe += 1
+    t, h, err_prev, may_grow = t0, _first_step(x, k0, span, rtol, atol), 1.0, True
+    while sign * (t1 - t) > 1e-12 * max(1.0, span):
+        if stats.accepted + stats.rejected >= max_steps:
+            raise RuntimeError(f"solve_adaptive: more than max_steps={max_steps} steps before t={t1} (at t={t})")
+        h = min(h, abs(t1 - t))
+        ks = rk_stages(field, tab, x, t, sign * h, k0)
+        stats.nfe += len(ks) - 1
+        x_new = _combine(x, sign * h, tab.b, ks)
+        err = error_ratio(_combine(torch.zeros_like(x), sign * h, pair.b_err, ks), x, x_new, rtol, atol)
+        if not math.isfinite(err) or err > 1.0:
+            stats.rejected += 1
+            h *= 0.2 if not math.isfinite(err) else max(0.2, safety * err ** (-1 / q))
+            may_grow = False
+            continue
+        err = max(err, 1e-10)
+        factor = min(10.0 if may_grow else 1.0, max(0.2, safety * err ** (-0.7 / q) * err_prev ** (0.4 / q)))
+        t = t1 if abs(t1 - t) <= h else t + sign * h
+        x, err_prev, may_grow = x_new, err, True
+        k0 = ks[-1]
+        stats.accepted += 1
+        h *= factor
+        if on_step is not None:
+            on_step(t, stats)
+    return x, stats
