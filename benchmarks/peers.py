@@ -20,9 +20,13 @@ sampler benchmark), so only the solver differs:
 
 Quality uses the sampler benchmark's floor machinery (``benchmarks/samplers.py``: sliced-W2, mode
 TV, log-density gap, "at the floor" = all within 3 standard errors) against the exact law at each
-run's final noise level.  NFE counts model calls (torchsde's shape check on ``y0`` included).  Each
-method walks its NFE list upwards and (by default) stops after two consecutive NFEs at the floor;
-its "NFE to floor" is the smallest tested NFE from which every larger tested one is at the floor.
+run's final noise level.  Deterministic solvers also get ``gap_map``: the log-density gap against
+the exact probability-flow map of the same start noise (paired per sample, so its standard error
+is a fraction of the floor's): the solver's own error, without the start draw's fluctuation, which
+is shared by every deterministic solver and can hide an error of the opposite sign.  NFE counts
+model calls (torchsde's shape check on ``y0`` included).  Each method walks its NFE list upwards
+and (by default) stops after two consecutive NFEs at the floor; its "NFE to floor" is the smallest
+tested NFE from which every larger tested one is at the floor.
 Wall time per NFE is measured around the solver call in the same run, with the exact oracle and
 again with a free (zero) score, which leaves the solver's own cost; ``wall_ratio`` gives ours / peer
 for each peer method and its counterpart.  All in one thread, same start noise for everyone.
@@ -55,6 +59,7 @@ from samplers import evaluate, matmul_score_fn, nfe_to_floor, reference  # noqa:
 
 BETA_START, BETA_END, TRAIN_STEPS = 1e-4, 0.02, 1000  # = VPSDE(beta_min=0.1, beta_max=20) on N = 1000
 DATASETS = {"ring2d": 20000, "mix64": 10000}
+MAP_STEPS = 500  # DPM-Solver++(3M) steps of the exact probability-flow map (ExactMaps)
 
 
 # -- the score: the exact oracle, or a free zero one for timing the solvers alone ------------------
@@ -245,6 +250,8 @@ def vp_ode_specs(make: ScoreMaker, sde: sd.VPSDE, z: Tensor) -> list[Spec]:
         # ends with an Euler step to sigma = 0 (one NFE less): its law is p_0
         Spec("diffusers", "heun-karras", D("heun-karras"), 2.0, -1, pair="heun", target="vp_p0"),
         Spec("ours", "ddim", O("ddim")),
+        # our DDIM on the other grids; time-uniform is diffusers' `trailing` spacing
+        *(Spec("ours", f"ddim/{g}", O("ddim", schedule=g)) for g in ("time-uniform", "log-snr", "karras")),
         Spec("ours", "dpm-solver++2m", O("dpm-solver++2m")),
         Spec("ours", "dpm-solver++3m", O("dpm-solver++3m")),
         Spec("ours", "dpm-solver++3m/log-snr", O("dpm-solver++3m", schedule="log-snr")),  # diffusers' lu grid
@@ -281,6 +288,31 @@ def vp_sde_specs(make: ScoreMaker, sde: sd.VPSDE, z: Tensor) -> list[Spec]:
 
 
 # -- the sweep ---------------------------------------------------------------------------------------
+class ExactMaps(dict):
+    """The exact probability-flow map of the start noise ``z`` per final law (a key of
+    :class:`Targets`), built on first use: DPM-Solver++(3M) with :data:`MAP_STEPS` steps in float64
+    (its mean log-density is within 2e-4 nats (ring2d) and 1.6e-3 (mix64) of a float64 dopri5 solve
+    at rtol = atol = 1e-9, far below the paired standard errors of ``gap_map``)."""
+
+    def __init__(self, refs: "Targets", z: Tensor) -> None:
+        super().__init__()
+        self.refs, self.z = refs, z
+
+    def __missing__(self, key: str) -> Tensor:
+        sde = self.refs.sdes[key]
+        score = matmul_score_fn(self.refs.gmm, sde)
+        self[key] = sd.sample(score, sde, x_T=self.z.double(), method="dpm-solver++", steps=MAP_STEPS)[0]
+        return self[key]
+
+
+def map_gap(ref, exact: Tensor, x: Tensor) -> dict:
+    """``E[log p(exact)] - E[log p(x)]`` under the final law, paired per sample, and its standard error."""
+    if not torch.isfinite(x).all():
+        return {"gap_map": math.inf, "gap_map_se": 0.0}
+    d = ref.target.log_prob(exact) - ref.target.log_prob(x.double())
+    return {"gap_map": float(d.mean()), "gap_map_se": float(d.std()) / math.sqrt(d.numel())}
+
+
 class Targets(dict):
     """The sampler benchmark's :func:`reference` (true sets and floors) per final law, built on first
     use: ``"vp"`` (VP at the discrete chain's last level), ``"vp_p0"`` (p_0), ``"rf"`` (RF at eps)."""
@@ -294,9 +326,10 @@ class Targets(dict):
         return self[key]
 
 
-def sweep(spec: Spec, refs: Targets, nfes: list[int], early_stop: bool) -> list[dict]:
+def sweep(spec: Spec, refs: Targets, maps: ExactMaps | None, nfes: list[int], early_stop: bool) -> list[dict]:
     """Run ``spec`` at each NFE target (adaptive solvers once); with ``early_stop``, stop once two
-    consecutive targets are at the floor (one hit alone can be a sign change of the gap)."""
+    consecutive targets are at the floor (one hit alone can be a sign change of the gap).  With
+    ``maps`` (deterministic solvers) each row also gets :func:`map_gap`."""
     rows: list[dict] = []
     targets = nfes[:1] if spec.adaptive else nfes
     with torch.no_grad():  # warm-up (imports, first-call allocations) outside the timed runs
@@ -309,9 +342,12 @@ def sweep(spec: Spec, refs: Targets, nfes: list[int], early_stop: bool) -> list[
         wall = time.perf_counter() - t0
         row = {"impl": spec.impl, "method": spec.name, "target": spec.target, "steps": steps, "nfe": used,
                "wall_s": round(wall, 3), "ms_per_nfe": round(1e3 * wall / used, 3), **evaluate(refs[spec.target], x)}
+        if maps is not None:
+            row |= map_gap(refs[spec.target], maps[spec.target], x)
         rows.append({k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()})
         print(f"  {spec.impl:>13} {spec.name:<16} nfe {used:5d}  sw {row['sw']:.4f} tv {row['tv']:.4f} "
-              f"gap {row['gap']:+.4f}±{row['gap_se']:.4f}  at_floor={row['at_floor']}  {wall:.1f}s",
+              f"gap {row['gap']:+.4f}±{row['gap_se']:.4f} (to the map {row.get('gap_map', math.nan):+.4f})  "
+              f"at_floor={row['at_floor']}  {wall:.1f}s",
               file=sys.stderr, flush=True)
         if early_stop and len(rows) >= 2 and rows[-1]["at_floor"] and rows[-2]["at_floor"]:
             break
@@ -349,11 +385,12 @@ def wall_ratios(specs: list[Spec], free: list[Spec], runs: dict, nfe: int, repea
     return out
 
 
-def run_family(label: str, specs: list[Spec], free: list[Spec], refs: Targets, nfes: list[int], args) -> dict:
+def run_family(label: str, specs: list[Spec], free: list[Spec], refs: Targets, maps: ExactMaps | None,
+               nfes: list[int], args) -> dict:
     print(f"[{label}]", file=sys.stderr, flush=True)
     runs: dict[str, dict[str, list[dict]]] = {"ours": {}}
     for spec in specs:
-        runs.setdefault(spec.impl, {})[spec.name] = sweep(spec, refs, nfes, not args.no_early_stop)
+        runs.setdefault(spec.impl, {})[spec.name] = sweep(spec, refs, maps, nfes, not args.no_early_stop)
     # the smallest tested NFE from which every larger tested one is at the floor (None: not reached)
     stable = {f"{impl}:{name}": nfe_to_floor(rows)[name]["stable"]
               for impl, by in runs.items() for name, rows in by.items()}
@@ -369,16 +406,17 @@ def run_dataset(name: str, n: int, args) -> dict:
     vp, rf = sd.VPSDE(eps=discrete_eps()), sd.RectifiedFlow()
     z = torch.randn(n, gmm.dim, generator=torch.Generator().manual_seed(args.seed))
     refs = Targets(gmm, {"vp": vp, "vp_p0": sd.VPSDE(eps=1e-9), "rf": rf}, n, args.pairs)
+    maps = ExactMaps(refs, z)
     out = {"n": n, "dim": gmm.dim, "vp_eps": vp.eps, "rf_eps": rf.eps}
     oracle = lambda s: matmul_score_fn(gmm, s)  # noqa: E731
-    families = {
-        "vp-ode": (lambda s: vp_ode_specs(s, vp, z), args.nfe_ode),
-        "rf-ode": (lambda s: rf_ode_specs(s, rf, z, args.rf_tol), args.nfe_ode),
-        "vp-sde": (lambda s: vp_sde_specs(s, vp, z), args.nfe_sde),
+    families = {  # label -> (specs from a score maker, NFE list, exact maps for deterministic solvers)
+        "vp-ode": (lambda s: vp_ode_specs(s, vp, z), args.nfe_ode, maps),
+        "rf-ode": (lambda s: rf_ode_specs(s, rf, z, args.rf_tol), args.nfe_ode, maps),
+        "vp-sde": (lambda s: vp_sde_specs(s, vp, z), args.nfe_sde, None),
     }
-    for label, (build, nfes) in families.items():
+    for label, (build, nfes, family_maps) in families.items():
         if label in args.families:
-            out[label] = run_family(f"{name} {label}", build(oracle), build(free_score), refs, nfes, args)
+            out[label] = run_family(f"{name} {label}", build(oracle), build(free_score), refs, family_maps, nfes, args)
     out["floors"] = {key: ref.floor for key, ref in refs.items()}
     return out
 

@@ -31,6 +31,7 @@ import torch
 
 import scoresde as sd
 from scoresde.metrics import sliced_wasserstein
+from scoresde.sampling import make_grid
 
 PROJECTION_SEED = 1234
 PROJECTIONS = 64  # the same 64 directions for every figure (sorting dominates the cost)
@@ -148,10 +149,12 @@ ODE_TOLERANCES = (1e-3, 1e-4, 1e-5)
 STOCHASTIC_NAMES = ("pc", "euler-maruyama", "reverse-diffusion", "ancestral", "srk")
 
 
-def plan(sde_name: str, quick: bool) -> list[dict]:
+def plan(sde_name: str, quick: bool, stochastic_steps: tuple[int, ...] | None = None,
+         schedule: str | None = None) -> list[dict]:
     """The runs for one SDE: every method on VP; on sub-VP and VE the paper's PC, the adaptive ODE
     and the fast solvers (the other stochastic families' curves hardly depend on the SDE); on
-    others (``rf``) the deterministic solvers only.
+    others (``rf``) the deterministic solvers only.  ``stochastic_steps`` replaces every stochastic
+    method's step list; ``schedule`` replaces every fixed-grid method's default grid.
     Annealed Langevin is left out: NCSN's step size (``step_lr = 2e-5``) is tuned for images and
     needs thousands of steps per level on these mixtures."""
     runs = [{"method": "ode", "rtol": tol, "atol": tol} for tol in ODE_TOLERANCES]
@@ -160,7 +163,10 @@ def plan(sde_name: str, quick: bool) -> list[dict]:
         runs += [{"method": method, "steps": steps} for steps in sorted({nfe // per_step for nfe in nfes if nfe >= per_step})]
     stochastic = (*PC, *STOCHASTIC) if sde_name == "vp" else PC if sde_name in ("subvp", "ve") else ()
     for spec, steps in stochastic:
+        steps = stochastic_steps or steps
         runs += [{**spec, "steps": n} for n in (steps[:1] if quick else steps)]
+    if schedule:
+        runs = [{**r, "schedule": schedule} if r["method"] != "ode" else r for r in runs]
     return runs
 
 
@@ -234,6 +240,34 @@ def overhead(batch: int = 64, repeats: int = 5) -> dict:
     return out
 
 
+def ancestral_shortfall(sde: sd.LinearSDE, grid: torch.Tensor, std: float) -> float:
+    """Relative shortfall ``1 - Var(x_eps) / V_eps`` of ancestral sampling with the exact score on
+    N(mu, std^2) data, from the prior: per step ``x_s = k x_t + sqrt(beta~) z`` with
+    ``k = A + B alpha_t std^2 / V_t`` (the step's coefficients ``A = (sigma_s/sigma_t) e^-h``,
+    ``B = alpha_s (1 - e^-2h)``, ``beta~ = sigma_s^2 (1 - e^-2h)``), so ``Var <- k^2 Var + beta~``."""
+    coef = lambda u: (float(sde.alpha(u)), float(sde.sigma(u)))  # noqa: E731
+    var = coef(grid[0])[1] ** 2
+    for t, s in zip(grid[:-1], grid[1:]):
+        (a_t, sig_t), (a_s, sig_s) = coef(t), coef(s)
+        decay = (a_t * sig_s / (sig_t * a_s)) ** 2  # e^-2h
+        k = (sig_s / sig_t) * math.sqrt(decay) + a_s * (1 - decay) * a_t * std**2 / (a_t**2 * std**2 + sig_t**2)
+        var = k**2 * var + sig_s**2 * (1 - decay)
+    a, sig = coef(grid[-1])
+    return 1 - var / (a**2 * std**2 + sig**2)
+
+
+def ancestral_theory(dim: int = 64, stds: tuple[float, ...] = (0.3, 0.5, 0.7)) -> dict:
+    """The predicted log-density gap ``-dim/2 x shortfall`` of ancestral sampling on VP (mix64: 64
+    axes, component stds in [0.3, 0.7], modes far apart) per schedule and step count."""
+    sde, out = sd.VPSDE(), {}
+    for schedule in ("log-snr", "time-uniform", "log-snr-window"):
+        for steps in (100, 300, 1000, 3000):
+            grid = make_grid(sde, steps, schedule)
+            short = [ancestral_shortfall(sde, grid, c) for c in stds]
+            out[f"{schedule} {steps}"] = {"shortfall": short, "gap": -dim / 2 * sum(short) / len(short)}
+    return out
+
+
 def markdown(results: dict) -> str:
     """The NFE-to-floor table (``first`` / ``stable``; '-' where never at the floor)."""
     columns = [(mix, sde) for mix in results for sde in results[mix]]
@@ -265,8 +299,16 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="also write the JSON here")
     parser.add_argument("--merge", default=None, help="comma-separated JSON files of earlier runs: merge, print, plot")
     parser.add_argument("--overhead", action="store_true", help="only the sampler-overhead figure on a U-Net")
+    parser.add_argument("--ancestral-theory", action="store_true",
+                        help="only the predicted first-order gap of ancestral sampling on 64-D Gaussian data")
+    parser.add_argument("--stochastic-steps", type=int, nargs="+", default=None,
+                        help="steps of every stochastic method (default 100 300 1000, fewer for some)")
+    parser.add_argument("--schedule", default=None, help="grid of every fixed-grid method (default: each method's own)")
     parser.add_argument("--only", default=None, help="run only the planned runs whose name contains one of these (comma-separated)")
     args = parser.parse_args()
+    if args.ancestral_theory:
+        print(json.dumps(ancestral_theory()))
+        return
     if args.overhead:
         torch.set_num_threads(1)
         print(json.dumps(overhead()))
@@ -300,7 +342,7 @@ def main() -> None:
             sde = sd.sde_from_name(sde_name)
             ref = reference(gmm, sde, n, pairs=args.pairs)
             rows = []
-            for spec in plan(sde_name, args.quick):
+            for spec in plan(sde_name, args.quick, args.stochastic_steps, args.schedule):
                 if args.only and not any(part in label(spec["method"], spec) for part in args.only.split(",")):
                     continue
                 rows.append(run_one(ref, sde, n=n, **spec))

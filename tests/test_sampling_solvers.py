@@ -1,6 +1,7 @@
 """Solvers against closed forms: convergence orders on Gaussian data (whose probability-flow map is
-known exactly), seed 001's DDIM = rectified-flow Euler identity, the encode/decode round trip,
-latent slerp, and the Langevin corrector's stationary variance."""
+known exactly), DDIM's exactness on a point mass, the ancestral step's reverse kernel on Gaussian
+data and its first-order variance bias, seed 001's DDIM = rectified-flow Euler identity, the
+encode/decode round trip, latent slerp, and the Langevin corrector's stationary variance."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 
 import scoresde as sd
 from scoresde.sampling import fast, grids, ode, pc
+from scoresde._tensor import append_dims
 from scoresde.sampling._common import CountedScore
 
 GAUSS = sd.GaussianMixture(torch.ones(1), torch.tensor([[0.5, -0.3]]), torch.tensor([[0.8, 0.5]]))
@@ -51,6 +53,87 @@ def test_convergence_order_on_gaussian_data(sde, name):
         errs.append(float((run(GAUSS.score_fn(sde), sde, x_T, grid)[0] - exact_flow(sde, x_T, grid)).abs().max()))
     observed = [math.log2(errs[i] / errs[i + 1]) for i in range(2)]
     assert min(observed) >= order - 0.3, (errs, observed)
+
+
+@pytest.mark.parametrize("sde", [sd.VPSDE(), sd.VESDE(), sd.RectifiedFlow()], ids=lambda s: type(s).__name__)
+@pytest.mark.parametrize("steps", [1, 7])
+def test_ddim_is_exact_on_a_point_mass(sde, steps):
+    """For data ``delta_m`` the denoiser is the constant ``m`` and the flow keeps ``(x - alpha m)/sigma``,
+    so DDIM (the exponential integrator with ``x0_hat`` frozen) is exact at any step size (float64)."""
+    m = torch.tensor([0.5, -0.3], dtype=torch.float64)
+    score = lambda x, t: (append_dims(sde.alpha(t), 2) * m - x) / append_dims(sde.sigma(t), 2) ** 2  # noqa: E731
+    x_T = torch.randn(16, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    grid = grids.log_snr_uniform(sde, steps)
+    a0, s0, a1, s1 = (float(f(grid[i])) for i in (0, -1) for f in (sde.alpha, sde.sigma))
+    out, nfe = fast.ddim(score, sde, x_T, grid)
+    torch.testing.assert_close(out, a1 * m + s1 * (x_T - a0 * m) / s0, rtol=1e-10, atol=1e-10)
+    assert nfe == steps
+
+
+def _gaussian_moments(sde: sd.LinearSDE, u: float) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """``(mean, variance)`` of ``p_u`` for GAUSS data, and ``(alpha_u, sigma_u)``."""
+    uu = torch.tensor(u, dtype=torch.float64)
+    a, s = float(sde.alpha(uu)), float(sde.sigma(uu))
+    return a * GAUSS.means[0].double(), a**2 * GAUSS.stds[0].double() ** 2 + s**2, a, s
+
+
+def test_ancestral_step_is_the_reverse_kernel_mean_with_the_posterior_variance():
+    """One ancestral step ``t -> s`` from exact draws of ``p_t`` (N(m, c^2) data, VP, a long step
+    ``h = 1`` in log-SNR).  With the kernel ``x_t = a x_s + b z`` (``sde.transition``) the true reverse
+    kernel has slope ``E[x_s | x_t]' = a V_s / V_t`` and variance ``V_s - a^2 V_s^2 / V_t``.  The step
+    q(x_s | x_t, x0_hat) has that exact mean but the posterior variance ``sigma_s^2 b^2 / sigma_t^2``,
+    short of the true one by ``B^2 Cov[x0 | x_t]`` (``B = alpha_s b^2 / sigma_t^2``,
+    ``Cov = c^2 sigma_t^2 / V_t``): the marginal variance after the step is ``V_s - B^2 Cov``, not
+    ``V_s`` (the scheme's first-order bias)."""
+    sde, t, s, n = sd.VPSDE(), 0.5, 0.3, 50_000
+    gen = torch.Generator().manual_seed(4)
+    x_t = GAUSS.diffused(sde, t).sample(n, generator=gen, dtype=torch.float64)[0]
+    x_s = pc.ancestral(CountedScore(GAUSS.score_fn(sde)), sde, x_t, t, s, 1.0, gen)
+    (_, var_t, _, sig_t), (mu_s, var_s, a_s, sig_s) = _gaussian_moments(sde, t), _gaussian_moments(sde, s)
+    a, b = (float(v) for v in sde.transition(s, t))
+    deficit = (a_s * b**2 / sig_t**2) ** 2 * GAUSS.stds[0].double() ** 2 * sig_t**2 / var_t
+    slope = ((x_s - x_s.mean(0)) * (x_t - x_t.mean(0))).mean(0) / x_t.var(0)
+    resid = (x_s - slope * x_t).var(0)
+    # standard errors at n = 50000: mean sqrt(V/n); a variance's relative s.e. sqrt(2/n) = 0.63%;
+    # the slope's sqrt(resid / (n V_t)); every check at 4 s.e.
+    torch.testing.assert_close(slope, a * var_s / var_t, rtol=0, atol=4 * float((resid / (n * var_t)).sqrt().max()))
+    posterior_var = (sig_s * b / sig_t) ** 2 * torch.ones(2, dtype=torch.float64)
+    torch.testing.assert_close(resid, posterior_var, rtol=4 * (2 / n) ** 0.5, atol=0)
+    torch.testing.assert_close(x_s.mean(0), mu_s, rtol=0, atol=4 * float((var_s / n).sqrt().max()))
+    torch.testing.assert_close(x_s.var(0), var_s - deficit, rtol=4 * (2 / n) ** 0.5, atol=0)
+    assert (deficit / var_s > 16 * (2 / n) ** 0.5).all()  # 10-21% short: the bias is visible
+
+
+def ancestral_variance(sde: sd.LinearSDE, grid: torch.Tensor) -> torch.Tensor:
+    """Per-axis variance after ancestral sampling of GAUSS data with the exact score from the prior,
+    from the kernel ``x_t = a x_s + b z``: each step is ``x_s = k x_t + (sigma_s b / sigma_t) z`` with
+    ``k = a sigma_s^2 / sigma_t^2 + (alpha_s b^2 / sigma_t^2) alpha_t c^2 / V_t`` (posterior mean at ``x0_hat``)."""
+    c2 = GAUSS.stds[0].double() ** 2
+    var = sde.sigma(grid[0]) ** 2 * torch.ones_like(c2)
+    for t, s in zip(grid[:-1], grid[1:]):
+        a, b = sde.transition(s, t)
+        a_t, sig_t, a_s, sig_s = sde.alpha(t), sde.sigma(t), sde.alpha(s), sde.sigma(s)
+        k = a * sig_s**2 / sig_t**2 + (a_s * b**2 / sig_t**2) * a_t * c2 / (a_t**2 * c2 + sig_t**2)
+        var = k**2 * var + (sig_s * b / sig_t) ** 2
+    return var
+
+
+def test_ancestral_variance_bias_is_first_order():
+    """Whole ancestral runs on N(m, c^2) data from the prior to ``eps`` (VP, log-SNR grid): the final
+    variance is the closed form of :func:`ancestral_variance`, short of ``V_eps`` by about one
+    log-SNR step ``h`` (each step misses ``B^2 Cov = O(h^2)``), so doubling the steps halves it."""
+    sde, n, steps = sd.VPSDE(), 200_000, 64
+    _, var_eps, _, _ = _gaussian_moments(sde, sde.eps)
+    x, _ = sd.sample(GAUSS.score_fn(sde), sde, (n, 2), method="ancestral", steps=steps, schedule="log-snr",
+                     dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    grid = grids.log_snr_uniform(sde, steps)
+    # a variance's relative s.e. is sqrt(2 / n) = 0.32%; 4 s.e., against a 13.6% shortfall
+    torch.testing.assert_close(x.var(0), ancestral_variance(sde, grid), rtol=4 * (2 / n) ** 0.5, atol=0)
+    shortfall = [float((1 - ancestral_variance(sde, grids.log_snr_uniform(sde, m)) / var_eps).mean())
+                 for m in (64, 128)]
+    h = float(sde.log_snr(grid[-1]) - sde.log_snr(grid[0])) / steps
+    assert 0.8 < shortfall[0] / h < 1.2  # about one log-SNR step (0.91 here)
+    assert abs(math.log2(shortfall[0] / shortfall[1]) - 1) < 0.15  # first order (0.93 here)
 
 
 def test_multistep_weights_integrate_polynomials_exactly():
