@@ -345,9 +345,9 @@ def sweep(spec: Spec, refs: Targets, maps: ExactMaps | None, nfes: list[int], ea
         if maps is not None:
             row |= map_gap(refs[spec.target], maps[spec.target], x)
         rows.append({k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()})
+        to_map = f" (to the map {row['gap_map']:+.4f})" if "gap_map" in row else ""
         print(f"  {spec.impl:>13} {spec.name:<16} nfe {used:5d}  sw {row['sw']:.4f} tv {row['tv']:.4f} "
-              f"gap {row['gap']:+.4f}±{row['gap_se']:.4f} (to the map {row.get('gap_map', math.nan):+.4f})  "
-              f"at_floor={row['at_floor']}  {wall:.1f}s",
+              f"gap {row['gap']:+.4f}±{row['gap_se']:.4f}{to_map}  at_floor={row['at_floor']}  {wall:.1f}s",
               file=sys.stderr, flush=True)
         if early_stop and len(rows) >= 2 and rows[-1]["at_floor"] and rows[-2]["at_floor"]:
             break
