@@ -41,6 +41,7 @@ from torch import Tensor
 from scoresde import config as C
 from scoresde import data as D
 from scoresde import likelihood as L
+from scoresde.rk import NORMS
 from scoresde._tensor import append_dims, as_batch_time, check_choice
 
 #: Modules that register more sub-commands with ``add_cli(subparsers)`` (skipped if absent).
@@ -453,7 +454,7 @@ def _cmd_likelihood(args: argparse.Namespace) -> int:
                                 divergence=args.divergence or ev.divergence, method=args.method or ev.ode_method,
                                 rtol=args.rtol or ev.rtol,
                                 atol=args.atol or ev.atol, seed=args.seed, progress=not args.quiet,
-                                **{k: v for k in ("prior", "eps") if (v := getattr(args, k)) is not None})
+                                **{k: v for k in ("prior", "eps", "error_norm") if (v := getattr(args, k)) is not None})
     print(f"{args.split}: {res['mean']:.4f} ± {res['stderr']:.4f} {res['unit']} over {res['n']} items "
           f"({res['nfe_per_batch']:.0f} NFE per batch) -> {results}")
     return 0
@@ -589,6 +590,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prior", choices=("corrected", "gaussian"),
                    help="prior term of log p (default: scoresde.likelihood.log_likelihood's)")
     p.add_argument("--eps", type=float, help="start time of the ODE (default: the SDE's eps)")
+    p.add_argument("--error-norm", choices=NORMS,
+                   help="ODE error over the whole batch or per sample (default: batch)")
     p.add_argument("--out", help="partial-results file, resumed when present (default RUN/likelihood_SPLIT_stepN.json)")
     p.set_defaults(func=_cmd_likelihood)
 

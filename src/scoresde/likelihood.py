@@ -70,7 +70,10 @@ such as :class:`~scoresde.sde.RectifiedFlow`, whose drift is singular at ``T``: 
 **Error control.**  The solver state is the flat ``(B, D + 1)`` tensor ``[y, l / D]``: ``rtol``
 and ``atol`` bound the RMS, over the batch, of the local error of each state coordinate and of the
 log-density *per dimension* (the paper's norm, that of scipy's ``solve_ivp``, with the log-density
-divided by ``D`` so that a tolerance means the same thing in 2 and in 3072 dimensions).  The default
+divided by ``D`` so that a tolerance means the same thing in 2 and in 3072 dimensions);
+``error_norm="sample"`` takes the RMS over each sample's row and steps by the worst one, so that
+no sample is left less accurate than asked (on the 2-D ring at ``1e-3``: worst sample 1.1e-4
+instead of 5.5e-4 nats/dim, 102 NFE instead of 75).  The default
 solver is :mod:`scoresde.rk`'s Bogacki--Shampine 3(2) pair with a PI step-size controller, which on
 this ODE rarely rejects a step (with the elementary controller of torchdiffeq and scipy, dopri5
 spent 18 of 64 NFE on rejected steps on the 64-D oracle mixture); ``method="dopri5"`` is the Dormand--Prince 5(4) pair
@@ -107,7 +110,7 @@ from tqdm.auto import tqdm
 
 from ._tensor import append_dims, as_batch_time, batch_sum, check_choice, check_finite, check_positive
 from .data import dequantize
-from .rk import PAIRS, solve_adaptive
+from .rk import NORMS, PAIRS, solve_adaptive
 from .score import ScoreFn
 from .sde import SDE, VPSDE, LinearSDE
 
@@ -296,17 +299,25 @@ def _check_input(x: Tensor, sde: SDE, time_variable: str) -> None:
         raise ValueError("time_variable='log-snr' needs a LinearSDE; use time_variable='t' for other SDEs")
 
 
+def _sample_rms_max(ratio: Tensor) -> Tensor:
+    """The largest per-row RMS of a scaled error ``(B, D + 1)``: torchdiffeq's form of ``norm="sample"``."""
+    return ratio.square().mean(1).max().sqrt()
+
+
 def _solve(rhs: Callable[[float, Tensor], Tensor], state: Tensor, u0: float, u1: float, method: str,
-           rtol: float, atol: float, max_steps: int) -> Tensor:
+           rtol: float, atol: float, norm: str, max_steps: int) -> Tensor:
     """``state`` at ``u1``: :func:`scoresde.rk.solve_adaptive` (PI control) for ``"bosh3"`` and
     ``"dopri5"``, torchdiffeq's ``odeint`` for ``"torchdiffeq:<method>"``; both bound the RMS error
-    over the whole flat state (the paper's norm, that of scipy's ``solve_ivp``)."""
+    over the whole flat state (``norm="batch"``: the paper's norm, that of scipy's ``solve_ivp``) or
+    over each sample's row (``"sample"``)."""
     if method in PAIRS:
-        return solve_adaptive(rhs, state, u0, u1, PAIRS[method], rtol=rtol, atol=atol, max_steps=max_steps)[0]
+        return solve_adaptive(rhs, state, u0, u1, PAIRS[method], rtol=rtol, atol=atol, norm=norm,
+                              max_steps=max_steps)[0]
     grid = torch.tensor([u0, u1], dtype=state.dtype, device=state.device)
+    options = {"max_num_steps": max_steps, **({"norm": _sample_rms_max} if norm == "sample" else {})}
     try:
         return odeint(lambda u, s: rhs(float(u), s), state, grid, rtol=rtol, atol=atol,
-                      method=method.split(":")[1], options={"max_num_steps": max_steps})[-1]
+                      method=method.split(":")[1], options=options)[-1]
     except AssertionError as err:  # torchdiffeq signals the step limit by an assertion
         raise RuntimeError(f"log_likelihood: the ODE solver stopped after max_steps={max_steps} steps ({err})") from err
 
@@ -322,6 +333,7 @@ def log_likelihood(
     rtol: float = 1e-3,
     atol: float = 1e-3,
     method: str = "bosh3",
+    error_norm: str = "batch",
     eps: float | None = None,
     time_variable: str | None = None,
     prior: str = "corrected",
@@ -341,7 +353,10 @@ def log_likelihood(
     for a :class:`~scoresde.sde.LinearSDE`) or ``"t"`` (the default for other SDEs).  ``method``:
     ``"bosh3"`` or ``"dopri5"`` (:func:`scoresde.rk.solve_adaptive`, PI step control) or
     ``"torchdiffeq:<name>"`` (``METHODS``); ``rtol``, ``atol``: its tolerances, per coordinate and
-    per dimension of the log-density (module docstring); ``max_steps`` bounds the step count (a
+    per dimension of the log-density (module docstring), measured over the whole batch
+    (``error_norm="batch"``) or for each sample on its own (``"sample"``: the worst sample sets the
+    step, so no sample's log-density is left less accurate than the tolerance asks; more NFE);
+    ``max_steps`` bounds the step count (a
     stiff ODE raises ``RuntimeError`` instead of running on).  ``min_log_snr``:
     see :func:`end_time`.  ``prior``: ``"corrected"`` (``log N`` plus the score's line integral
     from ``0`` to ``z``, :func:`prior_correction`, ``prior_points`` extra NFE) or ``"gaussian"``
@@ -357,6 +372,7 @@ def log_likelihood(
     check_choice(divergence, DIVERGENCES, "divergence")
     check_choice(method, METHODS, "method")
     check_choice(prior, PRIORS, "prior")
+    check_choice(error_norm, NORMS, "error_norm")
     if prior_points < 1:
         raise ValueError(f"prior_points must be >= 1, got {prior_points}")
     if probes < 1:
@@ -395,7 +411,7 @@ def log_likelihood(
     y0 = chart.to_state(x, torch.tensor(u0, dtype=x.dtype, device=x.device))
     state = torch.cat([y0.flatten(1), y0.new_zeros(x.shape[0], 1)], 1)
     try:
-        state = _solve(rhs, state, u0, u1, method, rtol, atol, max_steps)
+        state = _solve(rhs, state, u0, u1, method, rtol, atol, error_norm, max_steps)
     finally:
         bar.close()
     u_end = torch.tensor(u1, dtype=x.dtype, device=x.device)

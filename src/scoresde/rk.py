@@ -28,6 +28,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from ._tensor import check_choice
+
 Field = Callable[[float, Tensor], Tensor]
 
 
@@ -113,16 +115,23 @@ class AdaptiveStats:
     rejected: int = 0
 
 
-def error_ratio(err: Tensor, x: Tensor, x_new: Tensor, rtol: float, atol: float) -> float:
-    """``RMS(err / (atol + rtol max(|x|, |x_new|)))`` over all entries (one host sync)."""
-    scale = atol + rtol * torch.maximum(x.abs(), x_new.abs())
-    return float(torch.linalg.vector_norm(err / scale) / math.sqrt(err.numel()))
+NORMS = ("batch", "sample")
 
 
-def _first_step(x: Tensor, k0: Tensor, span: float, rtol: float, atol: float) -> float:
+def error_ratio(err: Tensor, x: Tensor, x_new: Tensor, rtol: float, atol: float, norm: str = "batch") -> float:
+    """``RMS(err / (atol + rtol max(|x|, |x_new|)))`` over all entries (``norm="batch"``), or the
+    largest such RMS over the rows ``err[i]`` (``"sample"``: each sample of a batch held to the
+    tolerance on its own).  One host sync."""
+    ratio = err / (atol + rtol * torch.maximum(x.abs(), x_new.abs()))
+    if norm == "batch":
+        return float(torch.linalg.vector_norm(ratio) / math.sqrt(ratio.numel()))
+    return float(ratio.reshape(ratio.shape[0], -1).square().mean(1).max().sqrt())
+
+
+def _first_step(x: Tensor, k0: Tensor, span: float, rtol: float, atol: float, norm: str) -> float:
     """Initial step ``0.01 ||x|| / ||F(t0, x)||`` in the error norm (Hairer--Norsett--Wanner's first
     guess, without its second evaluation), at most the whole span."""
-    d0, d1 = error_ratio(x, x, x, rtol, atol), error_ratio(k0, x, x, rtol, atol)
+    d0, d1 = error_ratio(x, x, x, rtol, atol, norm), error_ratio(k0, x, x, rtol, atol, norm)
     h = 0.01 * d0 / d1 if d0 > 1e-5 and d1 > 1e-5 else 1e-6 * span
     return min(h, span)
 
@@ -136,21 +145,24 @@ def solve_adaptive(
     *,
     rtol: float,
     atol: float,
+    norm: str = "batch",
     max_steps: int = 10_000,
     safety: float = 0.9,
     on_step: Callable[[float, AdaptiveStats], None] | None = None,
 ) -> tuple[Tensor, AdaptiveStats]:
     """``x(t1)`` for ``x' = F(t, x)``, ``x(t0) = x``, by the embedded ``pair`` with the PI controller
-    of the module docstring (either direction of time).  ``field`` takes ``t`` as a Python float.
+    of the module docstring (either direction of time), the error measured by :func:`error_ratio`
+    with ``norm``.  ``field`` takes ``t`` as a Python float.
     A step whose error is not finite is rejected like a too-large one; more than ``max_steps``
     attempted steps raise ``RuntimeError``.  ``on_step(t, stats)`` is called after each accepted step.
     """
+    check_choice(norm, NORMS, "norm")
     tab, q = pair.tableau, pair.tableau.order
     span, sign = abs(t1 - t0), (1.0 if t1 >= t0 else -1.0)
     stats = AdaptiveStats()
     k0 = field(t0, x)
     stats.nfe += 1
-    t, h, err_prev, may_grow = t0, _first_step(x, k0, span, rtol, atol), 1.0, True
+    t, h, err_prev, may_grow = t0, _first_step(x, k0, span, rtol, atol, norm), 1.0, True
     while sign * (t1 - t) > 1e-12 * max(1.0, span):
         if stats.accepted + stats.rejected >= max_steps:
             raise RuntimeError(f"solve_adaptive: more than max_steps={max_steps} steps before t={t1} (at t={t})")
@@ -158,7 +170,7 @@ def solve_adaptive(
         ks = rk_stages(field, tab, x, t, sign * h, k0)
         stats.nfe += len(ks) - 1
         x_new = _combine(x, sign * h, tab.b, ks)
-        err = error_ratio(_combine(torch.zeros_like(x), sign * h, pair.b_err, ks), x, x_new, rtol, atol)
+        err = error_ratio(_combine(torch.zeros_like(x), sign * h, pair.b_err, ks), x, x_new, rtol, atol, norm)
         if not math.isfinite(err) or err > 1.0:
             stats.rejected += 1
             h *= 0.2 if not math.isfinite(err) else max(0.2, safety * err ** (-1 / q))
