@@ -92,6 +92,15 @@ def test_user_yaml_with_base(tmp_path):
     assert cfg.data.name == "rings" and cfg.training.steps == 3 and cfg.model.name == "mlp"
 
 
+def test_a_folder_named_like_a_preset_does_not_shadow_it(tmp_path, monkeypatch):
+    # `scoresde run digits-ve --out digits-ve` next to an earlier `digits-vp` run folder: the
+    # preset's `base: digits-vp` must still name the shipped preset, not the folder.
+    (tmp_path / "digits-vp").mkdir()
+    monkeypatch.chdir(tmp_path)
+    cfg = C.load_config("digits-ve")
+    assert cfg.sde.name == "ve" and cfg.model.name == C.load_config("digits-vp").model.name
+
+
 def test_builders():
     cfg = C.load_config("toy-2d", ["model.width=16", "model.depth=1"])
     model = C.build_model(cfg)

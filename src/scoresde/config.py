@@ -285,7 +285,7 @@ def preset_names() -> list[str]:
 
 def _read_yaml(source: str) -> tuple[dict, str]:
     path = Path(source)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    if path.suffix in (".yaml", ".yml") or path.is_file():  # a folder named like a preset is not a config
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such configuration file")
         text, origin = path.read_text(), str(path)

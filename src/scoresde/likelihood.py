@@ -105,12 +105,11 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 from torch import Tensor
-from torchdiffeq import odeint
 from tqdm.auto import tqdm
 
 from ._tensor import append_dims, as_batch_time, batch_sum, check_choice, check_finite, check_positive
 from .data import dequantize
-from .rk import NORMS, PAIRS, solve_adaptive
+from .rk import ADAPTIVE_METHODS, NORMS, solve
 from .score import ScoreFn
 from .sde import SDE, VPSDE, LinearSDE
 
@@ -118,8 +117,7 @@ DIVERGENCES = ("exact", "hutchinson")
 PROBE_DISTS = ("rademacher", "gaussian")
 TIME_VARIABLES = ("log-snr", "t")
 PRIORS = ("corrected", "gaussian")
-TORCHDIFFEQ_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")  # its adaptive solvers
-METHODS = tuple(PAIRS) + tuple(f"torchdiffeq:{m}" for m in TORCHDIFFEQ_METHODS)
+METHODS = ADAPTIVE_METHODS
 
 
 @dataclass
@@ -299,29 +297,6 @@ def _check_input(x: Tensor, sde: SDE, time_variable: str) -> None:
         raise ValueError("time_variable='log-snr' needs a LinearSDE; use time_variable='t' for other SDEs")
 
 
-def _sample_rms_max(ratio: Tensor) -> Tensor:
-    """The largest per-row RMS of a scaled error ``(B, D + 1)``: torchdiffeq's form of ``norm="sample"``."""
-    return ratio.square().mean(1).max().sqrt()
-
-
-def _solve(rhs: Callable[[float, Tensor], Tensor], state: Tensor, u0: float, u1: float, method: str,
-           rtol: float, atol: float, norm: str, max_steps: int) -> Tensor:
-    """``state`` at ``u1``: :func:`scoresde.rk.solve_adaptive` (PI control) for ``"bosh3"`` and
-    ``"dopri5"``, torchdiffeq's ``odeint`` for ``"torchdiffeq:<method>"``; both bound the RMS error
-    over the whole flat state (``norm="batch"``: the paper's norm, that of scipy's ``solve_ivp``) or
-    over each sample's row (``"sample"``)."""
-    if method in PAIRS:
-        return solve_adaptive(rhs, state, u0, u1, PAIRS[method], rtol=rtol, atol=atol, norm=norm,
-                              max_steps=max_steps)[0]
-    grid = torch.tensor([u0, u1], dtype=state.dtype, device=state.device)
-    options = {"max_num_steps": max_steps, **({"norm": _sample_rms_max} if norm == "sample" else {})}
-    try:
-        return odeint(lambda u, s: rhs(float(u), s), state, grid, rtol=rtol, atol=atol,
-                      method=method.split(":")[1], options=options)[-1]
-    except AssertionError as err:  # torchdiffeq signals the step limit by an assertion
-        raise RuntimeError(f"log_likelihood: the ODE solver stopped after max_steps={max_steps} steps ({err})") from err
-
-
 def log_likelihood(
     score_fn: ScoreFn,
     sde: SDE,
@@ -352,7 +327,7 @@ def log_likelihood(
     estimate is unbiased: ``E[v^T J v] = tr J``).  ``time_variable``: ``"log-snr"`` (the default
     for a :class:`~scoresde.sde.LinearSDE`) or ``"t"`` (the default for other SDEs).  ``method``:
     ``"bosh3"`` or ``"dopri5"`` (:func:`scoresde.rk.solve_adaptive`, PI step control) or
-    ``"torchdiffeq:<name>"`` (``METHODS``); ``rtol``, ``atol``: its tolerances, per coordinate and
+    ``"torchdiffeq:<name>"`` (``METHODS``, :func:`scoresde.rk.solve`); ``rtol``, ``atol``: its tolerances, per coordinate and
     per dimension of the log-density (module docstring), measured over the whole batch
     (``error_norm="batch"``) or for each sample on its own (``"sample"``: the worst sample sets the
     step, so no sample's log-density is left less accurate than the tolerance asks; more NFE);
@@ -399,7 +374,6 @@ def log_likelihood(
         """``d[y, l/D]/du`` for the flat state ``(B, D + 1)``: one forward and its VJPs."""
         nonlocal nfe
         nfe += 1
-        u = min(max(u, min(u0, u1)), max(u0, u1))  # torchdiffeq's first-step probe may overshoot the end
         if progress:
             bar.set_postfix(nfe=nfe, refresh=False)
             bar.update(abs(u - u0) - bar.n)
@@ -411,7 +385,7 @@ def log_likelihood(
     y0 = chart.to_state(x, torch.tensor(u0, dtype=x.dtype, device=x.device))
     state = torch.cat([y0.flatten(1), y0.new_zeros(x.shape[0], 1)], 1)
     try:
-        state = _solve(rhs, state, u0, u1, method, rtol, atol, error_norm, max_steps)
+        state = solve(rhs, state, u0, u1, method, rtol=rtol, atol=atol, norm=error_norm, max_steps=max_steps)
     finally:
         bar.close()
     u_end = torch.tensor(u1, dtype=x.dtype, device=x.device)

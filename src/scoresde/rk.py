@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torchdiffeq
 from torch import Tensor
 
 from ._tensor import check_choice
@@ -186,3 +187,49 @@ def solve_adaptive(
         if on_step is not None:
             on_step(t, stats)
     return x, stats
+
+
+TORCHDIFFEQ_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")  # its adaptive solvers
+ADAPTIVE_METHODS = tuple(PAIRS) + tuple(f"torchdiffeq:{m}" for m in TORCHDIFFEQ_METHODS)
+
+
+def _sample_rms_max(ratio: Tensor) -> Tensor:
+    """torchdiffeq's form of ``norm="sample"``: the largest per-row RMS of a scaled error."""
+    return ratio.reshape(ratio.shape[0], -1).square().mean(1).max().sqrt()
+
+
+def solve(
+    field: Field,
+    x: Tensor,
+    t0: float,
+    t1: float,
+    method: str,
+    *,
+    rtol: float,
+    atol: float,
+    norm: str = "batch",
+    max_steps: int = 10_000,
+) -> Tensor:
+    """``x(t1)`` by an adaptive method of :data:`ADAPTIVE_METHODS`: ``"bosh3"`` and ``"dopri5"`` by
+    :func:`solve_adaptive` (PI control), ``"torchdiffeq:<name>"`` by torchdiffeq's ``odeint``
+    (elementary control; time in float64, float32 on MPS; ``field`` is never called past ``t1``).  Both measure
+    the error with ``norm`` (:func:`error_ratio`); more than ``max_steps`` steps raise ``RuntimeError``."""
+    check_choice(method, ADAPTIVE_METHODS, "method")
+    check_choice(norm, NORMS, "norm")
+    if method in PAIRS:
+        return solve_adaptive(field, x, t0, t1, PAIRS[method], rtol=rtol, atol=atol, norm=norm, max_steps=max_steps)[0]
+    time_dtype = torch.float32 if x.device.type == "mps" else torch.float64  # MPS has no float64
+    span = torch.tensor([t0, t1], dtype=time_dtype, device=x.device)
+    options = {"max_num_steps": max_steps, "step_t": span[1:], "dtype": time_dtype}
+    if norm == "sample":
+        options["norm"] = _sample_rms_max
+    lo, hi = min(t0, t1), max(t0, t1)
+
+    def clamped(t: Tensor, y: Tensor) -> Tensor:  # torchdiffeq's first-step probe may overshoot t1
+        return field(min(max(float(t), lo), hi), y)
+
+    try:
+        return torchdiffeq.odeint(clamped, x, span, rtol=rtol, atol=atol, method=method.split(":")[1],
+                                  options=options)[-1]
+    except AssertionError as err:  # torchdiffeq signals the step limit by an assertion
+        raise RuntimeError(f"the ODE solver stopped after max_steps={max_steps} steps ({err})") from err

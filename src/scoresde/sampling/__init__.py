@@ -6,7 +6,7 @@ A sampler is a plain function ``(score_fn, sde, x_T, grid, *, generator, callbac
 * :mod:`.pc` -- predictor-corrector on the reverse SDE (Euler--Maruyama, reverse diffusion,
   ancestral, SRA1 stochastic Runge--Kutta; Langevin, Metropolis-adjusted Langevin, annealed
   Langevin, HMC);
-* :mod:`.ode` -- the probability-flow ODE (adaptive torchdiffeq, fixed Euler/Heun/RK4), encode/decode;
+* :mod:`.ode` -- the probability-flow ODE (adaptive with PI step control or torchdiffeq, fixed Euler/Heun/RK4), encode/decode;
 * :mod:`.fast` -- DDIM and the eta family, DPM-Solver++ multistep (2M, 3M, UniPC-style corrector),
   EDM Heun;
 * :mod:`.grids` -- time-uniform, log-SNR-uniform and Karras schedules.
