@@ -140,6 +140,18 @@ def test_errors_are_one_line_and_debug_raises(tmp_path, capsys):
         cli.main(["--debug", "train", "no-such-preset", "--out", str(tmp_path / "x")])
 
 
+def test_overrides_may_follow_the_options(capsys):
+    # key=value tokens after --out join the overrides; anything else stays an argparse error (exit 2)
+    parser = cli.build_parser()
+    args = cli.parse_args(parser, ["train", "toy-2d", "training.steps=3", "--out", "d", "training.lr=0.01"])
+    assert args.overrides == ["training.steps=3", "training.lr=0.01"] and args.out == "d"
+    with pytest.raises(SystemExit) as stop:
+        cli.parse_args(parser, ["train", "toy-2d", "--out", "d", "--no-such-flag"])
+    assert stop.value.code == 2 and "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.parse_args(parser, ["presets", "training.steps=3"])  # presets takes no overrides
+
+
 def test_help_lists_every_command(capsys):
     with pytest.raises(SystemExit) as stop:
         cli.main(["--help"])

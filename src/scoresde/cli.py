@@ -638,12 +638,25 @@ def _module_exists(name: str) -> bool:
         return False
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """``parser.parse_args`` that also takes ``key=value`` overrides after the options
+    (``scoresde train PRESET --out DIR training.steps=10``): argparse alone stops collecting a
+    positional list at the first option, so such tokens are appended to ``args.overrides``."""
+    args, extra = parser.parse_known_args(argv)
+    stray = [tok for tok in extra if tok.startswith("-") or "=" not in tok]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``scoresde``; returns the exit status (2 on a user error)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
-        args = build_parser().parse_args(argv)
+        args = parse_args(build_parser(), argv)
         if args.threads:
             torch.set_num_threads(args.threads)
         return int(args.func(args) or 0)
