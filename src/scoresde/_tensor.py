@@ -53,6 +53,13 @@ def check_positive(value: float, name: str) -> float:
     return value
 
 
+def check_int(value: int, name: str, minimum: int) -> int:
+    """Return ``value``; ``ValueError`` naming it unless it is an integer ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
 def check_finite(x: Tensor, name: str = "x") -> Tensor:
     """Return ``x``; raise ``ValueError`` naming it if it holds NaN or infinite values."""
     if not torch.isfinite(x).all():

@@ -29,10 +29,9 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ._tensor import check_batch, check_finite
+from ._tensor import check_batch, check_finite, check_int
 from .losses import FlowMatchingLoss, Model
 from .sampling import sample
-from .sampling._common import check_int
 from .score import Parameterization, ScoreFn
 from .sde import LinearSDE, RectifiedFlow
 

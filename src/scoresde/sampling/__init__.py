@@ -24,9 +24,9 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .._tensor import check_choice
+from .._tensor import check_choice, check_int
 from ..sde import SDE, LinearSDE
-from ._common import CountedScore, SampleInfo, check_int, denoise as tweedie
+from ._common import CountedScore, SampleInfo, denoise as tweedie
 from .fast import ddim, dpm_solver_pp, edm_heun
 from .grids import SCHEDULES, check_grid, make_grid
 from .ode import decode, encode, ode_adaptive, ode_fixed, slerp

@@ -52,13 +52,6 @@ class CountedScore:
         return out
 
 
-def check_int(value: int, name: str, minimum: int) -> int:
-    """Return ``value``; ``ValueError`` naming it unless it is an integer ``>= minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
 def coeffs(sde: LinearSDE, t: float) -> tuple[float, float]:
     """``(alpha(t), sigma(t))`` as float64 Python numbers."""
     tt = torch.tensor(t, dtype=torch.float64)

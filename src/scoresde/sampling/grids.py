@@ -29,8 +29,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._tensor import check_int
 from ..sde import SDE, LinearSDE
-from ._common import check_int, log_snr
+from ._common import log_snr
 
 
 def default_t_max(sde: SDE) -> float:

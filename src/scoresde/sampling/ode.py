@@ -18,10 +18,10 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .._tensor import append_dims, as_batch_time, batch_sum, check_choice, check_positive
+from .._tensor import append_dims, as_batch_time, batch_sum, check_choice, check_int, check_positive
 from ..rk import ADAPTIVE_METHODS, TABLEAUS, rk_step, solve
 from ..sde import SDE, LinearSDE
-from ._common import CountedScore, SampleInfo, apply_callback, check_int, steps_of
+from ._common import CountedScore, SampleInfo, apply_callback, steps_of
 from .grids import default_t_max
 
 

@@ -45,9 +45,9 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .._tensor import append_dims, as_batch_time, batch_sum, check_choice
+from .._tensor import append_dims, as_batch_time, batch_sum, check_choice, check_int
 from ..sde import SDE, LinearSDE
-from ._common import CountedScore, apply_callback, check_int, coeffs, denoise, randn_like, steps_of
+from ._common import CountedScore, apply_callback, coeffs, denoise, randn_like, steps_of
 from .fast import check_eta, eta_step
 
 
