@@ -299,6 +299,8 @@ def test_evaluate_bpd_resumes_to_the_same_result(tmp_path):
     assert full.values[:4] == pytest.approx(by_hand.tolist(), abs=1e-6)
     with pytest.raises(ValueError, match="resume_path"):
         sd.evaluate_bpd(gmm.score_fn(sde), sde, batches, resume_path=path, **{**opts, "levels": 256})
+    with pytest.raises(ValueError, match="resume_path"):  # other solver settings would mix two estimators
+        sd.evaluate_bpd(gmm.score_fn(sde), sde, batches, resume_path=path, **{**opts, "rtol": 1e-3})
 
 
 @pytest.mark.parametrize("method,gain", [("bosh3", 2.0), ("torchdiffeq:bosh3", 1.0)])
