@@ -265,10 +265,11 @@ def rf_ode_specs(make: ScoreMaker, rf: sd.RectifiedFlow, z: Tensor, tol: float) 
     O = lambda m, **o: ours(make, rf, z, m, **o)  # noqa: E731
     return [
         Spec("flow_matching", "euler", F("euler"), pair="ode-euler", target="rf"),
-        Spec("flow_matching", "midpoint", F("midpoint"), 2.0, pair="ode-heun", target="rf"),
+        Spec("flow_matching", "midpoint", F("midpoint"), 2.0, pair="ode-midpoint", target="rf"),
         Spec("flow_matching", f"dopri5@{tol:g}", F("dopri5"), pair=f"ode@{tol:g}", target="rf", adaptive=True),
         Spec("ours", "ode-euler", O("ode-euler", schedule="time-uniform"), target="rf"),
         Spec("ours", "ode-heun", O("ode-heun", schedule="time-uniform"), 2.0, target="rf"),
+        Spec("ours", "ode-midpoint", O("ode-midpoint", schedule="time-uniform"), 2.0, target="rf"),
         Spec("ours", f"ode@{tol:g}", O("ode", rtol=tol, atol=tol), target="rf", adaptive=True),
         Spec("ours", "dpm-solver++3m", O("dpm-solver++3m"), target="rf"),
     ]

@@ -274,7 +274,7 @@ def test_bad_input_names_the_argument():
 
 
 # -- sampling, couplings and likelihood through the generic routines -----------------------------
-DETERMINISTIC = ["ode", "ode-euler", "ode-heun", "ode-rk4", "ddim", "heun", "dpm-solver++", "dpm-solver++2m", "unipc"]
+DETERMINISTIC = ["ode", "ode-euler", "ode-heun", "ode-midpoint", "ode-rk4", "ddim", "heun", "dpm-solver++", "dpm-solver++2m", "unipc"]
 
 
 @pytest.mark.parametrize("method", DETERMINISTIC)

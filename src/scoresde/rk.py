@@ -56,6 +56,7 @@ class EmbeddedPair:
 TABLEAUS: dict[str, Tableau] = {
     "euler": Tableau(c=(0.0,), a=((),), b=(1.0,), order=1),
     "heun": Tableau(c=(0.0, 1.0), a=((), (1.0,)), b=(0.5, 0.5), order=2),
+    "midpoint": Tableau(c=(0.0, 0.5), a=((), (0.5,)), b=(0.0, 1.0), order=2),
     "rk4": Tableau(c=(0.0, 0.5, 0.5, 1.0), a=((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)), b=(1 / 6, 1 / 3, 1 / 3, 1 / 6), order=4),
 }
 

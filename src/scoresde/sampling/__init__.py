@@ -6,7 +6,7 @@ A sampler is a plain function ``(score_fn, sde, x_T, grid, *, generator, callbac
 * :mod:`.pc` -- predictor-corrector on the reverse SDE (Euler--Maruyama, reverse diffusion,
   ancestral, SRA1 stochastic Runge--Kutta; Langevin, Metropolis-adjusted Langevin, annealed
   Langevin, HMC);
-* :mod:`.ode` -- the probability-flow ODE (adaptive with PI step control or torchdiffeq, fixed Euler/Heun/RK4), encode/decode;
+* :mod:`.ode` -- the probability-flow ODE (adaptive with PI step control or torchdiffeq, fixed Euler/Heun/midpoint/RK4), encode/decode;
 * :mod:`.fast` -- DDIM and the eta family, DPM-Solver++ multistep (2M, 3M, UniPC-style corrector),
   EDM Heun;
 * :mod:`.grids` -- time-uniform, log-SNR-uniform and Karras schedules.
@@ -59,9 +59,10 @@ METHODS: dict[str, Method] = {
     "pc": Method(pc_sample, 1000, "time-uniform", _pc("reverse-diffusion", "langevin")),
     "annealed-langevin": Method(pc_sample, 200, "time-uniform", _pc("none", "annealed-langevin", corrector_steps=5)),
     "ode": Method(ode_adaptive, 1, "time-uniform", linear_only=False),
-    "ode-euler": Method(ode_fixed, 500, "log-snr", {"scheme": "euler"}),
-    "ode-heun": Method(ode_fixed, 50, "log-snr", {"scheme": "heun"}),
-    "ode-rk4": Method(ode_fixed, 25, "log-snr", {"scheme": "rk4"}),
+    "ode-euler": Method(ode_fixed, 500, "log-snr-window", {"scheme": "euler"}),
+    "ode-heun": Method(ode_fixed, 50, "log-snr-window", {"scheme": "heun"}),
+    "ode-midpoint": Method(ode_fixed, 50, "log-snr-window", {"scheme": "midpoint"}),
+    "ode-rk4": Method(ode_fixed, 25, "log-snr-window", {"scheme": "rk4"}),
     "ddim": Method(ddim, 50, "log-snr-window"),
     "heun": Method(edm_heun, 18, "karras"),
     "dpm-solver++": Method(dpm_solver_pp, 20, "log-snr-window", {"order": 3}),

@@ -6,7 +6,7 @@
   device; the score function is wrapped and counted, and ``max_nfe`` bounds the work (a stiff
   problem raises ``RuntimeError`` instead of running forever).
 * :func:`ode_fixed` -- explicit Runge--Kutta on a fixed grid in ``t``, methods given as Butcher
-  tableaus with their declared order (Euler 1, Heun 2, RK4 4; a test checks the orders).
+  tableaus with their declared order (Euler 1, Heun and midpoint 2, RK4 4; a test checks the orders).
 * :func:`encode` / :func:`decode` -- the identifiable latent code: integrate data ``x(eps)`` to
   ``z = x(T)`` and back; :func:`slerp` interpolates latents on the sphere.
 """
@@ -46,7 +46,7 @@ def ode_fixed(
     progress: bool = False,
 ) -> tuple[Tensor, int]:
     """Integrate the probability-flow ODE over ``grid`` in ``t`` with the named tableau
-    (``euler``, ``heun``, ``rk4``; NFE = stages x steps).  Deterministic: ``generator`` is unused."""
+    (``euler``, ``heun``, ``midpoint``, ``rk4``; NFE = stages x steps).  Deterministic: ``generator`` is unused."""
     tableau = TABLEAUS[check_choice(scheme, list(TABLEAUS), "scheme")]
     score = CountedScore(score_fn)
     field = probability_flow(score, sde)
