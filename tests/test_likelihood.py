@@ -320,3 +320,17 @@ def test_sample_error_norm_tightens_the_worst_sample(method, gain):
     assert worst["sample"] < worst["batch"] / gain and nfe["sample"] > nfe["batch"]
     with pytest.raises(ValueError, match="error_norm"):
         sd.log_likelihood(gmm.score_fn(sde), sde, x, method=method, error_norm="max")
+
+
+def test_a_model_returning_nan_is_reported_not_integrated():
+    # A score that turns NaN past t = 0.3: the likelihood solve stops with the time, not with a
+    # generic step-limit error (and not with NaN log-densities).
+    sde = SDES["vp"]()
+    gmm, x = _data("ring2d", 8)
+    exact = gmm.score_fn(sde)
+
+    def broken(y, t):
+        return exact(y, t) * torch.where(t > 0.3, float("nan"), 1.0)[:, None]
+
+    with pytest.raises(FloatingPointError, match="non-finite values from the field"):
+        sd.log_likelihood(broken, sde, x)

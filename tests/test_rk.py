@@ -111,3 +111,19 @@ def test_sample_norm_holds_every_row_to_the_tolerance():
         worst[norm] = float(((x - truth) / truth).abs().max())
     assert worst["sample"] < 30 * tol
     assert worst["sample"] < worst["batch"] / 4
+
+
+def test_non_finite_field_is_reported_with_its_time():
+    # NaN from t = 0.5 on: steps into it are rejected and cut, steps short of it are accepted, so
+    # the solver creeps up to 0.5 until the step falls below MIN_STEP; then it names the place
+    # and the cause instead of running to max_steps.
+    def nan_after_half(t: float, x: torch.Tensor) -> torch.Tensor:
+        return x * (float("nan") if t > 0.5 else 1.0)
+
+    with pytest.raises(FloatingPointError, match="non-finite values from the field near t=0.5"):
+        solve_adaptive(nan_after_half, torch.ones(3, dtype=DT), 0.0, 1.0, PAIRS["bosh3"], rtol=1e-6, atol=1e-6)
+    with pytest.raises(FloatingPointError, match="field .* non-finite values at t=0.6"):
+        solve_adaptive(nan_after_half, torch.ones(3, dtype=DT), 0.6, 1.0, PAIRS["bosh3"], rtol=1e-6, atol=1e-6)
+    with pytest.raises(FloatingPointError, match="initial state"):
+        solve_adaptive(field, torch.tensor([1.0, float("inf")], dtype=DT), 0.0, 1.0, PAIRS["bosh3"],
+                       rtol=1e-6, atol=1e-6)

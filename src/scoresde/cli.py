@@ -663,7 +663,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("scoresde: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
+    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, FloatingPointError) as err:
         if debug:
             raise
         print(f"scoresde: error: {err}", file=sys.stderr)

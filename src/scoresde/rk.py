@@ -118,6 +118,7 @@ class AdaptiveStats:
 
 
 NORMS = ("batch", "sample")
+MIN_STEP = 1e-12  # relative to max(1, |t|, span): below it solve_adaptive stops (4500 float64 ulps)
 
 
 def error_ratio(err: Tensor, x: Tensor, x_new: Tensor, rtol: float, atol: float, norm: str = "batch") -> float:
@@ -130,10 +131,14 @@ def error_ratio(err: Tensor, x: Tensor, x_new: Tensor, rtol: float, atol: float,
     return float(ratio.reshape(ratio.shape[0], -1).square().mean(1).max().sqrt())
 
 
-def _first_step(x: Tensor, k0: Tensor, span: float, rtol: float, atol: float, norm: str) -> float:
+def _first_step(x: Tensor, k0: Tensor, t0: float, span: float, rtol: float, atol: float, norm: str) -> float:
     """Initial step ``0.01 ||x|| / ||F(t0, x)||`` in the error norm (Hairer--Norsett--Wanner's first
-    guess, without its second evaluation), at most the whole span."""
+    guess, without its second evaluation), at most the whole span; ``FloatingPointError`` if the
+    state or the field at ``t0`` is not finite."""
     d0, d1 = error_ratio(x, x, x, rtol, atol, norm), error_ratio(k0, x, x, rtol, atol, norm)
+    if not (math.isfinite(d0) and math.isfinite(d1)):
+        what = "initial state" if not math.isfinite(d0) else "field (the model's output)"
+        raise FloatingPointError(f"solve_adaptive: the {what} holds non-finite values at t={t0}")
     h = 0.01 * d0 / d1 if d0 > 1e-5 and d1 > 1e-5 else 1e-6 * span
     return min(h, span)
 
@@ -155,7 +160,9 @@ def solve_adaptive(
     """``x(t1)`` for ``x' = F(t, x)``, ``x(t0) = x``, by the embedded ``pair`` with the PI controller
     of the module docstring (either direction of time), the error measured by :func:`error_ratio`
     with ``norm``.  ``field`` takes ``t`` as a Python float.
-    A step whose error is not finite is rejected like a too-large one; more than ``max_steps``
+    A step whose error is not finite is rejected and retried 5x shorter.  A rejected step shorter
+    than ``MIN_STEP`` (relative) raises ``FloatingPointError`` naming the time and the cause: NaN/inf
+    from the field, or a singular field the steps cannot get past.  More than ``max_steps``
     attempted steps raise ``RuntimeError``.  ``on_step(t, stats)`` is called after each accepted step.
     """
     check_choice(norm, NORMS, "norm")
@@ -164,7 +171,7 @@ def solve_adaptive(
     stats = AdaptiveStats()
     k0 = field(t0, x)
     stats.nfe += 1
-    t, h, err_prev, may_grow = t0, _first_step(x, k0, span, rtol, atol, norm), 1.0, True
+    t, h, err_prev, may_grow = t0, _first_step(x, k0, t0, span, rtol, atol, norm), 1.0, True
     while sign * (t1 - t) > 1e-12 * max(1.0, span):
         if stats.accepted + stats.rejected >= max_steps:
             raise RuntimeError(f"solve_adaptive: more than max_steps={max_steps} steps before t={t1} (at t={t})")
@@ -176,7 +183,10 @@ def solve_adaptive(
         if not math.isfinite(err) or err > 1.0:
             stats.rejected += 1
             h *= 0.2 if not math.isfinite(err) else max(0.2, safety * err ** (-1 / q))
-            may_grow = False
+            may_grow, nonfinite = False, not math.isfinite(err)
+            if h < MIN_STEP * max(1.0, abs(t), span):
+                cause = "non-finite values from the field" if nonfinite else "step size underflow (a stiff or singular field)"
+                raise FloatingPointError(f"solve_adaptive: {cause} near t={t:.9g}")
             continue
         err = max(err, 1e-10)
         factor = min(10.0 if may_grow else 1.0, max(0.2, safety * err ** (-0.7 / q) * err_prev ** (0.4 / q)))
