@@ -80,10 +80,11 @@ spent 18 of 64 NFE on rejected steps on the 64-D oracle mixture); ``method="dopr
 under the same controller, and ``"torchdiffeq:<name>"`` runs torchdiffeq's adaptive solvers.
 Once the prior is corrected the tolerance, not a bias, sets the total error, so set it by the
 target.  The default (bosh3, ``rtol = atol = 1e-3``) leaves about 2e-4 nats/dim on the 64-D
-oracle mixture in 42 NFE and 5e-5 on the 2-D ring, prior included, where the paper's estimator
-(dopri5 in ``t`` at ``1e-5``, Gaussian prior) spends 86--128 NFE for 2.3e-4--4.5e-3
-(benchmarks/likelihood.py, BENCHMARKS.md).  For tighter targets use dopri5 (``1e-5``: 3e-5 nats/dim
-in 93 NFE on the 64-D mixture).
+oracle mixture in 42 NFE and 7e-5 on the 2-D ring in 75, prior included, where the paper's
+estimator (dopri5 in ``t`` at ``1e-5``, Gaussian prior) spends 86--128 NFE for 2.3e-4--4.5e-3; on
+the trained digits model, 92 NFE per batch against the paper's 286, with 4x less error per image
+against a tight solve (benchmarks/likelihood.py, BENCHMARKS.md).  For tighter targets use dopri5
+(``1e-5``: 3e-5 nats/dim in 93 NFE on the 64-D mixture).
 
 **Cost per NFE.**  One evaluation of the ODE right-hand side is one call of ``score_fn`` under
 autograd plus vector-Jacobian products of its output: one VJP for ``divergence="hutchinson"``
