@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from scoresde import cli
+from scoresde import cli, likelihood
 
 TINY_TOY = ["training.steps=30", "training.batch_size=64", "training.log_every=10", "training.checkpoint_every=20",
             "model.width=16", "model.depth=1", "data.n=400", "sampling.n=50", "evaluation.n_samples=200",
@@ -128,6 +129,23 @@ def test_likelihood_digits_is_resumable(digits_job, tmp_path, capsys):
     resumed = capsys.readouterr().out.splitlines()[-1]
     assert "bits/dim over 4 items" in whole
     assert resumed.split("->")[0] == whole.split("->")[0]
+
+
+def test_likelihood_prior_reference_shifts_by_the_data_constant(digits_job, tmp_path):
+    # --prior-reference N adds C0 = log mean_j exp(-alpha_T^2 |x_j|^2 / (2 sigma_T^2)) over the first N
+    # training digits to every log p: bits/dim move by exactly -C0 / (D log 2), the same for each image.
+    base = ("likelihood", str(digits_job), "--batch", "2", "--limit", "2", "--rtol", "1e-2", "--atol", "1e-2")
+    assert run_cli(*base, "--out", str(tmp_path / "plain.json")) == 0
+    assert run_cli(*base, "--prior-reference", "50", "--out", str(tmp_path / "c0.json")) == 0
+    plain = json.loads((tmp_path / "plain.json").read_text())["values"]
+    shifted = json.loads((tmp_path / "c0.json").read_text())["values"]
+    run = cli.load_run(digits_job)
+    ref = cli.C.build_dataset(run.cfg, "train").x[:50]
+    c0 = likelihood.prior_constant(ref, run.sde, run.sde.T, run.sde.prior_std)
+    expected = -c0 / (ref[0].numel() * math.log(2))
+    assert expected > 2e-5  # a real shift (VP: small), 20x the tolerance below
+    # log p is float32 (~1e2 nats, ulp ~8e-6 nats ~2e-7 bits/dim): 1e-6 is a few ulps
+    assert [b - a for a, b in zip(plain, shifted)] == pytest.approx([expected] * 2, abs=1e-6)
 
 
 def test_errors_are_one_line_and_debug_raises(tmp_path, capsys):

@@ -10,7 +10,7 @@ import torch
 
 import scoresde as sd
 from scoresde.likelihood import (
-    draw_probes, end_time, gaussian_prior_logp, prior_correction, value_and_divergence,
+    draw_probes, end_time, gaussian_prior_logp, prior_constant, prior_correction, value_and_divergence,
 )
 
 PAPER_EPS = 1e-5  # where the paper starts its likelihood integrals
@@ -334,3 +334,27 @@ def test_a_model_returning_nan_is_reported_not_integrated():
 
     with pytest.raises(FloatingPointError, match="non-finite values from the field"):
         sd.log_likelihood(broken, sde, x)
+
+
+def test_prior_constant_from_data_matches_the_closed_form_and_removes_the_ve_floor():
+    # C0 = log p_T(0) - log N(0; 0, sigma_T^2) = log E exp(-alpha_T^2 |x0|^2 / (2 sigma_T^2)): from
+    # 20000 data samples its Monte-Carlo error is ~2e-6 (the exponent varies by ~2e-4 per sample
+    # under VE), so 2e-5 is 10 standard errors.
+    sde = SDES["ve"]()
+    gmm, ref = _data("ring2d", 20000, dtype=torch.float64, seed=7)
+    origin = torch.zeros(1, 2, dtype=torch.float64)
+    exact = float(gmm.log_prob(origin, sde.T, sde) - gaussian_prior_logp(origin, sde.prior_std))
+    assert prior_constant(ref, sde, sde.T, sde.prior_std) == pytest.approx(exact, abs=2e-5)
+    # With it the corrected prior leaves only the solver's error: 4.2e-4 -> 4e-5 nats/dim on the
+    # ring under VE at the default tolerance (256 samples, benchmarks/likelihood.py); bound 32
+    # samples by 1e-4, against >= 3e-4 without the constant.
+    _, x = _data("ring2d", 32)
+    truth = gmm.log_prob(x.double(), sde.eps, sde)
+    plain, _ = sd.log_likelihood(gmm.score_fn(sde), sde, x)
+    with_c0, _ = sd.log_likelihood(gmm.score_fn(sde), sde, x, prior_reference=ref[:4000])
+    assert float((with_c0.double() - truth).abs().mean()) / 2 < 1e-4
+    assert float((plain.double() - truth).abs().mean()) / 2 > 3e-4
+    with pytest.raises(ValueError, match="prior='corrected'"):
+        sd.log_likelihood(gmm.score_fn(sde), sde, x, prior="gaussian", prior_reference=ref)
+    with pytest.raises(ValueError, match="prior_reference"):
+        sd.log_likelihood(gmm.score_fn(sde), sde, x, prior_reference=ref[0])

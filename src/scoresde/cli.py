@@ -247,17 +247,21 @@ def sample_run(run: Run, n: int, *, method: str | None = None, steps: int | None
 
 
 def likelihood_over_split(run: Run, split: str, limit: int | None, batch: int, results: Path, *,
-                          divergence: str, rtol: float, atol: float, seed: int = 0,
+                          divergence: str, rtol: float, atol: float, seed: int = 0, prior_reference: int = 0,
                           progress: bool = True, **likelihood_options: Any) -> dict[str, Any]:
     """Bits/dim of the first ``limit`` items of a split, or NLL in nats/dim for continuous data.
 
     Quantised data goes through :func:`scoresde.likelihood.evaluate_bpd` (uniform
     dequantization, progress bar), which saves its partial results in ``results`` after every
-    batch and resumes from them. ``likelihood_options`` (e.g. ``prior``, ``eps``) go to
-    :func:`scoresde.likelihood.log_likelihood`. Returns the mean, standard error, count and NFE per item.
+    batch and resumes from them. ``prior_reference > 0``: the first that many training items
+    estimate the prior constant ``C0`` (:func:`scoresde.likelihood.prior_constant`).
+    ``likelihood_options`` (e.g. ``prior``, ``eps``) go to :func:`scoresde.likelihood.log_likelihood`.
+    Returns the mean, standard error, count and NFE per item.
     """
     from tqdm.auto import tqdm
 
+    if prior_reference > 0:
+        likelihood_options["prior_reference"] = C.build_dataset(run.cfg, "train").x[:prior_reference].to(run.device)
     ds = C.build_dataset(run.cfg, split)
     n = len(ds) if limit is None else min(limit, len(ds))
     batches = [ds.x[k : min(k + batch, n)].to(run.device) for k in range(0, n, batch)]
@@ -326,7 +330,7 @@ def evaluate_run(run: Run, metrics: Sequence[str], out: Path, *, method: str | N
         partial = out / f"likelihood_{ev.split}_step{run.step}.json"
         lik = likelihood_over_split(run, ev.split, ev.likelihood_n, ev.likelihood_batch, partial,
                                     divergence=ev.divergence, method=ev.ode_method, rtol=ev.rtol, atol=ev.atol,
-                                    seed=seed, progress=progress)
+                                    seed=seed, prior_reference=ev.prior_reference, progress=progress)
         result["likelihood"] = {**lik, "divergence": ev.divergence, "method": ev.ode_method, "seconds": round(time.perf_counter() - t0, 2)}
     return result
 
@@ -454,6 +458,7 @@ def _cmd_likelihood(args: argparse.Namespace) -> int:
                                 divergence=args.divergence or ev.divergence, method=args.method or ev.ode_method,
                                 rtol=args.rtol or ev.rtol,
                                 atol=args.atol or ev.atol, seed=args.seed, progress=not args.quiet,
+                                prior_reference=ev.prior_reference if args.prior_reference is None else args.prior_reference,
                                 **{k: v for k in ("prior", "eps", "error_norm") if (v := getattr(args, k)) is not None})
     print(f"{args.split}: {res['mean']:.4f} ± {res['stderr']:.4f} {res['unit']} over {res['n']} items "
           f"({res['nfe_per_batch']:.0f} NFE per batch) -> {results}")
@@ -590,6 +595,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prior", choices=("corrected", "gaussian"),
                    help="prior term of log p (default: scoresde.likelihood.log_likelihood's)")
     p.add_argument("--eps", type=float, help="start time of the ODE (default: the SDE's eps)")
+    p.add_argument("--prior-reference", type=int, metavar="N",
+                   help="estimate the prior constant C0 from the first N training items (0: off; "
+                        "default: evaluation.prior_reference)")
     p.add_argument("--error-norm", choices=NORMS,
                    help="ODE error over the whole batch or per sample (default: batch)")
     p.add_argument("--out", help="partial-results file, resumed when present (default RUN/likelihood_SPLIT_stepN.json)")

@@ -150,6 +150,7 @@ class EvaluationConfig:
     likelihood_batch: int = _field(100, ge=1, doc="images per likelihood batch")
     divergence: str = _field("hutchinson", choices=("exact", "hutchinson"))
     ode_method: str = _field("bosh3", choices=_likelihood.METHODS, doc="likelihood ODE solver")
+    prior_reference: int = _field(0, ge=0, doc="training items that estimate the prior constant C0 (0: off)")
     rtol: float = _field(1e-3, gt=0, doc="likelihood ODE tolerances (per coordinate and per dimension)")
     atol: float = _field(1e-3, gt=0)
 
