@@ -1,8 +1,9 @@
-"""Plumbing shared by every sampler: counted score evaluations, kernel coefficients at a grid
-time, the Tweedie denoiser, the per-step callback and the progress bar.
+"""Plumbing shared by every sampler: counted score evaluations, kernel coefficients at grid
+times, the Tweedie denoiser, the per-step callback and the progress bar.
 
-Grid times are Python floats (float64); coefficients are computed once per step in float64 on
-the CPU and enter the state's arithmetic as Python scalars, so the state never leaves its device.
+Grid times are float64; coefficients are computed in float64 on the CPU (for a whole grid at once
+with :func:`kernel_at`, or at one time with :func:`coeffs`) and enter the state's arithmetic as
+Python scalars, so the state never leaves its device.
 """
 
 from __future__ import annotations
@@ -52,6 +53,28 @@ class CountedScore:
         return out
 
 
+@dataclass(frozen=True)
+class Kernel:
+    """The kernel ``x_t = alpha x_0 + sigma z`` at a sequence of times: ``t``, ``alpha(t)``,
+    ``sigma(t)`` and ``lam = log(alpha / sigma)``, each a 1-D float64 CPU tensor."""
+
+    t: Tensor
+    alpha: Tensor
+    sigma: Tensor
+    lam: Tensor
+
+
+def kernel_at(sde: LinearSDE, times: Tensor | list[float]) -> Kernel:
+    """:class:`Kernel` at ``times``, evaluated once for all of them (vectorised, float64)."""
+    t = torch.as_tensor(times, dtype=torch.float64).cpu()
+    return Kernel(t, sde.alpha(t).double(), sde.sigma(t).double(), sde.log_snr(t).double())
+
+
+def device_times(times: Tensor, x: Tensor) -> tuple[Tensor, ...]:
+    """``times`` as 0-d tensors in ``x``'s dtype and device, converted once before a solver loop."""
+    return times.to(dtype=x.dtype, device=x.device).unbind()
+
+
 def coeffs(sde: LinearSDE, t: float) -> tuple[float, float]:
     """``(alpha(t), sigma(t))`` as float64 Python numbers."""
     tt = torch.tensor(t, dtype=torch.float64)
@@ -63,10 +86,15 @@ def log_snr(sde: LinearSDE, t: float) -> float:
     return float(sde.log_snr(torch.tensor(t, dtype=torch.float64)))
 
 
+def tweedie(x: Tensor, score: Tensor, alpha: float, sigma: float) -> Tensor:
+    """Tweedie's ``x0_hat = E[x_0 | x_t] = (x + sigma^2 s) / alpha`` from a score value ``s``
+    (two fused passes over the state; neither input is modified)."""
+    return torch.add(x, score, alpha=sigma * sigma).div_(alpha)
+
+
 def denoise(score: CountedScore, sde: LinearSDE, x: Tensor, t: float) -> Tensor:
-    """Tweedie's ``x0_hat = E[x_0 | x_t] = (x + sigma^2 s(x, t)) / alpha`` (one NFE)."""
-    a, s = coeffs(sde, t)
-    return (x + s * s * score(x, t)) / a
+    """:func:`tweedie` with the score evaluated at ``(x, t)`` (one NFE)."""
+    return tweedie(x, score(x, t), *coeffs(sde, t))
 
 
 def randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -74,11 +102,11 @@ def randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
     return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
 
-def apply_callback(callback: Callback | None, step: int, t: float, x: Tensor) -> Tensor:
+def apply_callback(callback: Callback | None, step: int, t: float | Tensor, x: Tensor) -> Tensor:
     """Call ``callback(step, t, x)`` after a step; a returned tensor replaces the state."""
     if callback is None:
         return x
-    out = callback(step, torch.tensor(t, dtype=x.dtype, device=x.device), x)
+    out = callback(step, torch.as_tensor(t, dtype=x.dtype, device=x.device), x)
     if out is None:
         return x
     if out.shape != x.shape:
@@ -86,9 +114,13 @@ def apply_callback(callback: Callback | None, step: int, t: float, x: Tensor) ->
     return out
 
 
+def step_range(n: int, progress: bool) -> Iterable[int]:
+    """``0 .. n-1``, with a tqdm bar when ``progress``."""
+    return tqdm(range(n), disable=not progress, desc="sampling", leave=False)
+
+
 def steps_of(grid: Tensor, progress: bool) -> Iterable[tuple[int, float, float]]:
     """``(i, t_i, t_{i+1})`` over the grid as Python floats, with a tqdm bar when ``progress``."""
     ts = grid.tolist()
-    bar = tqdm(range(len(ts) - 1), disable=not progress, desc="sampling", leave=False)
-    for i in bar:
+    for i in step_range(len(ts) - 1, progress):
         yield i, ts[i], ts[i + 1]
