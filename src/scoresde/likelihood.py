@@ -387,6 +387,8 @@ def log_likelihood(
     if not t0 < t_end:
         raise ValueError(f"eps must be below the end time {t_end}, got {t0}")
 
+    std = _prior_std(sde, t_end)
+    c0 = 0.0 if prior_reference is None else prior_constant(prior_reference, sde, t_end, std)  # checked before the solve
     chart = _CHARTS[time_variable](sde, score_fn, t0, t_end)
     probe_vectors = None
     if divergence == "hutchinson":
@@ -417,13 +419,10 @@ def log_likelihood(
     u_end = torch.tensor(u1, dtype=x.dtype, device=x.device)
     z = chart.from_state(state[:, :dim].reshape(x.shape), u_end)
     delta = dim * (state[:, dim] + chart.log_scale(torch.tensor(u0, dtype=x.dtype, device=x.device)) - chart.log_scale(u_end))
-    std = _prior_std(sde, t_end)
     prior_logp = gaussian_prior_logp(z, std)
     if prior == "corrected":
-        prior_logp = prior_logp + prior_correction(score_fn, z, t_end, std, prior_points)
+        prior_logp = prior_logp + prior_correction(score_fn, z, t_end, std, prior_points) + c0
         nfe += prior_points
-        if prior_reference is not None:
-            prior_logp = prior_logp + prior_constant(prior_reference, sde, t_end, std)
     info = LikelihoodInfo(nfe=nfe, z=z, prior_logp=prior_logp, delta_logp=delta, t_start=t0, t_end=t_end)
     return prior_logp + delta, info
 

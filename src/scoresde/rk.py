@@ -223,8 +223,9 @@ def solve(
 ) -> Tensor:
     """``x(t1)`` by an adaptive method of :data:`ADAPTIVE_METHODS`: ``"bosh3"`` and ``"dopri5"`` by
     :func:`solve_adaptive` (PI control), ``"torchdiffeq:<name>"`` by torchdiffeq's ``odeint``
-    (elementary control; time in float64, float32 on MPS; ``field`` is never called past ``t1``).  Both measure
-    the error with ``norm`` (:func:`error_ratio`); more than ``max_steps`` steps raise ``RuntimeError``."""
+    (elementary control; time in float64, float32 on MPS; ``field`` is never called outside
+    ``[t0, t1]``).  Both measure the error with ``norm`` (:func:`error_ratio`); more than
+    ``max_steps`` steps raise ``RuntimeError``."""
     check_choice(method, ADAPTIVE_METHODS, "method")
     check_choice(norm, NORMS, "norm")
     if method in PAIRS:
