@@ -335,6 +335,22 @@ FAST = {  # name -> (sd.sample options, the reference run(score_fn, sde, x, grid
 }
 
 
+def check_against_reference(sde: sd.LinearSDE, options: dict, ref, nfe_per_step: int) -> None:
+    """``sd.sample(**options)`` against ``ref(score_fn, sde, x_T, grid, generator)`` on the ring2d oracle in
+    float64 (same start, same generator seed) to 1e-9 relative, on a one-step grid, a 9-step
+    log-SNR-window grid and an uneven grid; and its NFE."""
+    ring = sd.GaussianMixture.named("ring2d")
+    x_T = torch.randn(200, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * sde.prior_std
+    start = float(grids.make_grid(sde, 1, "log-snr-window")[0])  # RF's T = 1 has alpha = 0
+    uneven = torch.tensor([start, 0.8, 0.7, 0.65, 0.2, 0.05, 1e-3], dtype=torch.float64)
+    for grid in (grids.make_grid(sde, 1, "log-snr-window"), grids.make_grid(sde, 9, "log-snr-window"), uneven):
+        out, info = sd.sample(ring.score_fn(sde), sde, x_T=x_T, grid=grid, generator=torch.Generator().manual_seed(5),
+                              **options)
+        expected = ref(ring.score_fn(sde), sde, x_T, grid, torch.Generator().manual_seed(5))
+        assert float((out - expected).norm() / expected.norm()) < 1e-9
+        assert info.nfe == (len(grid) - 1) * nfe_per_step
+
+
 @pytest.mark.parametrize("sde", [sd.VPSDE(), sd.SubVPSDE(), sd.VESDE(), sd.RectifiedFlow()],
                          ids=lambda s: type(s).__name__)
 @pytest.mark.parametrize("name", list(FAST))
@@ -345,24 +361,138 @@ def test_fast_solvers_match_a_step_by_step_reference(sde, name):
     2e-16 per operation); the gap, 9e-13 at worst, is that round-off amplified by Tweedie's
     cancellation ``x + sigma^2 s`` at the first step, where alpha is small; a wrong coefficient, order
     or noise draw shows at 1e-4 or more."""
-    ring = sd.GaussianMixture.named("ring2d")
     options, ref = FAST[name]
-    x_T = torch.randn(200, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * sde.prior_std
-    start = float(grids.make_grid(sde, 1, "log-snr-window")[0])  # RF's T = 1 has alpha = 0
-    uneven = torch.tensor([start, 0.8, 0.7, 0.65, 0.2, 0.05, 1e-3], dtype=torch.float64)
-    for grid in (grids.make_grid(sde, 1, "log-snr-window"), grids.make_grid(sde, 9, "log-snr-window"), uneven):
-        out, info = sd.sample(ring.score_fn(sde), sde, x_T=x_T, grid=grid, generator=torch.Generator().manual_seed(5),
-                              **options)
-        expected = ref(ring.score_fn(sde), sde, x_T, grid, torch.Generator().manual_seed(5))
-        assert float((out - expected).norm() / expected.norm()) < 1e-9
-        assert info.nfe == (len(grid) - 1) * (2 if options["method"] == "heun" else 1)
+    check_against_reference(sde, options, ref, 2 if options["method"] == "heun" else 1)
 
 
-@pytest.mark.parametrize("name", list(FAST))
-def test_fast_solvers_modify_neither_the_start_state_nor_the_scores(name):
+# -- the planned SDE predictors and fixed-step ODE solvers against a step-by-step reference -----------
+# pc_sample's predictors and ode_fixed also lay out their coefficients once per grid (drift f(t) and
+# g(t) at every step or stage time, the kernel, the eta weights with Tweedie folded in); the
+# references recompute them at each step from the SDE's scalar methods, in each equation's plain form,
+# drawing the same normals in the same order.
+def _fg(sde: sd.LinearSDE, t: float) -> tuple[float, float]:
+    tt = torch.tensor(t, dtype=torch.float64)
+    return float(sde.f(tt)), float(sde.g(tt))
+
+
+def _score_at(score_fn, x: torch.Tensor, t: float) -> torch.Tensor:
+    return score_fn(x, torch.full((x.shape[0],), t, dtype=x.dtype))
+
+
+def _normal(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    return torch.randn(x.shape, generator=gen, dtype=x.dtype)
+
+
+def ref_euler_maruyama(score_fn, sde, x, grid, eta, gen):
+    """``x_s = x + [f x - (1+eta^2)/2 g^2 s](s - t) + eta g(t) sqrt(t - s) z``."""
+    ts = grid.tolist()
+    for t, s in zip(ts[:-1], ts[1:]):
+        f, g = _fg(sde, t)
+        x = x + (f * x - 0.5 * (1 + eta**2) * g**2 * _score_at(score_fn, x, t)) * (s - t)
+        if eta > 0:
+            x = x + eta * g * math.sqrt(t - s) * _normal(x, gen)
+    return x
+
+
+def ref_reverse_diffusion(score_fn, sde, x, grid, eta, gen):
+    """``x_s = x - (a - 1) x + (1+eta^2)/2 b^2 s + eta b z`` with the kernel ``x_t = a x_s + b z``."""
+    ts = grid.tolist()
+    for t, s in zip(ts[:-1], ts[1:]):
+        a, b = (float(v) for v in sde.transition(torch.tensor(s, dtype=torch.float64), torch.tensor(t, dtype=torch.float64)))
+        x = x - (a - 1) * x + 0.5 * (1 + eta**2) * b**2 * _score_at(score_fn, x, t)
+        if eta > 0:
+            x = x + eta * b * _normal(x, gen)
+    return x
+
+
+def ref_pc(score_fn, sde, x, grid, snr, gen):
+    """Reverse diffusion, then one Langevin step at ``s``: ``x + e s(x, s) + sqrt(2 e) z`` with
+    ``e = 2 (alpha_t / alpha_s)^2 (snr mean|z| / mean|s|)^2`` (norms per sample, averaged over the batch)."""
+    ts = grid.tolist()
+    for t, s in zip(ts[:-1], ts[1:]):
+        x = ref_reverse_diffusion(score_fn, sde, x, torch.tensor([t, s], dtype=torch.float64), 1.0, gen)
+        grad, z = _score_at(score_fn, x, s), _normal(x, gen)
+        e = 2 * (_kernel(sde, t)[0] / _kernel(sde, s)[0]) ** 2 * (snr * z.norm(dim=1).mean() / grad.norm(dim=1).mean()) ** 2
+        x = x + e * grad + (2 * e).sqrt() * z
+    return x
+
+
+def ref_srk(score_fn, sde, x, grid, eta, gen):
+    """SRA1 in reverse time as in :func:`scoresde.sampling.pc.srk`'s docstring, ``a = -(f y - (1+eta^2)/2 g^2 s)``."""
+    ts = grid.tolist()
+
+    def a(u, y):
+        f, g = _fg(sde, u)
+        return -(f * y - 0.5 * (1 + eta**2) * g**2 * _score_at(score_fn, y, u))
+
+    for t, s in zip(ts[:-1], ts[1:]):
+        h, b_t, b_s = t - s, eta * _fg(sde, t)[1], eta * _fg(sde, s)[1]
+        i1 = math.sqrt(h) * _normal(x, gen)
+        i10 = 0.5 * h * (i1 + math.sqrt(h / 3) * _normal(x, gen))
+        a1 = a(t, x)
+        h2 = x + 0.75 * h * a1 + 1.5 * b_s * i10 / h
+        x = x + h * (a1 / 3 + 2 * a(t - 0.75 * h, h2) / 3) + b_s * (i1 - i10 / h) + b_t * i10 / h
+    return x
+
+
+def ref_ode(score_fn, sde, x, grid, tableau):
+    """Explicit RK on ``F(u, y) = f(u) y - g(u)^2 s(y, u) / 2``: ``k_j = F(t + c_j h, x + h sum_l a_jl k_l)``."""
+    ts = grid.tolist()
+
+    def field(u, y):
+        f, g = _fg(sde, u)
+        return f * y - 0.5 * g**2 * _score_at(score_fn, y, u)
+
+    for t, s in zip(ts[:-1], ts[1:]):
+        h, ks = s - t, []
+        for c, row in zip(tableau.c, tableau.a):
+            ks.append(field(t + c * h, x + h * sum((w * k for w, k in zip(row, ks)), torch.zeros_like(x))))
+        x = x + h * sum(w * k for w, k in zip(tableau.b, ks))
+    return x
+
+
+PLANNED = {  # name -> (sd.sample options, the reference run(score_fn, sde, x, grid, generator), NFE per step)
+    "euler-maruyama": ({"method": "euler-maruyama"},
+                       lambda f, sde, x, g, gen: ref_euler_maruyama(f, sde, x, g, 1.0, gen), 1),
+    "euler-maruyama-eta0.5": ({"method": "euler-maruyama", "eta": 0.5},
+                              lambda f, sde, x, g, gen: ref_euler_maruyama(f, sde, x, g, 0.5, gen), 1),
+    "euler-maruyama-eta0": ({"method": "euler-maruyama", "eta": 0.0},
+                            lambda f, sde, x, g, gen: ref_euler_maruyama(f, sde, x, g, 0.0, gen), 1),
+    "reverse-diffusion": ({"method": "reverse-diffusion"},
+                          lambda f, sde, x, g, gen: ref_reverse_diffusion(f, sde, x, g, 1.0, gen), 1),
+    "reverse-diffusion-eta0": ({"method": "reverse-diffusion", "eta": 0.0},
+                               lambda f, sde, x, g, gen: ref_reverse_diffusion(f, sde, x, g, 0.0, gen), 1),
+    "ancestral": ({"method": "ancestral"}, lambda f, sde, x, g, gen: ref_ddim(f, sde, x, g, 1.0, gen), 1),
+    "ancestral-eta0.4": ({"method": "ancestral", "eta": 0.4},
+                         lambda f, sde, x, g, gen: ref_ddim(f, sde, x, g, 0.4, gen), 1),
+    "srk": ({"method": "srk"}, lambda f, sde, x, g, gen: ref_srk(f, sde, x, g, 1.0, gen), 2),
+    "pc": ({"method": "pc"}, lambda f, sde, x, g, gen: ref_pc(f, sde, x, g, 0.16, gen), 2),
+    **{
+        f"ode-{name}": ({"method": f"ode-{name}"},
+                        (lambda tab: lambda f, sde, x, g, gen: ref_ode(f, sde, x, g, tab))(tab), len(tab.c))
+        for name, tab in ode.TABLEAUS.items()
+    },
+}
+
+
+@pytest.mark.parametrize("sde", [sd.VPSDE(), sd.SubVPSDE(), sd.VESDE(), sd.RectifiedFlow()],
+                         ids=lambda s: type(s).__name__)
+@pytest.mark.parametrize("name", list(PLANNED))
+def test_planned_predictors_and_ode_match_a_step_by_step_reference(sde, name):
+    """On the ring2d oracle in float64, each planned predictor and fixed-step ODE solver equals the
+    reference to 1e-9 relative on the same three grids as the fast solvers (the stochastic ones with
+    the same seed, so the same normals in the same order).  Both sides evaluate the same equations in
+    float64 and differ by the order of operations only (round-off 2e-16 per operation; the gap is
+    3e-13 at worst, ancestral and Euler on the rectified flow, whose first step starts at alpha =
+    1e-3); a wrong coefficient, stage time or noise draw shows at 1e-4 or more."""
+    check_against_reference(sde, *PLANNED[name])
+
+
+@pytest.mark.parametrize("name", list(FAST) + list(PLANNED))
+def test_solvers_modify_neither_the_start_state_nor_the_scores(name):
     """The steps update tensors in place; only tensors the solver made may change: ``x_T`` and a
-    score function's cached output stay as given."""
-    sde, options = sd.VPSDE(), FAST[name][0]
+    score function's cached output stay as given (fast solvers, planned predictors, fixed-step ODE)."""
+    sde, options = sd.VPSDE(), {**FAST, **PLANNED}[name][0]
     x_T = torch.randn(50, 2, generator=torch.Generator().manual_seed(1))
     cached = torch.randn(50, 2, generator=torch.Generator().manual_seed(2))
     x_copy, cached_copy = x_T.clone(), cached.clone()

@@ -70,6 +70,21 @@ def kernel_at(sde: LinearSDE, times: Tensor | list[float]) -> Kernel:
     return Kernel(t, sde.alpha(t).double(), sde.sigma(t).double(), sde.log_snr(t).double())
 
 
+def drift_at(sde: LinearSDE, times: Tensor) -> tuple[Tensor, Tensor]:
+    """``(f(t), g(t))`` of the SDE ``dx = f(t) x dt + g(t) dw`` at ``times`` (any shape), evaluated
+    once for all of them (vectorised, float64 on the CPU)."""
+    t = torch.as_tensor(times, dtype=torch.float64).cpu()
+    return sde.f(t).double(), sde.g(t).double()
+
+
+def linear_step(x: Tensor, score: Tensor, c_x: float, c_s: float, c_z: float | None,
+                generator: torch.Generator | None) -> Tensor:
+    """``c_x x + c_s s + c_z z`` with ``z ~ N(0, I)`` from ``generator``, no draw where ``c_z`` is
+    None (fused passes into a new tensor; neither input is modified)."""
+    out = x.mul(c_x).add_(score, alpha=c_s)
+    return out if c_z is None else out.add_(randn_like(x, generator), alpha=c_z)
+
+
 def device_times(times: Tensor, x: Tensor) -> tuple[Tensor, ...]:
     """``times`` as 0-d tensors in ``x``'s dtype and device, converted once before a solver loop."""
     return times.to(dtype=x.dtype, device=x.device).unbind()

@@ -7,7 +7,8 @@ marginal-preserving family (issue 9) in reverse time::
 
     dx = [f(x, t) - (1 + eta^2)/2 g(t)^2 s(x, t)] dt + eta g(t) dw_bar      (eta = 1: Anderson's SDE)
 
-Predictors ``(score, sde, x, t, s, eta, generator) -> x``:
+Predictors (one step ``(score, sde, x, t, s, eta, generator) -> x``; ``pc_sample`` plans a whole
+grid's coefficients once, see ``PREDICTORS``):
 
 * ``euler-maruyama``: ``x_s = x + drift (s - t) + eta g(t) sqrt(t - s) z`` (any SDE; ``eta = 0`` is the
   probability-flow Euler step);
@@ -47,13 +48,22 @@ from torch import Tensor
 
 from .._tensor import append_dims, as_batch_time, batch_sum, check_choice, check_int
 from ..sde import SDE, LinearSDE
-from ._common import CountedScore, apply_callback, coeffs, denoise, randn_like, steps_of
-from .fast import check_eta, eta_step
+from ._common import (CountedScore, apply_callback, coeffs, device_times, drift_at, kernel_at, linear_step,
+                      randn_like, step_range)
+from .fast import check_eta, eta_weights
 
 
 # -- predictors ----------------------------------------------------------------------------------
+# A predictor is planned once per grid: ``plan(sde, grid, eta, x)`` computes every coefficient of
+# the run (vectorised, float64 on the host) and returns ``step(score, x, i, generator)``, the step
+# ``t_i -> t_{i+1}``.  On a LinearSDE (drift ``f(t) x``) the Euler--Maruyama, reverse-diffusion and
+# ancestral steps are all ``x_s = c_x x + c_s s(x, t) + c_z z`` (:func:`linear_step`); other SDEs
+# take the per-step forms below, which evaluate the drift at each step.
+Step = Callable[[CountedScore, Tensor, int, "torch.Generator | None"], Tensor]
+
+
 def euler_maruyama(score: CountedScore, sde: SDE, x: Tensor, t: float, s: float, eta: float, generator) -> Tensor:
-    """``x_s = x + [f - (1+eta^2)/2 g^2 s](s - t) + eta g(t) sqrt(t - s) z``."""
+    """``x_s = x + [f - (1+eta^2)/2 g^2 s](s - t) + eta g(t) sqrt(t - s) z`` (one step, any SDE)."""
     tb = as_batch_time(t, x)
     out = x + sde.reverse_drift(x, tb, score(x, t), eta) * (s - t)
     if eta > 0:
@@ -62,7 +72,8 @@ def euler_maruyama(score: CountedScore, sde: SDE, x: Tensor, t: float, s: float,
 
 
 def reverse_diffusion(score: CountedScore, sde: SDE, x: Tensor, t: float, s: float, eta: float, generator) -> Tensor:
-    """``x_s = x - f_i + (1+eta^2)/2 G_i^2 s + eta G_i z`` with ``(f_i, G_i) = sde.discretize(x, t, t - s)``."""
+    """``x_s = x - f_i + (1+eta^2)/2 G_i^2 s + eta G_i z`` with ``(f_i, G_i) = sde.discretize(x, t, t - s)``
+    (one step, any SDE)."""
     tb = as_batch_time(t, x)
     f_i, g_i = sde.discretize(x, tb, t - s)
     g_i = append_dims(g_i, x.ndim)
@@ -70,6 +81,53 @@ def reverse_diffusion(score: CountedScore, sde: SDE, x: Tensor, t: float, s: flo
     if eta > 0:
         out = out + eta * g_i * randn_like(x, generator)
     return out
+
+
+def _linear_plan(x: Tensor, grid: Tensor, c_x: Tensor, c_s: Tensor, c_z: Tensor, eta: float) -> Step:
+    """The step ``x_s = c_x[i] x + c_s[i] s(x, t_i) + c_z[i] z`` (no draw at ``eta = 0``)."""
+    times, c_x, c_s = device_times(grid, x), c_x.tolist(), c_s.tolist()
+    c_z = c_z.tolist() if eta > 0 else [None] * len(c_x)
+
+    def step(score: CountedScore, x: Tensor, i: int, generator) -> Tensor:
+        return linear_step(x, score(x, times[i]), c_x[i], c_s[i], c_z[i], generator)
+
+    return step
+
+
+def _per_step(fn: Callable[..., Tensor], sde: SDE, grid: Tensor, eta: float) -> Step:
+    """``fn(score, sde, x, t_i, t_{i+1}, eta, generator)`` as a planned step (for SDEs that are not linear)."""
+    ts = grid.tolist()
+    return lambda score, x, i, generator: fn(score, sde, x, ts[i], ts[i + 1], eta, generator)
+
+
+def plan_euler_maruyama(sde: SDE, grid: Tensor, eta: float, x: Tensor) -> Step:
+    """:func:`euler_maruyama` over ``grid``; on a LinearSDE, with ``dt = s - t``,
+    ``c_x = 1 + f(t) dt``, ``c_s = -(1+eta^2)/2 g(t)^2 dt``, ``c_z = eta g(t) sqrt(-dt)``."""
+    if not isinstance(sde, LinearSDE):
+        return _per_step(euler_maruyama, sde, grid, eta)
+    dt = grid[1:] - grid[:-1]
+    f, g = drift_at(sde, grid[:-1])
+    return _linear_plan(x, grid, 1 + f * dt, -0.5 * (1 + eta**2) * g**2 * dt, eta * g * torch.sqrt(-dt), eta)
+
+
+def plan_reverse_diffusion(sde: SDE, grid: Tensor, eta: float, x: Tensor) -> Step:
+    """:func:`reverse_diffusion` over ``grid``; on a LinearSDE ``f_i = (a - 1) x`` and ``G_i = b``
+    with the kernel ``x_t = a x_s + b z`` (``sde.transition(s, t)``), so ``c_x = 2 - a``,
+    ``c_s = (1+eta^2)/2 b^2``, ``c_z = eta b``."""
+    if not isinstance(sde, LinearSDE):
+        return _per_step(reverse_diffusion, sde, grid, eta)
+    a, b = (v.double() for v in sde.transition(grid[1:], grid[:-1]))
+    return _linear_plan(x, grid, 2 - a, 0.5 * (1 + eta**2) * b**2, eta * b, eta)
+
+
+def plan_ancestral(sde: LinearSDE, grid: Tensor, eta: float, x: Tensor) -> Step:
+    """:func:`ancestral` over ``grid``: :func:`~.fast.eta_weights` ``(k_x, k_0, k_z)`` with Tweedie's
+    ``x0_hat = (x + sigma_t^2 s) / alpha_t`` folded in, ``c_x = k_x + k_0 / alpha_t``,
+    ``c_s = k_0 sigma_t^2 / alpha_t``, ``c_z = k_z``."""
+    kern = kernel_at(sde, grid)
+    k_x, k_0, k_z = eta_weights(kern, eta)
+    a_t, sig_t = kern.alpha[:-1], kern.sigma[:-1]
+    return _linear_plan(x, grid, k_x + k_0 / a_t, k_0 * sig_t**2 / a_t, k_z, eta)
 
 
 def ancestral(score: CountedScore, sde: LinearSDE, x: Tensor, t: float, s: float, eta: float, generator) -> Tensor:
@@ -82,8 +140,9 @@ def ancestral(score: CountedScore, sde: LinearSDE, x: Tensor, t: float, s: float
     an ``O(h^2)`` shortfall per step that no single score evaluation reveals.  Summed over a run it
     leaves the samples too concentrated by a relative variance of about one log-SNR step per axis
     (Gaussian data, log-SNR-uniform grid), i.e. a log-density gap of about ``-d h / 2`` nats in
-    ``d`` dimensions: first order in the step, visible on 64-D data at 1000 steps."""
-    return eta_step(x, denoise(score, sde, x, t), sde, t, s, eta, generator)
+    ``d`` dimensions: first order in the step, visible on 64-D data at 1000 steps.  (One step;
+    :func:`plan_ancestral` lays out a whole grid.)"""
+    return plan_ancestral(sde, torch.tensor([t, s], dtype=torch.float64), eta, x)(score, x, 0, generator)
 
 
 def srk(score: CountedScore, sde: SDE, x: Tensor, t: float, s: float, eta: float, generator) -> Tensor:
@@ -110,17 +169,46 @@ def srk(score: CountedScore, sde: SDE, x: Tensor, t: float, s: float, eta: float
     return x + h * (a1 / 3 + 2 * a(t - 0.75 * h, h2) / 3) + b(s) * (i1 - i10 / h) + b(t) * i10 / h
 
 
-def no_predictor(score, sde, x: Tensor, t: float, s: float, eta: float, generator) -> Tensor:
+def plan_srk(sde: SDE, grid: Tensor, eta: float, x: Tensor) -> Step:
+    """:func:`srk` over ``grid``; on a LinearSDE the drift ``a(u, y) = -f(u) y + (1+eta^2)/2 g(u)^2 s(y, u)``
+    and ``b`` are laid out at ``t``, ``t - 3h/4`` and ``s`` before the loop (same draws, same order)."""
+    if not isinstance(sde, LinearSDE):
+        return _per_step(srk, sde, grid, eta)
+    t, s = grid[:-1], grid[1:]
+    h = t - s
+    mid = t - 0.75 * h
+    (f_t, g_t), (f_m, g_m), (_, g_s) = drift_at(sde, t), drift_at(sde, mid), drift_at(sde, s)
+    c = 0.5 * (1 + eta**2)
+    t_dev, m_dev = device_times(t, x), device_times(mid, x)
+    hs, f_t, f_m = h.tolist(), f_t.tolist(), f_m.tolist()
+    q_t, q_m = (c * g_t**2).tolist(), (c * g_m**2).tolist()
+    b_t, b_s = (eta * g_t).tolist(), (eta * g_s).tolist()
+
+    def step(score: CountedScore, x: Tensor, i: int, generator) -> Tensor:
+        hi = hs[i]
+        i1 = randn_like(x, generator).mul_(math.sqrt(hi))
+        i10 = torch.add(i1, randn_like(x, generator), alpha=math.sqrt(hi / 3)).mul_(0.5 * hi)
+        a1 = x.mul(-f_t[i]).add_(score(x, t_dev[i]), alpha=q_t[i])
+        h2 = torch.add(x, a1, alpha=0.75 * hi).add_(i10, alpha=1.5 * b_s[i] / hi)
+        s2 = score(h2, m_dev[i])
+        a2 = h2.mul_(-f_m[i]).add_(s2, alpha=q_m[i])
+        out = torch.add(x, a1, alpha=hi / 3).add_(a2, alpha=2 * hi / 3).add_(i1, alpha=b_s[i])
+        return out.add_(i10, alpha=(b_t[i] - b_s[i]) / hi)
+
+    return step
+
+
+def plan_no_predictor(sde: SDE, grid: Tensor, eta: float, x: Tensor) -> Step:
     """Leave the state unchanged (corrector-only sampling, e.g. NCSN)."""
-    return x
+    return lambda score, x, i, generator: x
 
 
-PREDICTORS: dict[str, Callable[..., Tensor]] = {
-    "euler-maruyama": euler_maruyama,
-    "reverse-diffusion": reverse_diffusion,
-    "ancestral": ancestral,
-    "srk": srk,
-    "none": no_predictor,
+PREDICTORS: dict[str, Callable[[SDE, Tensor, float, Tensor], Step]] = {
+    "euler-maruyama": plan_euler_maruyama,
+    "reverse-diffusion": plan_reverse_diffusion,
+    "ancestral": plan_ancestral,
+    "srk": plan_srk,
+    "none": plan_no_predictor,
 }
 
 
@@ -220,9 +308,10 @@ def pc_sample(
     options = {"langevin": {"snr": snr}, "mala": {"snr": snr}, "annealed-langevin": {"step_lr": step_lr},
                "hmc": {"snr": snr, "leapfrog_steps": leapfrog_steps}}.get(corrector, {})
     score = CountedScore(score_fn)
-    for i, t, s in steps_of(grid, progress):
-        x = predict(score, sde, x, t, s, eta, generator)
+    step, ts, times = predict(sde, grid, eta, x), grid.tolist(), device_times(grid, x)
+    for i in step_range(len(ts) - 1, progress):
+        x = step(score, x, i, generator)
         for _ in range(corrector_steps if correct else 0):
-            x = correct(score, sde, x, t, s, generator, **options)
-        x = apply_callback(callback, i, s, x)
+            x = correct(score, sde, x, ts[i], ts[i + 1], generator, **options)
+        x = apply_callback(callback, i, times[i + 1], x)
     return x, score.nfe
