@@ -86,26 +86,28 @@ PAIRS: dict[str, EmbeddedPair] = {
 }
 
 
-def _combine(x: Tensor, h: float, weights: tuple[float, ...], ks: list[Tensor]) -> Tensor:
-    """``x + h sum_j w_j k_j`` over the nonzero weights."""
+def accumulate(x: Tensor, h: float, weights: tuple[float, ...], ks: list[Tensor]) -> Tensor:
+    """``x + h sum_j w_j k_j`` over the nonzero weights: one fused pass per term into a new tensor
+    (``x`` itself, untouched, where every weight is zero)."""
+    out = x
     for w, k in zip(weights, ks):
         if w:
-            x = x + (h * w) * k
-    return x
+            out = torch.add(x, k, alpha=h * w) if out is x else out.add_(k, alpha=h * w)
+    return out
 
 
 def rk_stages(field: Field, tableau: Tableau, x: Tensor, t: float, h: float, k0: Tensor | None = None) -> list[Tensor]:
     """The stages ``k_j = F(t + c_j h, x + h sum_l a_jl k_l)``; ``k0``, if given, is ``F(t, x)`` (not re-evaluated)."""
     ks: list[Tensor] = []
     for c, row in zip(tableau.c, tableau.a):
-        ks.append(k0 if (not ks and k0 is not None) else field(t + c * h, _combine(x, h, row, ks)))
+        ks.append(k0 if (not ks and k0 is not None) else field(t + c * h, accumulate(x, h, row, ks)))
     return ks
 
 
 def rk_step(field: Field, tableau: Tableau, x: Tensor, t: float, s: float) -> Tensor:
     """One explicit RK step ``t -> s`` (``h = s - t``): ``x_s = x + h sum_j b_j k_j``."""
     h = s - t
-    return _combine(x, h, tableau.b, rk_stages(field, tableau, x, t, h))
+    return accumulate(x, h, tableau.b, rk_stages(field, tableau, x, t, h))
 
 
 @dataclass
@@ -115,6 +117,11 @@ class AdaptiveStats:
     nfe: int = 0
     accepted: int = 0
     rejected: int = 0
+
+
+def _sample_rms_max(ratio: Tensor) -> Tensor:
+    """``norm="sample"``: the largest per-row RMS of a scaled error."""
+    return ratio.reshape(ratio.shape[0], -1).square().mean(1).max().sqrt()
 
 
 NORMS = ("batch", "sample")
@@ -128,7 +135,7 @@ def error_ratio(err: Tensor, x: Tensor, x_new: Tensor, rtol: float, atol: float,
     ratio = err / (atol + rtol * torch.maximum(x.abs(), x_new.abs()))
     if norm == "batch":
         return float(torch.linalg.vector_norm(ratio) / math.sqrt(ratio.numel()))
-    return float(ratio.reshape(ratio.shape[0], -1).square().mean(1).max().sqrt())
+    return float(_sample_rms_max(ratio))
 
 
 def _first_step(x: Tensor, k0: Tensor, t0: float, span: float, rtol: float, atol: float, norm: str) -> float:
@@ -178,8 +185,8 @@ def solve_adaptive(
         h = min(h, abs(t1 - t))
         ks = rk_stages(field, tab, x, t, sign * h, k0)
         stats.nfe += len(ks) - 1
-        x_new = _combine(x, sign * h, tab.b, ks)
-        err = error_ratio(_combine(torch.zeros_like(x), sign * h, pair.b_err, ks), x, x_new, rtol, atol, norm)
+        x_new = accumulate(x, sign * h, tab.b, ks)
+        err = error_ratio(accumulate(torch.zeros_like(x), sign * h, pair.b_err, ks), x, x_new, rtol, atol, norm)
         if not math.isfinite(err) or err > 1.0:
             stats.rejected += 1
             h *= 0.2 if not math.isfinite(err) else max(0.2, safety * err ** (-1 / q))
@@ -202,11 +209,6 @@ def solve_adaptive(
 
 TORCHDIFFEQ_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")  # its adaptive solvers
 ADAPTIVE_METHODS = tuple(PAIRS) + tuple(f"torchdiffeq:{m}" for m in TORCHDIFFEQ_METHODS)
-
-
-def _sample_rms_max(ratio: Tensor) -> Tensor:
-    """torchdiffeq's form of ``norm="sample"``: the largest per-row RMS of a scaled error."""
-    return ratio.reshape(ratio.shape[0], -1).square().mean(1).max().sqrt()
 
 
 def solve(

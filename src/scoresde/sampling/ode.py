@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .._tensor import append_dims, as_batch_time, batch_sum, check_choice, check_int, check_positive
-from ..rk import ADAPTIVE_METHODS, TABLEAUS, Tableau, rk_step, solve
+from ..rk import ADAPTIVE_METHODS, TABLEAUS, Tableau, accumulate, rk_step, solve
 from ..sde import SDE, LinearSDE
 from ._common import CountedScore, SampleInfo, apply_callback, device_times, drift_at, step_range, steps_of
 from .grids import default_t_max
@@ -32,16 +32,6 @@ def probability_flow(score: CountedScore, sde: SDE) -> Callable[[float, Tensor],
         return sde.probability_flow_drift(x, as_batch_time(t, x), score(x, t))
 
     return field
-
-
-def _accumulate(x: Tensor, h: float, weights: tuple[float, ...], ks: list[Tensor]) -> Tensor:
-    """``x + h sum_j w_j k_j`` over the nonzero weights (fused passes into a new tensor; ``x`` itself
-    where every weight is zero)."""
-    out = x
-    for w, k in zip(weights, ks):
-        if w:
-            out = torch.add(x, k, alpha=h * w) if out is x else out.add_(k, alpha=h * w)
-    return out
 
 
 def _linear_rk(score: CountedScore, sde: LinearSDE, x: Tensor, grid: Tensor, tableau: Tableau,
@@ -57,10 +47,10 @@ def _linear_rk(score: CountedScore, sde: LinearSDE, x: Tensor, grid: Tensor, tab
     for i in step_range(len(hs), progress):
         ks: list[Tensor] = []
         for j, row in enumerate(tableau.a):
-            y = _accumulate(x, hs[i], row, ks)
+            y = accumulate(x, hs[i], row, ks)
             s_y = score(y, stage_dev[i * n_stages + j])
             ks.append(torch.mul(y, f[i][j]).add_(s_y, alpha=-q[i][j]))
-        x = apply_callback(callback, i, times[i + 1], _accumulate(x, hs[i], tableau.b, ks))
+        x = apply_callback(callback, i, times[i + 1], accumulate(x, hs[i], tableau.b, ks))
     return x
 
 
