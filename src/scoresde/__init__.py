@@ -26,7 +26,8 @@ from .losses import DDPMLoss, DSMLoss, FlowMatchingLoss, SlicedScoreMatchingLoss
 from .nets import MLP, MLPClassifier, NCSNpp, UNetClassifier, build_preset
 from .reflow import Couplings, ReflowLoss, draw_couplings, euler_flow, straightness, velocity_fn_from_score
 from .sampling import SampleInfo, decode, encode, sample, slerp
-from .score import GaussianMixture, Parameterization, ScoreFn, score_fn_from_model
+from .mixture import GaussianMixture
+from .score import Parameterization, ScoreFn, score_fn_from_model
 from .sde import SDE, CosineVPSDE, LinearSDE, RectifiedFlow, SubVPSDE, VESDE, VPSDE, sde_from_name
 from .train import Trainer
 

@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._tensor import as_batch_time, check_time
-from ..score import GaussianMixture, Parameterization, ScoreFn
+from ..mixture import GaussianMixture
+from ..score import Parameterization, ScoreFn
 from ..sde import LinearSDE
 from ._random import rand, randn_like
 
