@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import warnings
 from dataclasses import dataclass
@@ -30,6 +29,8 @@ from typing import Any
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
+
+from ._io import atomic_write, write_json
 
 FORMAT = "scoresde-checkpoint/1"
 _NAME = re.compile(r"^ckpt_(\d+)\.json$")
@@ -52,24 +53,6 @@ class Checkpoint:
 def _paths(directory: Path, step: int) -> tuple[Path, Path]:
     stem = directory / f"ckpt_{step:08d}"
     return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
-
-
-def _fsync_dir(directory: Path) -> None:
-    if os.name == "nt":  # directories cannot be opened for fsync on Windows
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _commit(tmp: Path, final: Path) -> None:
-    """fsync ``tmp``, rename it over ``final`` atomically and fsync the directory."""
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-    _fsync_dir(final.parent)
 
 
 def _sha256(path: Path) -> str:
@@ -97,17 +80,13 @@ def save(directory: str | Path, step: int, tensors: dict[str, Tensor], meta: dic
         meta_json = json.loads(json.dumps(meta))
     except (TypeError, ValueError) as err:
         raise ValueError(f"meta must be JSON-serialisable: {err}") from err
-    tmp = tensor_path.with_name(f"{tensor_path.name}.tmp{os.getpid()}")
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    save_file(cpu, tmp, metadata={"format": FORMAT, "step": str(step)})
-    _commit(tmp, tensor_path)
+    atomic_write(tensor_path, lambda tmp: save_file(cpu, tmp, metadata={"format": FORMAT, "step": str(step)}))
     from . import __version__
 
     sidecar = {"format": FORMAT, "step": step, "file": tensor_path.name, "sha256": _sha256(tensor_path),
                "version": __version__, "meta": meta_json}
-    tmp = sidecar_path.with_name(f"{sidecar_path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(sidecar, indent=1))
-    _commit(tmp, sidecar_path)
+    write_json(sidecar_path, sidecar)
     if keep_last is not None:
         for _, old in list_checkpoints(directory)[:-keep_last]:
             old.unlink(missing_ok=True)  # the sidecar first: an orphan safetensors file is invisible
