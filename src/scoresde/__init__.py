@@ -25,6 +25,7 @@ from .likelihood import BPDResult, LikelihoodInfo, bits_per_dim, evaluate_bpd, l
 from .losses import DDPMLoss, DSMLoss, FlowMatchingLoss, SlicedScoreMatchingLoss, SMLDLoss, loss_from_name
 from .nets import MLP, MLPClassifier, NCSNpp, UNetClassifier, build_preset
 from .reflow import Couplings, ReflowLoss, draw_couplings, euler_flow, straightness, velocity_fn_from_score
+from .runs import Run, load_run
 from .sampling import SampleInfo, decode, encode, sample, slerp
 from .mixture import GaussianMixture
 from .score import Parameterization, ScoreFn, score_fn_from_model

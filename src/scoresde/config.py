@@ -37,6 +37,7 @@ import yaml
 
 from scoresde import data as _data
 from scoresde import likelihood as _likelihood
+from scoresde._io import write_text
 
 def _field(default: Any = dataclasses.MISSING, *, choices: Sequence | None = None,
            ge: float | None = None, gt: float | None = None, lt: float | None = None,
@@ -64,6 +65,8 @@ class DataConfig:
     hflip: bool = _field(False, doc="random horizontal flips while training")
     n: int = _field(10_000, ge=1, doc="number of toy points per split")
     levels: int | None = _field(None, ge=2, doc="quantisation levels for bits/dim (None: 17 digits, 256 images)")
+    shape: list[int] | None = _field(None, doc="shape of one sample, e.g. [3, 32, 32] (None: read from the data); "
+                                     "imported runs set it so they need no data on disk")
 
     def quantisation_levels(self) -> int | None:
         """Levels for dequantization and bits/dim; None for continuous (toy) data."""
@@ -361,8 +364,8 @@ def load_config(source: str | dict, overrides: Sequence[str] = ()) -> Config:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    """Write ``cfg`` as YAML (loadable by :func:`load_config`)."""
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    """Write ``cfg`` as YAML (loadable by :func:`load_config`), atomically."""
+    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 # --------------------------------------------------------------------------- builders

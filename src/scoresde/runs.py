@@ -1,0 +1,118 @@
+"""A run folder as a library object: ``load_run(dir) -> Run`` and ``write_run`` for importers.
+
+A run folder holds ``config.yaml`` (a :class:`scoresde.config.Config`) and checkpoints written by
+:mod:`scoresde.checkpoint` in the Trainer's layout: the network's tensors under ``model.*``, the
+EMA weights (used for sampling) under ``ema.*`` and any other state under its own prefix
+(``optimizer.*``). A folder written by ``scoresde train`` and one written by an importer
+(``scoresde import ...``) load the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+import yaml
+from torch import Tensor
+
+from . import checkpoint as ckpt
+from . import config as C
+from .score import score_fn_from_model
+
+CONFIG_FILE = "config.yaml"
+MODEL, EMA_PREFIX = "model", "ema"
+
+
+def prefixed(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """``{prefix.k: v}``: a state dict under its section of the checkpoint layout."""
+    return {f"{prefix}.{k}": v for k, v in state.items()}
+
+
+def section(tensors: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """The state dict stored under ``prefix.`` in a checkpoint (the prefix removed)."""
+    head = prefix + "."
+    return {k[len(head):]: v for k, v in tensors.items() if k.startswith(head)}
+
+
+@dataclass
+class Run:
+    """A run loaded from its folder: the validated config, the SDE and loss it defines, the network
+    (EMA weights by default, eval mode, no grad), its score function ``score_fn(x, t)`` and the
+    checkpoint's step."""
+
+    directory: Path
+    config: C.Config
+    sde: Any
+    loss: Any
+    model: torch.nn.Module
+    score_fn: Callable[[Tensor, Tensor], Tensor]
+    step: int
+    device: torch.device
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """The shape of one sample: ``data.shape`` of the config, else read from the test split."""
+        if self.config.data.shape is not None:
+            return tuple(self.config.data.shape)
+        return tuple(C.build_dataset(self.config, "test").sample_shape)
+
+
+def read_config(directory: str | Path) -> C.Config:
+    """The validated config of a run folder; a missing or unreadable file is one clear error."""
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory}: not a run folder (no {CONFIG_FILE}; made by `scoresde train` "
+                                "or `scoresde import`)")
+    try:
+        return C.load_config(str(path))
+    except (yaml.YAMLError, ValueError, TypeError) as err:
+        raise ValueError(f"{path}: {err}") from err
+
+
+def load_run(directory: str | Path, checkpoint: str | Path | None = None, ema: bool = True,
+             device: torch.device | str = "cpu") -> Run:
+    """Load a run folder: its config and the newest valid checkpoint (or ``checkpoint``).
+
+    ``ema=False`` loads the raw training weights instead of their moving average.
+    """
+    root = Path(directory)
+    cfg = read_config(root)
+    found = ckpt.load(checkpoint) if checkpoint else ckpt.load_latest(root)
+    if found is None:
+        raise FileNotFoundError(f"{root}: no valid checkpoint (train first)")
+    sde = C.build_sde(cfg)
+    loss = C.build_loss(cfg, sde)
+    model = C.build_model(cfg)
+    state = section(found.tensors, EMA_PREFIX if ema else MODEL)
+    if not state:
+        raise ValueError(f"{found.path}: holds no {EMA_PREFIX if ema else MODEL}.* weights")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise ValueError(f"{found.path}: weights do not fit the network of {root / CONFIG_FILE}: {first}") from err
+    model = model.to(device).eval().requires_grad_(False)
+    score_fn = score_fn_from_model(model, sde, loss.parameterization)
+    return Run(root, cfg, sde, loss, model, score_fn, found.step, torch.device(device))
+
+
+def write_config(directory: str | Path, cfg: C.Config) -> Path:
+    """Write ``directory/config.yaml`` atomically (loadable by :func:`read_config`)."""
+    path = Path(directory) / CONFIG_FILE
+    C.save_config(cfg, path)
+    return path
+
+
+def write_run(directory: str | Path, cfg: C.Config, ema_state: Mapping[str, Tensor],
+              model_state: Mapping[str, Tensor] | None = None, step: int = 0, meta: dict | None = None) -> Path:
+    """Write a complete run folder, as an importer does: ``config.yaml`` and one checkpoint in the
+    Trainer's layout with the sampling weights under ``ema.*`` and, when given, the raw training
+    weights under ``model.*``. Returns the folder."""
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    write_config(root, cfg)
+    tensors = prefixed(ema_state, EMA_PREFIX) | (prefixed(model_state, MODEL) if model_state is not None else {})
+    ckpt.save(root, step, tensors, meta=meta or {})
+    return root
