@@ -20,6 +20,7 @@ A run is *at the floor* when ``sw <= floor + 3 std``, ``tv <= floor + 3 std`` an
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import platform
@@ -126,6 +127,68 @@ def run_one(ref: Reference, sde: sd.LinearSDE, method: str, n: int, seed: int = 
 def label(method: str, options: dict) -> str:
     """A run's name: the method and its options other than the budget (steps, tolerances)."""
     return method + "".join(f" {k}={v}" for k, v in options.items() if k not in ("method", "steps", "rtol", "atol"))
+
+
+# -- hard mixtures: multi-scale, rare modes, high dimension, and a random family ---------------
+def _log_uniform(gen: torch.Generator, shape: tuple[int, ...], lo: float, hi: float) -> torch.Tensor:
+    return torch.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * torch.rand(shape, generator=gen, dtype=torch.float64))
+
+
+def multiscale(num: int, dim: int, seed: int, widths: tuple[float, float] = (0.01, 2.0), spread: float = 1.0,
+               per_dim: bool = True) -> sd.GaussianMixture:
+    """``num`` components in ``dim``-D with means ``spread N(0, I)`` and stds log-uniform in ``widths``
+    (per axis with ``per_dim``, else one per component); the first component takes the smallest
+    width on every axis and the last the largest, so both ends of the range are present."""
+    gen = torch.Generator().manual_seed(seed)
+    means = spread * torch.randn(num, dim, generator=gen, dtype=torch.float64)
+    stds = _log_uniform(gen, (num, dim) if per_dim else (num, 1), *widths).expand(num, dim).clone()
+    stds[0], stds[-1] = widths[0], widths[1]
+    return sd.GaussianMixture(0.5 + torch.rand(num, generator=gen, dtype=torch.float64), means, stds)
+
+
+def rare_modes(dim: int = 2) -> sd.GaussianMixture:
+    """A main mode of weight 98.5 % at the origin (std 0.5) and rare modes of weight 1 % and 0.5 %
+    (std 0.1) at distance 2 on the first two axes."""
+    means = torch.zeros(3, dim, dtype=torch.float64)
+    means[1, 0], means[2, 1] = 2.0, -2.0
+    stds = torch.tensor([0.5, 0.1, 0.1], dtype=torch.float64)[:, None].expand(3, dim).clone()
+    return sd.GaussianMixture(torch.tensor([0.985, 0.01, 0.005]), means, stds)
+
+
+def random_hard(seed: int) -> sd.GaussianMixture:
+    """A random mixture of the family the fast solvers are checked on (seeds fixed before tuning):
+    dimension in {2, 16, 64, 256}, 2-10 components, std range ``[lo, hi]`` with ``lo`` in
+    [0.01, 0.1] and ``hi`` in [0.2, 2] (log-uniform, per axis or per component), means
+    ``spread N(0, I)`` or uniform on ``[-spread, spread]`` with ``spread`` in [0.5, 4], weights
+    ``Exp(1)`` with one mode down to 1 % on odd seeds."""
+    gen = torch.Generator().manual_seed(10_000 + seed)
+    pick = lambda options: options[int(torch.randint(len(options), (1,), generator=gen))]
+    uni = lambda lo, hi: float(_log_uniform(gen, (1,), lo, hi))
+    dim, num = pick((2, 16, 64, 256)), int(torch.randint(2, 11, (1,), generator=gen))
+    lo, hi, spread = uni(0.01, 0.1), uni(0.2, 2.0), uni(0.5, 4.0)
+    stds = _log_uniform(gen, (num, dim) if pick((True, False)) else (num, 1), lo, hi).expand(num, dim).clone()
+    if pick((True, False)):
+        means = spread * torch.randn(num, dim, generator=gen, dtype=torch.float64)
+    else:
+        means = spread * (2 * torch.rand(num, dim, generator=gen, dtype=torch.float64) - 1)
+    weights = -torch.log(torch.rand(num, generator=gen, dtype=torch.float64))
+    if seed % 2:
+        weights[0] = 0.01 * weights[1:].sum() / 0.99
+    return sd.GaussianMixture(weights, means, stds)
+
+
+RANDOM_SEEDS = tuple(range(12))
+MIXTURES = {
+    "ms16": lambda: multiscale(6, 16, seed=16),
+    "ms256": lambda: multiscale(4, 256, seed=256),
+    "rare2d": rare_modes,
+    **{f"rand{seed}": functools.partial(random_hard, seed) for seed in RANDOM_SEEDS},
+}
+
+
+def mixture(name: str) -> sd.GaussianMixture:
+    """A benchmark mixture by name: :data:`MIXTURES` or :meth:`sd.GaussianMixture.named`."""
+    return MIXTURES[name]() if name in MIXTURES else sd.GaussianMixture.named(name)
 
 
 # -- the grid of runs ------------------------------------------------------------------------------
@@ -336,7 +399,7 @@ def main() -> None:
     sizes = {"ring2d": args.n_ring, "mix64": args.n_mix64}
     results: dict = {}
     for mix in args.mixtures.split(","):
-        gmm = sd.GaussianMixture.named(mix)
+        gmm = mixture(mix)
         n = sizes.get(mix, args.n_mix64)
         for sde_name in args.sdes.split(","):
             sde = sd.sde_from_name(sde_name)
