@@ -40,7 +40,6 @@ import torch
 from torch import Tensor
 
 import scoresde as sd
-from scoresde import cli
 from scoresde.config import build_dataset
 from scoresde.metrics import fd_digits, sliced_wasserstein
 from scoresde.nets import MLP
@@ -195,8 +194,8 @@ def run_floor(args: argparse.Namespace) -> dict:
 def run_digits(args: argparse.Namespace) -> dict:
     """A digits rectified-flow run (``scoresde train digits-rf``) beside its reflow (``scoresde
     reflow``): straightness and FD-digits of 1000 Euler samples at few steps from the same noise."""
-    runs = {"1-RF": cli.load_run(args.run), "2-RF": cli.load_run(args.reflowed)}
-    reference = build_dataset(runs["1-RF"].cfg, "test").x
+    runs = {"1-RF": sd.load_run(args.run), "2-RF": sd.load_run(args.reflowed)}
+    reference = build_dataset(runs["1-RF"].config, "test").x
     x_noise = torch.randn((1000,) + runs["1-RF"].sample_shape, generator=gen(args.seed))
     out: dict = {"runs": {k: str(r.directory) for k, r in runs.items()}, "n": 1000}
     for name, run in runs.items():

@@ -27,7 +27,8 @@ import torch
 from scoresde import cli
 from scoresde import config as C
 from scoresde.guidance import LabelDropout
-from scoresde.guidance.cli import train_classifier
+from scoresde.cli.runs import train_classifier
+from scoresde.runs import CONFIG_FILE
 from scoresde.metrics import digits_classifier
 from scoresde.train import Trainer
 
@@ -36,7 +37,7 @@ def train_score(out: Path, steps: int) -> float:
     cfg = C.load_config("digits-vp", ["model.num_classes=10", "model.null_label=true", f"training.steps={steps}",
                                       "training.lr=1e-3", "training.warmup=50", "training.ema_decay=0.99"])
     out.mkdir(parents=True, exist_ok=True)
-    C.save_config(cfg, out / cli.CONFIG_FILE)
+    C.save_config(cfg, out / CONFIG_FILE)
     torch.manual_seed(cfg.training.seed)
     sde, model = C.build_sde(cfg), C.build_model(cfg)
     loss = LabelDropout(C.build_loss(cfg, sde), model.null_label, p_uncond=0.1)
@@ -75,7 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     out, docs = Path(args.out), Path(args.docs)
     report: dict = {}
-    if not (out / "score" / cli.CONFIG_FILE).is_file():
+    if not (out / "score" / CONFIG_FILE).is_file():
         report["score_train_seconds"] = round(train_score(out / "score", args.steps), 1)
     if not (out / "classifier" / "accuracy.json").is_file():
         clf_cfg = C.load_config("digits-vp", ["training.lr=1e-3", "training.warmup=50", "training.ema_decay=0.99"])

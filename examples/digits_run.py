@@ -9,9 +9,9 @@ import sys
 import torch
 
 import scoresde as sd
-from scoresde import cli, data, metrics
+from scoresde import data, metrics
 
-run = cli.load_run(sys.argv[1] if len(sys.argv) > 1 else "runs/digits-vp")  # config + EMA weights
+run = sd.load_run(sys.argv[1] if len(sys.argv) > 1 else "runs/digits-vp")  # config + EMA weights
 test = data.load_digits("test")
 for method, steps in [("ddim", 20), ("dpm-solver++", 10), ("dpm-solver++", 20), ("heun", 10)]:
     x, info = sd.sample(run.score_fn, run.sde, (1000, 1, 8, 8), method=method, steps=steps,

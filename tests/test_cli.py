@@ -10,7 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from scoresde import cli, likelihood
+from scoresde import cli, config, likelihood, load_run
+from scoresde.cli.runs import steps_for_nfe
+from scoresde.score import clip_denoised
 
 TINY_TOY = ["training.steps=30", "training.batch_size=64", "training.log_every=10", "training.checkpoint_every=20",
             "model.width=16", "model.depth=1", "data.n=400", "sampling.n=50", "evaluation.n_samples=200",
@@ -64,12 +66,12 @@ def _nfe(sde, method, steps):
 
 
 def test_steps_for_nfe_is_the_largest_within_budget(toy_run):
-    run = cli.load_run(toy_run)
+    run = load_run(toy_run)
     for method in ("dpm-solver++", "heun", "pc"):
-        steps = cli.steps_for_nfe(run.sde, method, 15, (2,), {})
+        steps = steps_for_nfe(run.sde, method, 15, (2,), {})
         assert _nfe(run.sde, method, steps) <= 15 < _nfe(run.sde, method, steps + 1)
     with pytest.raises(ValueError, match="below the cost"):
-        cli.steps_for_nfe(run.sde, "pc", 1, (2,), {})
+        steps_for_nfe(run.sde, "pc", 1, (2,), {})
 
 
 def test_likelihood_toy_nats(toy_run, capsys):
@@ -139,8 +141,8 @@ def test_likelihood_prior_reference_shifts_by_the_data_constant(digits_job, tmp_
     assert run_cli(*base, "--prior-reference", "50", "--out", str(tmp_path / "c0.json")) == 0
     plain = json.loads((tmp_path / "plain.json").read_text())["values"]
     shifted = json.loads((tmp_path / "c0.json").read_text())["values"]
-    run = cli.load_run(digits_job)
-    ref = cli.C.build_dataset(run.cfg, "train").x[:50]
+    run = load_run(digits_job)
+    ref = config.build_dataset(run.config, "train").x[:50]
     c0 = likelihood.prior_constant(ref, run.sde, run.sde.T, run.sde.prior_std)
     expected = -c0 / (ref[0].numel() * math.log(2))
     assert expected > 2e-5  # a real shift (VP: small), 20x the tolerance below
@@ -153,7 +155,7 @@ def test_errors_are_one_line_and_debug_raises(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown preset 'no-such-preset'" in err
     assert run_cli("sample", str(tmp_path)) == 2
-    assert "not a run directory" in capsys.readouterr().err
+    assert "not a run folder" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown preset"):
         cli.main(["--debug", "train", "no-such-preset", "--out", str(tmp_path / "x")])
 
@@ -181,17 +183,6 @@ def test_help_lists_every_command(capsys):
     assert "digits-vp" in capsys.readouterr().out
 
 
-def test_image_grid_layout():
-    x = torch.linspace(-1, 1, 5).reshape(5, 1, 1, 1).expand(5, 1, 8, 8)
-    grid = cli.image_grid(x, min_cell=16)
-    # 3 columns x 2 rows of 16-pixel cells with 1-pixel borders
-    assert grid.shape == (2 * 17 + 1, 3 * 17 + 1, 1)
-    assert grid[1, 1, 0] == 0 and grid[1, 1 + 17 * 2, 0] == 128 and grid[1 + 17, 1 + 17, 0] == 255
-    assert grid[0, :, 0].min() == 255  # white border
-    with pytest.raises(ValueError, match="images"):
-        cli.image_grid(torch.zeros(2, 4, 8, 8))
-
-
 def test_clip_denoised_on_the_oracle():
     import scoresde as sd
 
@@ -208,10 +199,10 @@ def test_clip_denoised_on_the_oracle():
         return (xt + s2 * s(xt, t)) / a
 
     # the Tweedie estimate of a mixture with means in [-0.5, 0.5] stays within [-1, 1]: unchanged
-    wide = cli.clip_denoised(score, sde, (-1.0, 1.0))
+    wide = clip_denoised(score, sde, (-1.0, 1.0))
     assert torch.allclose(wide(xt, t), score(xt, t), rtol=1e-5, atol=1e-5)
     # a narrow range: the new score's Tweedie estimate is exactly the clipped one
-    narrow = cli.clip_denoised(score, sde, (-0.1, 0.1))
+    narrow = clip_denoised(score, sde, (-0.1, 0.1))
     assert torch.allclose(denoised(narrow), denoised(score).clamp(-0.1, 0.1), atol=1e-5)
     assert (denoised(score).abs() > 0.1).any()
 

@@ -396,30 +396,31 @@ def test_digits_rf_preset_is_digits_vp_with_the_rectified_flow():
 def test_reflow_command_retrains_a_rectified_flow_run_on_its_couplings(tmp_path):
     from safetensors.torch import load_file
 
-    from scoresde import cli
+    from scoresde import cli, load_run
+    from scoresde.cli.runs import train_run
     from scoresde import config as C
-    from scoresde.reflow_cli import COUPLINGS_FILE
+    from scoresde.cli.reflow import COUPLINGS_FILE
 
     raw = {"data": {"source": "toy", "name": "8gaussians", "n": 500}, "sde": {"name": "rf"},
            "model": {"name": "mlp", "dim": 2, "width": 16, "depth": 1}, "loss": {"name": "fm"},
            "training": {"steps": 10, "batch_size": 64, "lr": 1e-3, "checkpoint_every": 10, "log_every": 5}}
-    cli.train_run(C.load_config(raw), tmp_path / "rf", progress=False)
+    train_run(C.load_config(raw), tmp_path / "rf", progress=False)
     argv = ["reflow", str(tmp_path / "rf"), "--out", str(tmp_path / "rf2"), "--couplings", "64",
             "--method", "ddim", "--sampler-steps", "4", "--steps", "6", "--quiet"]
     assert cli.main(argv) == 0
-    run = cli.load_run(tmp_path / "rf2")
+    run = load_run(tmp_path / "rf2")
     assert run.step == 6 and isinstance(run.sde, sd.RectifiedFlow) and run.loss.parameterization.kind == "flow"
     # the stored couplings are the source run's DDIM map of the stored noise
     stored = load_file(str(tmp_path / "rf2" / COUPLINGS_FILE))
-    source = cli.load_run(tmp_path / "rf")
+    source = load_run(tmp_path / "rf")
     x, _ = sd.sample(source.score_fn, source.sde, x_T=stored["x_noise"], method="ddim", steps=4)
     torch.testing.assert_close(stored["x_data"], x)
     report = json.loads((tmp_path / "rf2" / "reflow.json").read_text())
     assert report["couplings"] == 64 and report["straightness_before"] > 0 and report["straightness_after"] > 0
     # --resume continues the same run on the same couplings; a VP run is refused
     assert cli.main(argv[:-3] + ["--steps", "8", "--resume", "--quiet"]) == 0
-    assert cli.load_run(tmp_path / "rf2").step == 8
+    assert load_run(tmp_path / "rf2").step == 8
     torch.testing.assert_close(load_file(str(tmp_path / "rf2" / COUPLINGS_FILE))["x_noise"], stored["x_noise"])
     vp = {**raw, "sde": {"name": "vp"}, "loss": {"name": "dsm"}}
-    cli.train_run(C.load_config(vp), tmp_path / "vp", progress=False)
+    train_run(C.load_config(vp), tmp_path / "vp", progress=False)
     assert cli.main(["reflow", str(tmp_path / "vp"), "--out", str(tmp_path / "vp2"), "--quiet"]) == 2

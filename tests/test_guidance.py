@@ -366,7 +366,7 @@ def test_colorization_of_a_gaussian_matches_the_exact_conditional():
 def test_make_mask_kinds(tmp_path):
     from PIL import Image
 
-    from scoresde.guidance.cli import make_mask
+    from scoresde.cli.guidance import make_mask
 
     half = make_mask("half", (1, 8, 8))
     assert half[:, :4].all() and not half[:, 4:].any()
@@ -379,15 +379,6 @@ def test_make_mask_kinds(tmp_path):
     assert from_png.shape == (2, 8, 8) and int(from_png.sum()) == 2 * 16 and from_png[:, 0, 1].all()
     with pytest.raises(ValueError, match="mask"):
         make_mask("nonsense", (1, 8, 8))
-
-
-def test_side_by_side_cells():
-    from scoresde.guidance.cli import side_by_side
-
-    a, b = torch.zeros(2, 1, 8, 8), -torch.ones(2, 1, 8, 8)
-    cell = side_by_side(a, b)
-    assert cell.shape == (2, 1, 32, 65)  # 8 -> 32 pixels, two panels and a 1-pixel white gap
-    assert (cell[..., 32] == 1).all() and (cell[..., :32] == 0).all() and (cell[..., 33:] == -1).all()
 
 
 # -- bad input ----------------------------------------------------------------------------------------

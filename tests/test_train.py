@@ -4,16 +4,14 @@ warm-up schedule, logs and sample grids, and a tiny DSM run that learns a known 
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from scoresde import checkpoint
 from scoresde._tensor import append_dims
 from scoresde.guidance import LabelDropout
 from scoresde.nets import MLP, NCSNpp
-from scoresde.train import Trainer, sample_grid_fn, save_image_grid
+from scoresde.train import Trainer, sample_grid_fn
 
 
 class TinyDSM:
@@ -167,16 +165,6 @@ def test_sample_grid_fn_draws_fixed_samples_through_the_sampling_api(tmp_path):
                       sample_every=1, sample_fn=sample_fn, out_dir=tmp_path, progress=False)
     trainer.fit(1)
     assert (tmp_path / "samples" / "step_00000001.png").is_file()
-
-
-def test_save_image_grid_layout(tmp_path):
-    images = torch.linspace(-1, 1, 5 * 3 * 4 * 2).reshape(5, 3, 4, 2)
-    path = save_image_grid(images, tmp_path / "g.png", nrow=3)
-    arr = torch.from_numpy(np.array(Image.open(path)))
-    assert arr.shape == (2 * 6 + 2, 3 * 4 + 2, 3)  # 2 rows, 3 columns, 2-pixel borders
-    assert arr[2, 2, 0] == 0 and arr[2 + 6 + 3, 2 + 4 + 1, 2] == 255  # first and last pixel values
-    with pytest.raises(ValueError, match="images"):
-        save_image_grid(torch.zeros(2, 2, 4, 4), tmp_path / "bad.png")
 
 
 def test_trainer_learns_a_gaussian_score():

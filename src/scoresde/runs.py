@@ -116,3 +116,31 @@ def write_run(directory: str | Path, cfg: C.Config, ema_state: Mapping[str, Tens
     tensors = prefixed(ema_state, EMA_PREFIX) | (prefixed(model_state, MODEL) if model_state is not None else {})
     ckpt.save(root, step, tensors, meta=meta or {})
     return root
+
+
+CLASSIFIER_FILE = "classifier.json"
+
+
+def load_classifier(directory: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """The EMA weights of a noise-conditional classifier folder (``scoresde train-classifier``),
+    in eval mode: ``classifier.json`` names the network and its options."""
+    import json
+
+    from .nets import MLPClassifier, UNetClassifier
+
+    root = Path(directory)
+    if not (root / CLASSIFIER_FILE).is_file():
+        raise FileNotFoundError(f"{root}: not a classifier folder (no {CLASSIFIER_FILE}; run train-classifier)")
+    spec = json.loads((root / CLASSIFIER_FILE).read_text())
+    options = dict(spec["config"])
+    if spec["kind"] == "MLPClassifier":
+        model: torch.nn.Module = MLPClassifier(options.pop("dim"), options.pop("num_classes"), **options)
+    elif spec["kind"] == "UNetClassifier":
+        model = UNetClassifier(options.pop("num_classes"), **options)
+    else:
+        raise ValueError(f"{root / CLASSIFIER_FILE}: unknown classifier kind {spec['kind']!r}")
+    found = ckpt.load_latest(root)
+    if found is None:
+        raise FileNotFoundError(f"{root}: no valid checkpoint")
+    model.load_state_dict(section(found.tensors, EMA_PREFIX))
+    return model.to(device).eval().requires_grad_(False)

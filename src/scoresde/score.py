@@ -130,6 +130,33 @@ class Parameterization:
         return self.output((x - s * eps) / a, eps, t)
 
 
+def tweedie(x: Tensor, score: Tensor, alpha: float | Tensor, sigma: float | Tensor) -> Tensor:
+    """Tweedie's formula ``x0_hat = E[x_0 | x_t] = (x + sigma^2 s) / alpha`` from a score value ``s``
+    (Efron 2011; the denoiser of every sampler and guidance method). ``alpha``/``sigma`` are numbers
+    (two fused passes over the state) or tensors broadcastable to ``x``; neither input is modified."""
+    if isinstance(alpha, Tensor) or isinstance(sigma, Tensor):
+        return (x + sigma * sigma * score) / alpha
+    return torch.add(x, score, alpha=sigma * sigma).div_(alpha)
+
+
+def clip_denoised(score_fn: ScoreFn, sde: LinearSDE, data_range: tuple[float, float]) -> ScoreFn:
+    """The score whose Tweedie estimate is clipped to ``data_range`` ("thresholding"):
+    ``s' = (alpha clip(x0_hat) - x) / sigma^2``, the score of the kernel ``N(alpha x0, sigma^2)``.
+
+    Unchanged wherever the estimate already lies in the range; it keeps every sampler that
+    works through ``x0_hat`` from extrapolating out of the data's bounded support.
+    """
+    lo, hi = data_range
+
+    def clipped(x: Tensor, t: Tensor) -> Tensor:
+        tt = as_batch_time(t, x)
+        a, s = append_dims(sde.alpha(tt), x.ndim), append_dims(sde.sigma(tt), x.ndim)
+        x0 = tweedie(x, score_fn(x, t), a, s).clamp(lo, hi)
+        return (a * x0 - x) / (s * s)
+
+    return clipped
+
+
 def score_fn_from_model(
     model: Callable[..., Tensor],
     sde: LinearSDE,

@@ -37,9 +37,11 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from . import checkpoint
+from ._io import write_text
 from ._tensor import check_choice
 from .data import ArrayDataset, BatchIterator
 from .ema import EMA
+from .images import save_png
 
 AMP_MODES = ("auto", "bf16", "none")
 _EVAL_STREAM = 2**31  # random stream of the evaluation loss (training uses 0, 1, ...)
@@ -76,32 +78,6 @@ def step_seed(seed: int, rank: int, step: int, stream: int = 0) -> int:
     """A 63-bit seed for one random stream of step ``step`` on rank ``rank``."""
     state = np.random.SeedSequence([seed, rank, step, stream]).generate_state(2, np.uint64)
     return int(state[0] >> np.uint64(1))
-
-
-def save_image_grid(images: Tensor, path: str | Path, *, nrow: int | None = None,
-                    value_range: tuple[float, float] = (-1.0, 1.0)) -> Path:
-    """Write images ``(B, C, H, W)`` (C = 1 or 3) as one PNG grid of ``nrow`` columns.
-
-    Values are mapped linearly from ``value_range`` to ``[0, 255]`` and clipped.
-    """
-    from PIL import Image
-
-    if images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"images must have shape (B, 1 or 3, H, W), got {tuple(images.shape)}")
-    b, c, h, w = images.shape
-    nrow = nrow or math.ceil(math.sqrt(b))
-    rows = math.ceil(b / nrow)
-    lo, hi = value_range
-    x = ((images.detach().float().cpu() - lo) / (hi - lo)).clamp(0, 1).mul(255).round().to(torch.uint8)
-    grid = torch.zeros(c, rows * (h + 2) + 2, nrow * (w + 2) + 2, dtype=torch.uint8)
-    for i in range(b):
-        r, col = divmod(i, nrow)
-        grid[:, 2 + r * (h + 2): 2 + r * (h + 2) + h, 2 + col * (w + 2): 2 + col * (w + 2) + w] = x[i]
-    arr = grid.permute(1, 2, 0).numpy()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr[..., 0] if c == 1 else arr).save(path)
-    return path
 
 
 def sample_grid_fn(sde: Any, shape: tuple[int, ...], *, parameterization: str = "eps",
@@ -150,8 +126,10 @@ def _split_batch(batch: Any) -> Batch:
 class _CsvJsonLog:
     """Appends records to ``log.jsonl`` and ``log.csv`` (and TensorBoard when installed)."""
 
-    def __init__(self, out_dir: Path):
+    def __init__(self, out_dir: Path, after_step: int | None = None):
         self.jsonl, self.csv = out_dir / "log.jsonl", out_dir / "log.csv"
+        if after_step is not None:
+            self._truncate(after_step)
         if not self.csv.exists():
             with open(self.csv, "w", newline="") as f:
                 csv.writer(f).writerow(_CSV_FIELDS)
@@ -160,7 +138,23 @@ class _CsvJsonLog:
         except ImportError:
             self.tb = None
         else:
-            self.tb = SummaryWriter(str(out_dir / "tensorboard"))
+            self.tb = SummaryWriter(str(out_dir / "tensorboard"), purge_step=after_step)
+
+    def _truncate(self, step: int) -> None:
+        """Drop the records after ``step`` (and a line torn by a kill): a resumed run writes them again."""
+        def keep(line: str) -> bool:
+            try:
+                return int(json.loads(line)["step"]) <= step
+            except (ValueError, KeyError, TypeError):
+                return False
+
+        if self.jsonl.is_file():
+            lines = self.jsonl.read_text().splitlines()
+            write_text(self.jsonl, "".join(line + "\n" for line in lines if keep(line)))
+        if self.csv.is_file():
+            head, *rows = self.csv.read_text().splitlines()
+            kept = [r for r in rows if r.split(",")[0].isdigit() and int(r.split(",")[0]) <= step]
+            write_text(self.csv, "".join(line + "\n" for line in [head, *kept]))
 
     def write(self, record: dict[str, Any]) -> None:
         with open(self.jsonl, "a") as f:
@@ -206,7 +200,10 @@ class Trainer:
             images in [-1, 1], written as ``samples/step_<n>.png`` (:func:`sample_grid_fn` builds one
             from ``scoresde.sample``).
         seed: root of every random stream. device: default ``cuda:LOCAL_RANK`` or CPU.
-        resume: continue from the newest valid checkpoint in ``out_dir``.
+        resume: ``True``: continue from the newest valid checkpoint in ``out_dir``
+            (:func:`scoresde.checkpoint.resume_point`: corrupt ones quarantined, ones that do not
+            fit this model skipped), raising ``CheckpointError`` listing what was found when none
+            is valid; ``"auto"``: the same, but start from step 0 when none is valid.
         progress: show a tqdm bar (rank 0). config: extra JSON-safe dict stored in checkpoints.
     """
 
@@ -220,7 +217,7 @@ class Trainer:
                  ckpt_every: int = 1000, keep_last: int = 3, log_every: int = 100,
                  eval_every: int | None = None, eval_data: Any = None, sample_every: int | None = None,
                  sample_fn: Callable[[nn.Module, int], Tensor] | None = None, seed: int = 0,
-                 device: str | torch.device | None = None, resume: bool = False, progress: bool = True,
+                 device: str | torch.device | None = None, resume: bool | str = False, progress: bool = True,
                  config: dict[str, Any] | None = None):
         for name, v in (("batch_size", batch_size), ("grad_accum", grad_accum), ("ckpt_every", ckpt_every),
                         ("keep_last", keep_last), ("log_every", log_every)):
@@ -259,8 +256,9 @@ class Trainer:
         self.step = 0
         self.history: list[dict[str, Any]] = []
         if resume:
-            self._resume()
-        self._log = _CsvJsonLog(self._mkdir()) if self.is_main and self.out_dir is not None else None
+            self._resume(resume)
+        self._log = (_CsvJsonLog(self._mkdir(), after_step=self.step if resume else None)
+                     if self.is_main and self.out_dir is not None else None)
 
     # ------------------------------------------------------------------ setup helpers
     @property
@@ -386,7 +384,7 @@ class Trainer:
         if self.sample_every and self.step % self.sample_every == 0 and self.is_main:
             images = self.sample_fn(self.ema_model, self.step)
             if self.out_dir is not None:
-                save_image_grid(images, self.out_dir / "samples" / f"step_{self.step:08d}.png")
+                save_png(images, self.out_dir / "samples" / f"step_{self.step:08d}.png")
 
     def _write_log(self, record: dict[str, Any]) -> None:
         if self._log is not None:
@@ -437,8 +435,23 @@ class Trainer:
         tensors, meta = self.state()
         return checkpoint.save(self._mkdir(), self.step, tensors, meta, keep_last=self.keep_last)
 
+    def check_checkpoint(self, ckpt: checkpoint.Checkpoint) -> None:
+        """Raise a one-line ``CheckpointError`` naming the file unless ``ckpt`` holds this trainer's
+        state: the model and EMA tensors with this network's names and shapes, the EMA and
+        optimizer metadata and every optimizer tensor it refers to, and nothing else."""
+        expected = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        expected.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
+        checkpoint.check_layout(ckpt, expected, meta_keys=("ema", "optimizer"), other_prefixes=("optim.",))
+        try:
+            checkpoint.unpack(ckpt.meta["optimizer"], ckpt.tensors)
+        except (KeyError, TypeError, ValueError) as err:
+            raise checkpoint.CheckpointError(f"{ckpt.path}: optimizer state incomplete ({err})") from err
+
     def load_state(self, ckpt: checkpoint.Checkpoint) -> None:
-        """Restore the state saved by :meth:`state` from a loaded checkpoint."""
+        """Restore the state saved by :meth:`state` from a loaded checkpoint (checked first by
+        :meth:`check_checkpoint`)."""
+        self.check_checkpoint(ckpt)
+
         def part(prefix: str) -> dict[str, Tensor]:
             return {k[len(prefix):]: v for k, v in ckpt.tensors.items() if k.startswith(prefix)}
 
@@ -452,10 +465,11 @@ class Trainer:
             warnings.warn("the data iterable has no state_dict(): batch order restarts on resume", stacklevel=2)
         self.step = ckpt.step
 
-    def _resume(self) -> None:
+    def _resume(self, resume: bool | str) -> None:
         if self.out_dir is None:
             raise ValueError("resume=True needs out_dir")
-        ckpt = checkpoint.load_latest(self.out_dir)
+        ckpt = checkpoint.resume_point(self.out_dir, self.check_checkpoint, required=resume != "auto",
+                                       clean=self.is_main)
         if ckpt is not None:
             self.load_state(ckpt)
         if self.world_size > 1:  # every rank must resume from the same step (shared out_dir)

@@ -9,13 +9,14 @@ Python scalars, so the state never leaves its device.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..sde import LinearSDE
+from ..score import tweedie
 
 Callback = Callable[[int, Tensor, Tensor], "Tensor | None"]
 
@@ -101,19 +102,19 @@ def log_snr(sde: LinearSDE, t: float) -> float:
     return float(sde.log_snr(torch.tensor(t, dtype=torch.float64)))
 
 
-def tweedie(x: Tensor, score: Tensor, alpha: float, sigma: float) -> Tensor:
-    """Tweedie's ``x0_hat = E[x_0 | x_t] = (x + sigma^2 s) / alpha`` from a score value ``s``
-    (two fused passes over the state; neither input is modified)."""
-    return torch.add(x, score, alpha=sigma * sigma).div_(alpha)
-
-
 def denoise(score: CountedScore, sde: LinearSDE, x: Tensor, t: float) -> Tensor:
     """:func:`tweedie` with the score evaluated at ``(x, t)`` (one NFE)."""
     return tweedie(x, score(x, t), *coeffs(sde, t))
 
 
-def randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Standard normal noise shaped like ``x`` drawn from ``generator``."""
+def randn_like(x: Tensor, generator: "torch.Generator | Sequence[torch.Generator] | None") -> Tensor:
+    """Standard normal noise shaped like ``x`` drawn from ``generator``; a sequence of ``B``
+    generators draws row ``i`` from generator ``i`` (per-sample streams: sample ``i``'s noise does
+    not depend on the other rows of the batch)."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != x.shape[0]:
+            raise ValueError(f"got {len(generator)} per-sample generators for a batch of {x.shape[0]}")
+        return torch.stack([torch.randn(x.shape[1:], generator=g, dtype=x.dtype, device=x.device) for g in generator])
     return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
 

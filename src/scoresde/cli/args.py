@@ -1,0 +1,50 @@
+"""Options shared by several sub-commands, and the validators of command-line values."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import torch
+
+from ..runs import Run, load_run
+
+
+def device_of(name: str | None) -> torch.device:
+    """``--device``: the name given, else CUDA when available, else CPU."""
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def common_options(p: argparse.ArgumentParser, default: Any) -> None:
+    """``--debug``, ``--quiet``, ``--device``, ``--threads``: accepted before or after the command."""
+    p.add_argument("--debug", action="store_true", default=default, help="show full tracebacks on errors")
+    p.add_argument("--quiet", action="store_true", default=default, help="no progress bars")
+    p.add_argument("--device", default=default, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--threads", type=int, default=default, help="torch CPU threads")
+
+
+def run_options(p: argparse.ArgumentParser) -> None:
+    """The run folder and which of its weights to load."""
+    p.add_argument("run", help="run folder written by `scoresde train` or `scoresde import`")
+    p.add_argument("--checkpoint", help="a checkpoint file (default: the newest valid one in RUN)")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of their EMA")
+    p.add_argument("--seed", type=int, default=0, help="seed of all sampling / dequantization noise (default 0)")
+
+
+def sampler_options(p: argparse.ArgumentParser) -> None:
+    """The sampler, its step count or NFE budget, and clipping of the denoised estimate."""
+    p.add_argument("--method", help="sampler name (default: the run's sampling.method), e.g. dpm-solver++, ddim, "
+                                    "heun, pc, ode, euler-maruyama, reverse-diffusion, ancestral")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--steps", type=int, help="number of time steps (default: the run's sampling.steps)")
+    group.add_argument("--nfe", type=int, help="score-evaluation budget: the most steps that fit in it")
+    p.add_argument("--clip-denoised", action=argparse.BooleanOptionalAction, default=None,
+                   help="clip the denoised estimate to the data range at every score evaluation "
+                        "(default: the run's sampling.clip_denoised)")
+
+
+def load(args: argparse.Namespace) -> Run:
+    """The run named by :func:`run_options` on ``args``."""
+    return load_run(args.run, args.checkpoint, ema=not args.no_ema, device=device_of(args.device))

@@ -1,0 +1,306 @@
+"""Orchestration behind the commands: train a config into a run folder, sample and evaluate a run.
+
+These functions compose the library (configs, Trainer, samplers, likelihood, metrics) for the
+commands; a library user calls them too, but nothing in the library imports this package.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .. import config as C
+from .. import data as D
+from .. import likelihood as L
+from .._tensor import check_choice
+from ..images import save_samples
+from ..runs import CONFIG_FILE, Run
+from ..score import clip_denoised
+from ..train import Trainer
+
+# --------------------------------------------------------------------------- training
+
+
+def build_trainer(cfg: C.Config, model: torch.nn.Module, loss: Callable[..., Tensor], data: Any, out: Path, *,
+                  resume: bool = False, progress: bool = True, device: torch.device | None = None,
+                  config: dict | None = None, **overrides: Any) -> Trainer:
+    """The :class:`~scoresde.train.Trainer` of ``cfg.training`` (every optimisation, EMA, logging and
+    checkpoint setting of the section) for ``model`` and ``loss`` on ``data``, writing into ``out``;
+    ``overrides`` replace single Trainer arguments (e.g. ``ckpt_every``)."""
+    t = cfg.training
+    kwargs: dict[str, Any] = dict(
+        batch_size=t.batch_size, lr=t.lr, warmup_steps=t.warmup, grad_clip=t.grad_clip, ema_decay=t.ema_decay,
+        ema_warmup=t.ema_warmup, weight_decay=t.weight_decay, seed=t.seed, out_dir=out, log_every=t.log_every,
+        ckpt_every=t.checkpoint_every, keep_last=t.keep, resume=resume, progress=progress,
+        config=cfg.to_dict() if config is None else config, device=device)
+    return Trainer(model, loss, data, **{**kwargs, **overrides})
+
+
+def train_run(cfg: C.Config, out: Path, resume: bool = False, progress: bool = True,
+              device: torch.device | None = None) -> Path:
+    """Train ``cfg`` into the run folder ``out``: ``config.yaml``, the checkpoints
+    ``ckpt_<step>.*`` and the logs ``log.jsonl`` / ``log.csv`` of :class:`scoresde.train.Trainer`.
+
+    Under ``torchrun`` each process reads its rank's slice of every global batch.
+    """
+    import torch.distributed as dist
+
+    from ..train import init_distributed
+
+    rank, world, device = init_distributed(device)
+    t = cfg.training
+    torch.manual_seed(t.seed)  # network initialisation
+    sde = C.build_sde(cfg)
+    model, loss = C.build_model(cfg), C.build_loss(cfg, sde)
+    if t.label_dropout > 0:
+        loss = with_label_dropout(loss, model, t.label_dropout)
+    if (out / CONFIG_FILE).is_file() and not resume:
+        raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    if (out / CONFIG_FILE).is_file() and not same_run(C.load_config(str(out / CONFIG_FILE)), cfg):
+        raise ValueError(f"{out} holds a run of another configuration; choose another --out")
+    if world > 1:
+        dist.barrier()  # every rank has checked the folder before rank 0 writes into it
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        C.save_config(cfg, out / CONFIG_FILE)
+    if world > 1:
+        dist.barrier()
+    batches = C.build_batches(cfg, C.build_dataset(cfg, "train"), rank=rank, world_size=world)
+    build_trainer(cfg, model, loss, batches, out, resume=resume, progress=progress, device=device).fit(t.steps)
+    return out
+
+
+def with_label_dropout(loss: Callable[..., Tensor], model: torch.nn.Module, p: float) -> Callable[..., Tensor]:
+    """``loss`` trained on the model's null label with probability ``p`` (classifier-free guidance)."""
+    from .. import LabelDropout
+
+    null = getattr(model, "null_label", None)
+    if null is None:
+        raise ValueError("training.label_dropout > 0 needs a class-conditional model with a null label "
+                         "(set model.num_classes and model.null_label=true)")
+    return LabelDropout(loss, null, p)
+
+
+def same_run(a: C.Config, b: C.Config) -> bool:
+    """Whether ``b`` continues the training of ``a``: the same data, SDE, model, loss and
+    training section up to ``training.steps`` (sampling and evaluation may change)."""
+    da, db = a.to_dict(), b.to_dict()
+    for d in (da, db):
+        d["training"].pop("steps")
+    return all(da[k] == db[k] for k in ("data", "sde", "model", "loss", "training"))
+
+
+def plot_loss(run_dir: Path, path: Path) -> None:
+    """Plot the training loss of ``run_dir/log.jsonl`` (one point per log period) into ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .._io import atomic_write
+
+    rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows])
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (mean over log period)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+    plt.close(fig)
+
+
+def classifier_for(cfg: C.Config, num_classes: int, **options: Any) -> torch.nn.Module:
+    """A noise-conditional classifier matching the run's data: the encoder of the run's U-Net preset
+    (images) or a residual MLP (vectors); ``options`` override the network's keyword arguments."""
+    from ..nets import PRESETS, MLPClassifier, UNetClassifier
+
+    shape = C.build_dataset(cfg, "test").sample_shape
+    if len(shape) == 1:
+        return MLPClassifier(shape[0], num_classes, **options)
+    base = {**PRESETS.get(cfg.model.name, {}), **cfg.model.options}
+    base = {k: v for k, v in base.items() if k not in ("progressive", "num_classes", "null_label")}
+    return UNetClassifier(num_classes, **{**base, **options})
+
+
+ACCURACY_TIMES = (0.01, 0.1, 0.25, 0.5, 0.75, 1.0)
+
+
+def train_classifier(cfg: C.Config, out: Path, steps: int, *, progress: bool = True,
+                     device: torch.device | None = None, **network: Any) -> dict[float, float]:
+    """Train ``p_t(y | x_t)`` on the run's data and SDE with
+    :class:`~scoresde.guidance.NoisyClassifierLoss` and the run's training section; writes
+    ``config.yaml``, ``classifier.json`` and checkpoints to ``out``. Returns the test accuracy at
+    :data:`ACCURACY_TIMES` (also in ``accuracy.json``)."""
+    from .. import NoisyClassifierLoss
+    from .._io import write_json
+    from ..guidance import classifier_accuracy
+    from ..runs import CLASSIFIER_FILE
+
+    train = C.build_dataset(cfg, "train")
+    if train.num_classes is None:
+        raise ValueError("the data have no labels: a classifier needs a labelled dataset")
+    torch.manual_seed(cfg.training.seed)
+    model = classifier_for(cfg, train.num_classes, **network)
+    sde = C.build_sde(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    C.save_config(cfg, out / CONFIG_FILE)
+    write_json(out / CLASSIFIER_FILE, {"kind": type(model).__name__, "config": model.config})
+    trainer = build_trainer(cfg, model, NoisyClassifierLoss(sde), train, out, progress=progress, device=device,
+                            ckpt_every=steps, keep_last=1)
+    trainer.fit(steps)
+    test = C.build_dataset(cfg, "test")
+    x, labels = test.x.to(trainer.device), test.labels.to(trainer.device)
+    acc = classifier_accuracy(trainer.ema_model.eval(), sde, x, labels, list(ACCURACY_TIMES),
+                              torch.Generator().manual_seed(cfg.training.seed))
+    write_json(out / "accuracy.json", {"steps": steps, "accuracy": acc})
+    return acc
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def steps_for_nfe(sde: Any, method: str, nfe: int, shape: tuple[int, ...], options: dict,
+                  denoise: bool = False) -> int:
+    """The largest ``steps`` whose run of ``method`` (with the final denoising step when
+    ``denoise``) spends at most ``nfe`` score evaluations, found by dry runs with a zero score on
+    one sample (cheap: no network)."""
+    from ..sampling import sample
+
+    def cost(steps: int) -> int:
+        _, info = sample(lambda x, t: torch.zeros_like(x), sde, (1,) + tuple(shape), method=method,
+                         steps=steps, denoise=denoise, generator=torch.Generator().manual_seed(0), **options)
+        return info.nfe
+
+    if cost(1) > nfe:
+        raise ValueError(f"--nfe {nfe} is below the cost of one {method} step ({cost(1)} NFE)")
+    lo, hi = 1, 2
+    while cost(hi) <= nfe and hi < 100_000:
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if cost(mid) <= nfe else (lo, mid)
+    return lo
+
+
+def sample_run(run: Run, n: int, *, method: str | None = None, steps: int | None = None,
+               nfe: int | None = None, seed: int = 0, progress: bool = True, clip: bool | None = None,
+               **options: Any) -> tuple[Tensor, Any]:
+    """Draw ``n`` samples from a run with its sampling config, overridden by the arguments
+    (``steps`` or an ``nfe`` budget, ``clip`` for :func:`~scoresde.score.clip_denoised`,
+    ``options`` of the method)."""
+    from ..sampling import sample
+
+    s = run.config.sampling
+    clip = s.clip_denoised if clip is None else clip
+    data_range = D.data_range(run.config.data.centered)
+    score_fn = clip_denoised(run.score_fn, run.sde, data_range) if clip else run.score_fn
+    method = method or s.method
+    opts = {**(s.options if method == s.method else {}), **options}  # the config's options fit its method
+    shape = run.sample_shape
+    if nfe is not None:
+        steps = steps_for_nfe(run.sde, method, nfe, shape, opts, s.denoise)
+    steps = steps if steps is not None else s.steps
+    generator = torch.Generator(device=run.device).manual_seed(seed)
+    return sample(score_fn, run.sde, (n,) + shape, method=method, steps=steps, generator=generator,
+                  denoise=s.denoise, progress=progress, device=run.device, batch_size=s.batch_size, **opts)
+
+
+# --------------------------------------------------------------------------- likelihood
+
+
+def likelihood_over_split(run: Run, split: str, limit: int | None, batch: int, results: Path, *,
+                          divergence: str, rtol: float, atol: float, seed: int = 0, prior_reference: int = 0,
+                          progress: bool = True, **likelihood_options: Any) -> dict[str, Any]:
+    """Bits/dim of the first ``limit`` items of a split, or NLL in nats/dim for continuous data.
+
+    Quantised data goes through :func:`scoresde.likelihood.evaluate_bpd` (uniform
+    dequantization, progress bar), which saves its partial results in ``results`` after every
+    batch and resumes from them. ``prior_reference > 0``: the first that many training items
+    estimate the prior constant ``C0`` (:func:`scoresde.likelihood.prior_constant`).
+    ``likelihood_options`` (e.g. ``prior``, ``eps``) go to :func:`scoresde.likelihood.log_likelihood`.
+    Returns the mean, standard error, count and NFE per item.
+    """
+    from tqdm.auto import tqdm
+
+    cfg = run.config
+    if prior_reference > 0:
+        likelihood_options["prior_reference"] = C.build_dataset(cfg, "train").x[:prior_reference].to(run.device)
+    ds = C.build_dataset(cfg, split)
+    n = len(ds) if limit is None else min(limit, len(ds))
+    batches = [ds.x[k: min(k + batch, n)].to(run.device) for k in range(0, n, batch)]
+    generator = torch.Generator(device=run.device).manual_seed(seed)
+    options = {"divergence": divergence, "rtol": rtol, "atol": atol, **likelihood_options}
+    levels = cfg.data.quantisation_levels()
+    if levels:
+        res = L.evaluate_bpd(run.score_fn, run.sde, batches, levels=levels, data_range=D.data_range(cfg.data.centered),
+                             generator=generator, resume_path=results, progress=progress, **options)
+        values, nfe, unit = res.values, res.nfe, "bits/dim"
+    else:
+        values, nfe, unit = [], 0, "nats/dim"
+        for x in tqdm(batches, desc=f"likelihood ({split})", unit="batch", disable=not progress):
+            logp, info = L.log_likelihood(run.score_fn, run.sde, x, generator=generator, **options)
+            values += (-logp / x[0].numel()).tolist()
+            nfe += info.nfe
+    vals = np.asarray(values)
+    return {"unit": unit, "levels": levels, "mean": float(vals.mean()),
+            "stderr": float(vals.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan"),
+            "n": n, "nfe_per_batch": nfe / len(batches)}
+
+
+# --------------------------------------------------------------------------- evaluation
+
+SAMPLE_METRICS = ("fd-digits", "pixel-fd", "sliced-w2", "mmd")
+METRICS = ("bpd", "nll") + SAMPLE_METRICS
+
+
+def sample_metrics(samples: Tensor, reference: Tensor, names: Iterable[str], seed: int = 0) -> dict[str, float]:
+    """The sample-quality metrics ``names`` of ``samples`` against ``reference``."""
+    from .. import metrics as M
+
+    table: dict[str, Callable[[], float]] = {
+        "fd-digits": lambda: M.fd_digits(samples, reference),
+        "pixel-fd": lambda: M.pixel_frechet(samples, reference),
+        "sliced-w2": lambda: M.sliced_wasserstein(samples, reference, generator=torch.Generator().manual_seed(seed)),
+        "mmd": lambda: M.mmd2(samples, reference),
+    }
+    return {name: table[name]() for name in names}
+
+
+def evaluate_run(run: Run, metrics: Sequence[str], out: Path, *, method: str | None = None,
+                 steps: int | None = None, nfe: int | None = None, seed: int = 0, clip: bool | None = None,
+                 progress: bool = True) -> dict[str, Any]:
+    """Measure ``metrics`` of a run; writes ``out/samples.png`` (+ ``.npz``) when sampling and
+    ``out/likelihood_<split>_step<n>.json`` (partial results of checkpoint ``n``); returns the
+    figures."""
+    ev = run.config.evaluation
+    for name in metrics:
+        check_choice(name, METRICS, "metric")
+    result: dict[str, Any] = {"step": run.step}
+    wanted = [m for m in metrics if m in SAMPLE_METRICS]
+    if wanted:
+        t0 = time.perf_counter()
+        x, info = sample_run(run, ev.n_samples, method=method, steps=steps, nfe=nfe, seed=seed, clip=clip,
+                             progress=progress)
+        result["sampling"] = {"method": info.method, "nfe": info.nfe, "n": ev.n_samples,
+                              "clip_denoised": run.config.sampling.clip_denoised if clip is None else clip,
+                              "seconds": round(time.perf_counter() - t0, 2)}
+        save_samples(x[:100], out / "samples.png", D.data_range(run.config.data.centered))
+        reference = C.build_dataset(run.config, ev.split).x
+        result.update(sample_metrics(x.cpu(), reference, wanted, seed))
+    if {"bpd", "nll"} & set(metrics):
+        t0 = time.perf_counter()
+        partial = out / f"likelihood_{ev.split}_step{run.step}.json"
+        lik = likelihood_over_split(run, ev.split, ev.likelihood_n, ev.likelihood_batch, partial,
+                                    divergence=ev.divergence, method=ev.ode_method, rtol=ev.rtol, atol=ev.atol,
+                                    seed=seed, prior_reference=ev.prior_reference, progress=progress)
+        result["likelihood"] = {**lik, "divergence": ev.divergence, "method": ev.ode_method,
+                                "seconds": round(time.perf_counter() - t0, 2)}
+    return result
