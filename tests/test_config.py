@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -125,3 +126,42 @@ def test_build_loss_follows_the_section():
     assert loss.parameterization.kind == "v"
     with pytest.raises(ValueError, match="loss: "):
         C.build_loss(C.load_config("toy-2d", ["loss.weighting=nope"]), C.build_sde(cfg))
+
+
+def test_overriding_a_name_switches_to_that_sections_defaults():
+    rf = C.load_config("digits-vp", ["sde.name=rf"])  # digits-vp's beta_min/beta_max belong to VP
+    assert rf.sde.options == {} and isinstance(C.build_sde(rf), sd.RectifiedFlow)
+    ddpm = C.load_config("toy-2d", ["loss.name=ddpm"])  # toy-2d's DSM weighting/parameterization go
+    assert ddpm.loss.options == {} and type(C.build_loss(ddpm, C.build_sde(ddpm))).__name__ == "DDPMLoss"
+    for order in (["sde.sigma_max=5", "sde.name=ve"], ["sde.name=ve", "sde.sigma_max=5"]):
+        ve = C.load_config("digits-vp", order)  # options given beside the new name apply on top
+        assert ve.sde.options == {"sigma_max": 5} and C.build_sde(ve).sigma(1.0) == pytest.approx(5.0)
+    same = C.load_config("digits-vp", ["sde.name=vp"])  # the same name keeps the section
+    assert same.sde == C.load_config("digits-vp").sde
+
+
+@pytest.mark.parametrize("override", ["training.lr=.nan", "training.lr=.inf", "training.grad_clip=.inf",
+                                      "evaluation.rtol=.nan"])
+def test_non_finite_numbers_are_refused(override):
+    with pytest.raises(ValueError, match=f"{re.escape(override.split('=')[0])} must be finite"):
+        C.load_config("toy-2d", [override])
+
+
+def test_unknown_sampler_name_is_refused_at_load_time():
+    with pytest.raises(ValueError, match="sampling.method must be one of .*dpm-solver.*, got 'nosuch'"):
+        C.load_config("toy-2d", ["sampling.method=nosuch"])
+
+
+def test_describe_lists_every_key_with_its_value_and_meaning():
+    cfg = C.load_config("toy-2d", ["training.sample_every=10", "sde.beta_max=12"])
+    rows = {key: (value, doc) for key, value, doc in C.describe(cfg)}
+    for section in ("data", "training", "sampling", "evaluation"):  # every documented field
+        for f in dataclasses.fields(getattr(cfg, section)):
+            value, doc = rows[f"{section}.{f.name}"]
+            assert value == getattr(getattr(cfg, section), f.name) and doc
+    assert rows["training.sample_every"][0] == 10
+    assert rows["sde.beta_max"] == (12, "option of vp")
+    assert rows["sde.eps"][1] == "option of vp (default)"  # the constructor's default, not given
+    assert rows["sde.eps"][0] == C.build_sde(cfg).eps
+    assert rows["model.width"] == (128, "option of mlp") and rows["model.dim"] == (2, "option of mlp")
+    assert rows["loss.weighting"] == ("sigma2", "option of dsm") and "loss.sde" not in rows

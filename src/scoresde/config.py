@@ -15,9 +15,13 @@ Presets are YAML files in ``scoresde/configs/`` (``toy-2d``, ``digits-vp``, ...)
 start from another with ``base: <preset name>`` and change only what differs, so a new preset
 is one short file. Overrides are ``dotted.key=value`` strings whose value is parsed with
 ``yaml.safe_load`` (``training.steps=500``, ``model.ch_mult=[1,2]``, ``sde.beta_max=10``).
+Overriding a named section's ``name`` (``sde.name=rf``, ``loss.name=ddpm``) switches the section
+to that constructor's defaults (the old options belonged to the old constructor); options given
+in the same command apply on top, in any order.
 
-Every error names the dotted key: unknown keys, wrong types and out-of-range values raise
-``ValueError``.
+Every error names the dotted key: unknown keys, wrong types, non-finite numbers, out-of-range
+values and unknown sampler names raise ``ValueError``. :func:`describe` lists every key with its
+value and meaning (``scoresde config PRESET [k=v ...]``).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import copy
 import dataclasses
 import functools
 import inspect
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -79,7 +84,7 @@ class DataConfig:
 class NamedConfig:
     """A section that names a constructor and passes every other key to it as a keyword."""
 
-    name: str = ""
+    name: str = _field("", doc="the constructor; every other key of the section is its keyword option")
     options: dict = _field(factory=dict)
 
 
@@ -87,14 +92,15 @@ class NamedConfig:
 class SDEConfig(NamedConfig):
     """The forward SDE: ``scoresde.sde_from_name(name, **options)``."""
 
-    name: str = _field("vp", choices=("vp", "ve", "subvp", "cosine", "rf"))
+    name: str = _field("vp", doc="vp | ve | subvp | cosine | rf (other keys: its options)",
+                       choices=("vp", "ve", "subvp", "cosine", "rf"))
 
 
 @dataclass
 class ModelConfig(NamedConfig):
     """The network: a preset of ``scoresde.nets`` or ``unet`` / ``mlp`` with keyword options."""
 
-    name: str = "ddpmpp_digits"
+    name: str = _field("ddpmpp_digits", doc="a scoresde.nets preset, unet or mlp (other keys: its options)")
 
 
 LOSSES = ("dsm", "fm", "ddpm", "smld", "ssm")
@@ -105,7 +111,7 @@ class LossConfig(NamedConfig):
     """The training objective: ``scoresde.losses.loss_from_name(name, sde, **options)``; the
     loss's ``parameterization`` option (``eps`` by default) says what the network outputs."""
 
-    name: str = _field("dsm", choices=LOSSES)
+    name: str = _field("dsm", choices=LOSSES, doc="dsm | fm | ddpm | smld | ssm (other keys: its options)")
 
 
 @dataclass
@@ -126,6 +132,10 @@ class TrainingConfig:
     keep: int = _field(2, ge=1, doc="checkpoints kept")
     label_dropout: float = _field(0.0, ge=0, lt=1, doc="classifier-free guidance: probability of training "
                                   "on the null label (needs model.num_classes and model.null_label)")
+    sample_every: int | None = _field(None, ge=1, doc="steps between sample grids samples/step_<n>.png drawn "
+                                      "with the sampling section (at most 256 samples; None: off)")
+    eval_every: int | None = _field(None, ge=1, doc="steps between evaluation losses of the EMA model on the "
+                                    "first 1000 items of evaluation.split (log.jsonl eval_loss; None: off)")
 
 
 @dataclass
@@ -151,18 +161,18 @@ class EvaluationConfig:
     n_samples: int = _field(1000, ge=2, doc="generated samples for sample metrics")
     likelihood_n: int | None = _field(200, ge=1, doc="first N images of the split for bits/dim (None: all)")
     likelihood_batch: int = _field(100, ge=1, doc="images per likelihood batch")
-    divergence: str = _field("hutchinson", choices=("exact", "hutchinson"))
+    divergence: str = _field("hutchinson", choices=("exact", "hutchinson"), doc="likelihood divergence estimator")
     ode_method: str = _field("bosh3", choices=_likelihood.METHODS, doc="likelihood ODE solver")
     prior_reference: int = _field(0, ge=0, doc="training items that estimate the prior constant C0 (0: off)")
     rtol: float = _field(1e-3, gt=0, doc="likelihood ODE tolerances (per coordinate and per dimension)")
-    atol: float = _field(1e-3, gt=0)
+    atol: float = _field(1e-3, gt=0, doc="absolute tolerance of the likelihood ODE")
 
 
 @dataclass
 class Config:
     """A whole run."""
 
-    description: str = ""
+    description: str = _field("", doc="what the run is, in words")
     data: DataConfig = _field(factory=DataConfig)
     sde: SDEConfig = _field(factory=SDEConfig)
     model: ModelConfig = _field(factory=ModelConfig)
@@ -240,6 +250,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
 def _check_range(value: Any, meta: dict, key: str) -> None:
     if value is None:
         return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{key} must be finite, got {value!r}")
     if meta.get("choices") is not None and value not in meta["choices"]:
         raise ValueError(f"{key} must be one of {', '.join(map(repr, meta['choices']))}, got {value!r}")
     if meta.get("ge") is not None and value < meta["ge"]:
@@ -333,18 +345,34 @@ def load_raw(source: str, _seen: tuple[str, ...] = ()) -> dict:
     return _merge(load_raw(base, _seen + (source,)), raw)
 
 
+def _named_sections() -> tuple[str, ...]:
+    """The sections whose ``name`` picks a constructor (sde, model, loss)."""
+    hints = typing.get_type_hints(Config)
+    return tuple(f.name for f in dataclasses.fields(Config)
+                 if isinstance(hints[f.name], type) and issubclass(hints[f.name], NamedConfig))
+
+
 def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
-    """Apply ``dotted.key=value`` strings (values parsed by ``yaml.safe_load``) to a nested dict."""
+    """Apply ``dotted.key=value`` strings (values parsed by ``yaml.safe_load``) to a nested dict.
+
+    A new ``name`` of a named section (``sde.name=rf``) is applied first and resets the section to
+    that name alone (the constructor's defaults); the other overrides then apply on top."""
     out = copy.deepcopy(raw)
+    parsed = []
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key or any(not part for part in key.split(".")):
             raise ValueError(f"override {item!r} must look like section.key=value")
         try:
-            value = yaml.safe_load(text)
+            parsed.append((item, key, yaml.safe_load(text)))
         except yaml.YAMLError as err:
             raise ValueError(f"override {item!r}: value is not valid YAML ({err})") from err
+    named = {f"{s}.name" for s in _named_sections()}
+    parsed.sort(key=lambda p: p[1] not in named)  # stable: name switches first, the rest in order
+    for item, key, value in parsed:
         *parents, leaf = key.split(".")
+        if key in named and isinstance(out.get(parents[0]), dict) and out[parents[0]].get("name") != value:
+            out[parents[0]] = {}
         node = out
         for i, part in enumerate(parents):
             child = node.setdefault(part, {})
@@ -360,7 +388,52 @@ def load_config(source: str | dict, overrides: Sequence[str] = ()) -> Config:
     raw = copy.deepcopy(source) if isinstance(source, dict) else load_raw(source)
     cfg = Config.from_dict(apply_overrides(raw, overrides))
     build_sde(cfg)  # cheap: surfaces bad SDE options at load time, with their key
+    from scoresde.sampling import METHODS
+
+    if cfg.sampling.method not in METHODS:
+        raise ValueError(f"sampling.method must be one of {', '.join(METHODS)}, got {cfg.sampling.method!r}")
     return cfg
+
+
+def _defaults(ctor: Callable) -> dict[str, Any]:
+    """The keyword options of a constructor that have defaults, with their defaults."""
+    try:
+        params = inspect.signature(ctor).parameters.values()
+    except (TypeError, ValueError):
+        return {}
+    return {p.name: p.default for p in params
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is not p.empty}
+
+
+def describe(cfg: Config) -> list[tuple[str, Any, str]]:
+    """Every key of ``cfg`` as ``(dotted key, value, meaning)``: the documented fields of each
+    section and, for a named section, every keyword option of the constructor it names (the value
+    given, else the constructor's or the network preset's default)."""
+    from scoresde import nets
+
+    sde = build_sde(cfg)
+    sde_defaults = _defaults(type(sde))
+    model_ctor = nets.NCSNpp if cfg.model.name in nets.PRESETS else model_constructors().get(cfg.model.name)
+    defaults = {
+        "sde": sde_defaults,
+        "model": {**_defaults(model_ctor), **nets.PRESETS.get(cfg.model.name, {})} if model_ctor else {},
+        # options the loss takes from the SDE (ddpm's betas, smld's sigmas) are not the loss's own
+        "loss": {k: v for k, v in _defaults(type(build_loss(cfg, sde))).items() if k not in sde_defaults},
+    }
+    rows: list[tuple[str, Any, str]] = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if not dataclasses.is_dataclass(value):
+            rows.append((f.name, value, f.metadata.get("doc", "")))
+            continue
+        rows += [(f"{f.name}.{g.name}", getattr(value, g.name), g.metadata.get("doc", "")) for g in _own_fields(value)]
+        if isinstance(value, NamedConfig):
+            known = defaults[f.name]
+            for k in sorted(set(known) | set(value.options)):
+                given = k in value.options
+                rows.append((f"{f.name}.{k}", value.options[k] if given else known[k],
+                             f"option of {value.name}" + ("" if given else " (default)")))
+    return rows
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
