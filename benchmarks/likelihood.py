@@ -35,7 +35,8 @@ import torch
 from scipy.integrate import solve_ivp
 
 import scoresde as sd
-from scoresde.likelihood import gaussian_prior_logp, prior_constant, prior_correction, value_and_divergence
+from scoresde._tensor import gaussian_logp
+from scoresde.likelihood import prior_constant, prior_correction, value_and_divergence
 
 PAPER_EPS = 1e-5  # the paper starts likelihood integrals here (its VP samples stop at 1e-3)
 MAKERS = {"vp": sd.VPSDE, "subvp": sd.SubVPSDE, "ve": sd.VESDE}
@@ -122,7 +123,7 @@ def paper_estimator(score_fn, sde, x: torch.Tensor, tol: float) -> tuple[torch.T
     z = torch.from_numpy(sol.y[:-batch, -1]).to(x.dtype).reshape(shape)
     delta = torch.from_numpy(sol.y[-batch:, -1])
     info = SimpleNamespace(z=z, delta_logp=delta, nfe=sol.nfev, t_start=sde.eps, t_end=sde.T)
-    return gaussian_prior_logp(z, sde.prior_std).double() + delta, info
+    return gaussian_logp(z, sde.prior_std).double() + delta, info
 
 
 def error_vs_nfe(tolerances: dict) -> list[dict]:
@@ -233,9 +234,9 @@ def biases() -> list[dict]:
             eps = sde.eps
             z = gmm.diffused(sde, sde.T).sample(4000, generator=torch.Generator().manual_seed(3), dtype=torch.float64)[0]
             exact = gmm.log_prob(z, sde.T, sde)
-            gauss = gaussian_prior_logp(z, sde.prior_std)
+            gauss = gaussian_logp(z, sde.prior_std)
             origin = torch.zeros(1, dim, dtype=torch.float64)
-            c0 = float(gmm.log_prob(origin, sde.T, sde) - gaussian_prior_logp(origin, sde.prior_std)) / dim
+            c0 = float(gmm.log_prob(origin, sde.T, sde) - gaussian_logp(origin, sde.prior_std)) / dim
             row = dict(mixture=name, sde=sde_name, prior_gaussian=mean_per_dim(gauss - exact, dim), c0_per_dim=c0)
             for k in (1, 2, 3):
                 corr = gauss + prior_correction(gmm.score_fn(sde), z, sde.T, sde.prior_std, k)

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import scoresde as sd
+from scoresde._tensor import gaussian_logp
 from scoresde.likelihood import (
-    draw_probes, end_time, gaussian_prior_logp, prior_constant, prior_correction, value_and_divergence,
+    draw_probes, end_time, prior_constant, prior_correction, value_and_divergence,
 )
 
 PAPER_EPS = 1e-5  # where the paper starts its likelihood integrals
@@ -106,12 +107,12 @@ def test_prior_correction_is_exact_for_gaussian_data_up_to_c0():
     z = gmm.sample(64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)[0]
     std = sde.prior_std
     origin = torch.zeros(1, 2, dtype=torch.float64)
-    c0 = gmm.log_prob(origin) - gaussian_prior_logp(origin, std)
+    c0 = gmm.log_prob(origin) - gaussian_logp(origin, std)
     for points in (1, 3):
         corr = prior_correction(lambda y, t: gmm.score(y), z, sde.T, std, points)
-        est = gaussian_prior_logp(z, std) + corr + c0
+        est = gaussian_logp(z, std) + corr + c0
         assert torch.allclose(est, gmm.log_prob(z), rtol=0, atol=1e-9)
-    assert (gaussian_prior_logp(z, std) - gmm.log_prob(z)).abs().max() > 1e-2  # the correction matters
+    assert (gaussian_logp(z, std) - gmm.log_prob(z)).abs().max() > 1e-2  # the correction matters
 
 
 def test_hutchinson_is_unbiased_within_4_standard_errors():
@@ -343,7 +344,7 @@ def test_prior_constant_from_data_matches_the_closed_form_and_removes_the_ve_flo
     sde = SDES["ve"]()
     gmm, ref = _data("ring2d", 20000, dtype=torch.float64, seed=7)
     origin = torch.zeros(1, 2, dtype=torch.float64)
-    exact = float(gmm.log_prob(origin, sde.T, sde) - gaussian_prior_logp(origin, sde.prior_std))
+    exact = float(gmm.log_prob(origin, sde.T, sde) - gaussian_logp(origin, sde.prior_std))
     assert prior_constant(ref, sde, sde.T, sde.prior_std) == pytest.approx(exact, abs=2e-5)
     # With it the corrected prior leaves only the solver's error: 4.2e-4 -> 4e-5 nats/dim on the
     # ring under VE at the default tolerance (256 samples, benchmarks/likelihood.py); bound 32

@@ -1,4 +1,4 @@
-"""Tensor helpers shared by every module: per-sample broadcasting and argument checks.
+"""Tensor helpers shared by every module: per-sample broadcasting, argument checks, random draws.
 
 The core never assumes 4-D images: a per-sample scalar of shape ``(B,)`` is broadcast
 against data of shape ``(B, ...)`` with :func:`append_dims`, and nothing else.
@@ -91,3 +91,51 @@ def batch_sum(x: Tensor) -> Tensor:
 def batch_mean(x: Tensor) -> Tensor:
     """Mean over every axis but the first: ``(B, ...) -> (B,)``."""
     return x.reshape(x.shape[0], -1).mean(dim=1)
+
+
+def gaussian_logp(z: Tensor, std: float) -> Tensor:
+    """``log N(z; 0, std^2 I)`` per sample: ``-D/2 log(2 pi std^2) - |z|^2 / (2 std^2)``."""
+    var = std * std
+    return -0.5 * z[0].numel() * math.log(2 * math.pi * var) - batch_sum(z * z) / (2 * var)
+
+
+def check_labels(labels: Tensor | int, n: int, num_classes: int | None, device: torch.device | str | None) -> Tensor:
+    """Class labels as a ``(n,)`` long tensor (an int is broadcast); ``ValueError`` for a wrong shape
+    or a class outside ``[0, num_classes)``."""
+    labels = torch.as_tensor(labels, dtype=torch.long, device=device)
+    if labels.ndim == 0:
+        labels = labels.expand(n)
+    if labels.shape != (n,):
+        raise ValueError(f"labels must be an int or have shape ({n},), got {tuple(labels.shape)}")
+    if n and labels.min() < 0:
+        raise ValueError(f"labels must be >= 0, got {int(labels.min())}")
+    if n and num_classes is not None and labels.max() >= num_classes:
+        raise ValueError(f"labels must lie in [0, {num_classes - 1}], got {int(labels.max())}")
+    return labels
+
+
+# -- random draws: the one pair every module uses -------------------------------------------------
+def randn_like(like: Tensor, generator: torch.Generator | Sequence[torch.Generator] | None = None) -> Tensor:
+    """Standard normal noise shaped like ``like`` (its dtype and device).
+
+    Drawn on the generator's device (so a CPU generator serves a CUDA state reproducibly), then
+    moved to ``like``'s. A sequence of ``B`` generators draws row ``i`` from generator ``i``:
+    per-sample streams, so sample ``i``'s noise does not depend on the rest of the batch.
+    """
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != like.shape[0]:
+            raise ValueError(f"got {len(generator)} per-sample generators for a batch of {like.shape[0]}")
+        return torch.stack([randn_like(like[0], g) for g in generator])
+    device = generator.device if generator is not None else like.device
+    return torch.randn(like.shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+
+
+def rand(n: int, like: Tensor, generator: torch.Generator | Sequence[torch.Generator] | None = None) -> Tensor:
+    """``n`` uniform draws on ``[0, 1)`` with ``like``'s dtype and device (generators as in
+    :func:`randn_like`; a sequence gives one draw per generator)."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != n:
+            raise ValueError(f"got {len(generator)} per-sample generators for {n} draws")
+        return torch.cat([rand(1, like, g) for g in generator])
+    device = generator.device if generator is not None else like.device
+    return torch.rand(n, generator=generator, device=device, dtype=like.dtype).to(like.device)

@@ -69,14 +69,27 @@ class DataConfig:
     centered: bool = _field(True, doc="data in [-1, 1] (True) or [0, 1] (False)")
     hflip: bool = _field(False, doc="random horizontal flips while training")
     n: int = _field(10_000, ge=1, doc="number of toy points per split")
-    levels: int | None = _field(None, ge=2, doc="quantisation levels for bits/dim (None: 17 digits, 256 images)")
+    levels: int | str | None = _field(None, doc="quantisation levels for bits/dim, or 'continuous' (nats/dim, no "
+                                      "dequantization); None: the data's own (17 digits, 256 images and integer "
+                                      ".npz, continuous for toy sets and float .npz)")
     shape: list[int] | None = _field(None, doc="shape of one sample, e.g. [3, 32, 32] (None: read from the data); "
                                      "imported runs set it so they need no data on disk")
 
-    def quantisation_levels(self) -> int | None:
-        """Levels for dequantization and bits/dim; None for continuous (toy) data."""
+    def __post_init__(self) -> None:
+        ok = self.levels == "continuous" or (type(self.levels) is int and self.levels >= 2)
+        if self.levels is not None and not ok:
+            raise ValueError(f"data.levels must be an integer >= 2 or 'continuous', got {self.levels!r}")
+
+    def quantisation_levels(self, dataset: _data.ArrayDataset | None = None) -> int | None:
+        """Levels for dequantization and bits/dim; None for continuous data (nats/dim): ``levels``
+        when set, else the loaded ``dataset``'s own (:attr:`~scoresde.data.ArrayDataset.levels`),
+        else by source (an ``.npz`` needs its dataset: integer arrays are quantised, float ones not)."""
         if self.levels is not None:
-            return self.levels
+            return None if self.levels == "continuous" else int(self.levels)
+        if dataset is not None:
+            return dataset.levels
+        if self.source == "npz":
+            raise ValueError("data.levels of an .npz source depends on its dtype: pass the loaded dataset")
         return {"digits": 17, "toy": None}.get(self.source, 256)
 
 
@@ -93,7 +106,7 @@ class SDEConfig(NamedConfig):
     """The forward SDE: ``scoresde.sde_from_name(name, **options)``."""
 
     name: str = _field("vp", doc="vp | ve | subvp | cosine | rf (other keys: its options)",
-                       choices=("vp", "ve", "subvp", "cosine", "rf"))
+                       choices=("vp", "ve", "subvp", "cosine", "rf", "discrete-vp"))
 
 
 @dataclass
@@ -223,7 +236,12 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key)
+        for member in inner[:-1]:  # the first member that takes the value (int | str: 256 or "continuous")
+            try:
+                return _coerce(value, member, key)
+            except ValueError:
+                pass
+        return _coerce(value, inner[-1], key)
     if hint is Any:
         return value
     if origin in (list, tuple) or hint in (list, tuple):
@@ -463,10 +481,10 @@ def _construct(ctor: Callable, options: dict, section: str, *args: Any) -> Any:
 
 def sde_classes() -> dict[str, type]:
     """SDE names of ``sde.name`` -> classes (their keyword arguments are the section's options)."""
-    from scoresde import sde
+    from scoresde.interop.discrete_vp import SDE_NAME, DiscreteVPSDE
+    from scoresde.sde import SDES
 
-    return {"vp": sde.VPSDE, "ve": sde.VESDE, "subvp": sde.SubVPSDE, "cosine": sde.CosineVPSDE,
-            "rf": sde.RectifiedFlow}
+    return dict(SDES) | {SDE_NAME: DiscreteVPSDE}
 
 
 def build_sde(cfg: Config):
@@ -476,20 +494,27 @@ def build_sde(cfg: Config):
 
 def model_constructors() -> dict[str, Callable]:
     """Model names -> constructors: every ``scoresde.nets.PRESETS`` entry, ``unet``
-    (:class:`~scoresde.nets.NCSNpp`) and ``mlp`` (:class:`~scoresde.nets.MLP`)."""
+    (:class:`~scoresde.nets.NCSNpp`), ``mlp`` (:class:`~scoresde.nets.MLP`) and ``diffusers-unet2d``
+    (:class:`~scoresde.interop.diffusers_unet.DiffusersUNet`)."""
     from scoresde import nets
+    from scoresde.interop.diffusers_unet import MODEL_NAME, DiffusersUNet
 
     table: dict[str, Callable] = {name: functools.partial(nets.build_preset, name) for name in nets.PRESETS}
-    table.update(unet=nets.NCSNpp, mlp=nets.MLP)
+    table.update(unet=nets.NCSNpp, mlp=nets.MLP, score_sde=nets.OfficialScoreModel)
+    table[MODEL_NAME] = DiffusersUNet
     return table
 
 
 def build_model(cfg: Config):
-    """The network of ``cfg.model``, built with ``cfg.model.options`` as keyword arguments."""
+    """The network of ``cfg.model``, built with ``cfg.model.options`` as keyword arguments (after
+    the run's SDE for constructors marked ``needs_sde``: the official ``score_sde`` model)."""
     table = model_constructors()
     if cfg.model.name not in table:
         raise ValueError(f"model.name must be one of {', '.join(sorted(table))}, got {cfg.model.name!r}")
-    return _construct(table[cfg.model.name], cfg.model.options, "model")
+    ctor = table[cfg.model.name]
+    if getattr(ctor, "needs_sde", False):
+        ctor = functools.partial(ctor, build_sde(cfg))
+    return _construct(ctor, cfg.model.options, "model")
 
 
 def build_loss(cfg: Config, sde: Any):
@@ -504,7 +529,8 @@ def build_dataset(cfg: Config, split: str = "train") -> _data.ArrayDataset:
     d = cfg.data
     try:
         return _data.load_dataset(d.source, split, path=d.path, name=d.name, size=d.size,
-                                  channels=d.channels, centered=d.centered, n=d.n, seed=cfg.training.seed)
+                                  channels=d.channels, centered=d.centered, n=d.n, seed=cfg.training.seed,
+                                  levels=d.levels if isinstance(d.levels, int) else None)
     except ValueError as err:
         raise ValueError(f"data: {err}") from err
 

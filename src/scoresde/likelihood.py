@@ -110,7 +110,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ._tensor import append_dims, as_batch_time, batch_sum, check_choice, check_finite, check_positive
+from ._tensor import append_dims, as_batch_time, batch_sum, check_choice, check_finite, check_positive, gaussian_logp
 from .data import dequantize
 from .rk import ADAPTIVE_METHODS, NORMS, solve
 from .score import ScoreFn
@@ -261,11 +261,6 @@ def _prior_std(sde: SDE, t_end: float) -> float:
     if t_end == sde.T:
         return sde.prior_std
     return float(sde.sigma(torch.tensor(t_end, dtype=torch.float64)))
-
-
-def gaussian_prior_logp(z: Tensor, std: float) -> Tensor:
-    """``log N(z; 0, std^2 I)`` per sample."""
-    return batch_sum(torch.distributions.Normal(0.0, std).log_prob(z))
 
 
 def prior_correction(score_fn: ScoreFn, z: Tensor, t_end: float, std: float, points: int = 2) -> Tensor:
@@ -419,7 +414,7 @@ def log_likelihood(
     u_end = torch.tensor(u1, dtype=x.dtype, device=x.device)
     z = chart.from_state(state[:, :dim].reshape(x.shape), u_end)
     delta = dim * (state[:, dim] + chart.log_scale(torch.tensor(u0, dtype=x.dtype, device=x.device)) - chart.log_scale(u_end))
-    prior_logp = gaussian_prior_logp(z, std)
+    prior_logp = gaussian_logp(z, std)
     if prior == "corrected":
         prior_logp = prior_logp + prior_correction(score_fn, z, t_end, std, prior_points) + c0
         nfe += prior_points

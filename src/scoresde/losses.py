@@ -25,7 +25,7 @@ from typing import Callable, Union
 import torch
 from torch import Tensor
 
-from ._tensor import append_dims, as_batch_time, batch_mean, batch_sum, check_batch, check_choice, check_time
+from ._tensor import append_dims, as_batch_time, batch_mean, batch_sum, check_batch, check_choice, check_time, rand, randn_like
 from .score import Parameterization
 from .sde import SDE, LinearSDE, VESDE, VPSDE, ddpm_alphas_cumprod, ddpm_betas, smld_sigmas
 
@@ -48,26 +48,14 @@ def _reduce(sq: Tensor, how: str) -> Tensor:
     return batch_mean(sq) if how == "mean" else batch_sum(sq)
 
 
-def _rand(n: int, generator: torch.Generator | None, like: Tensor) -> Tensor:
-    """``n`` uniforms on [0, 1) drawn on the generator's device, returned on ``like``'s."""
-    device = generator.device if generator is not None else like.device
-    return torch.rand(n, generator=generator, device=device, dtype=like.dtype).to(like.device)
-
-
-def _randn(shape: tuple[int, ...], generator: torch.Generator | None, like: Tensor) -> Tensor:
-    """Standard normal noise of ``shape`` drawn on the generator's device, returned on ``like``'s."""
-    device = generator.device if generator is not None else like.device
-    return torch.randn(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
-
-
 def _uniform_times(sde: SDE, n: int, generator: torch.Generator | None, like: Tensor) -> Tensor:
     """``t ~ U[eps, T]``."""
-    return sde.eps + (sde.T - sde.eps) * _rand(n, generator, like)
+    return sde.eps + (sde.T - sde.eps) * rand(n, like, generator)
 
 
 def _grid_times(grid: Tensor, n: int, generator: torch.Generator | None, like: Tensor) -> tuple[Tensor, Tensor]:
     """Times drawn uniformly from the discrete ``grid``, with unit weights."""
-    idx = (_rand(n, generator, like) * grid.numel()).long().clamp_max(grid.numel() - 1)
+    idx = (rand(n, like, generator) * grid.numel()).long().clamp_max(grid.numel() - 1)
     t = grid.to(like)[idx]
     return t, torch.ones_like(t)
 
@@ -154,7 +142,7 @@ class _GaussianPathLoss(ABC):
         and ``eps ~ N(0, I)``, drawn in that order from ``generator``."""
         _check_labels(x0, labels)
         t, w = self.sample_time(x0.shape[0], generator, x0)
-        noise = _randn(x0.shape, generator, x0)
+        noise = randn_like(x0, generator)
         return (w * self.per_sample(model, x0, t, noise, labels)).mean()
 
 
@@ -213,7 +201,7 @@ class DSMLoss(_GaussianPathLoss):
             t = _uniform_times(self.sde, n, generator, like)
             return t, torch.ones_like(t)
         span = self._lam_eps - self._lam_T
-        lam = self._lam_eps - span * _rand(n, generator, like)
+        lam = self._lam_eps - span * rand(n, like, generator)
         t = self.sde.t_of_log_snr(lam).clamp(self.sde.eps, self.sde.T)
         q = self.sde.g2(t) / self.sde.sigma(t) ** 2 / (2 * span)
         return t, 1.0 / ((self.sde.T - self.sde.eps) * q)
@@ -276,7 +264,7 @@ class FlowMatchingLoss(_GaussianPathLoss):
         if self.time_sampling == "uniform":
             t = _uniform_times(self.sde, n, generator, like)
         else:
-            z = _randn((n,), generator, like)
+            z = randn_like(like.new_empty(n), generator)
             t = self.sde.eps + (self.sde.T - self.sde.eps) * torch.sigmoid(self.loc + self.scale * z)
         return t, torch.ones_like(t)
 
@@ -415,7 +403,7 @@ class SlicedScoreMatchingLoss:
         """Samples ``(x_t, t)`` of the perturbed marginals, ``t`` drawn first."""
         if isinstance(self.sde, LinearSDE):
             t = _uniform_times(self.sde, x0.shape[0], generator, x0)
-            return self.sde.marginal(x0, t, _randn(x0.shape, generator, x0)), t
+            return self.sde.marginal(x0, t, randn_like(x0, generator)), t
         steps, T = self.simulation_steps, self.sde.T
         grid = torch.arange(1, steps + 1, dtype=torch.float64) * (T / steps)
         grid = grid[grid >= self.sde.eps]
@@ -452,7 +440,7 @@ class SlicedScoreMatchingLoss:
             s = self.score(model, x, t, labels)
             traces, projections = [], []
             for _ in range(self.n_projections):
-                v = _randn(x.shape, generator, x)
+                v = randn_like(x, generator)
                 (jv,) = torch.autograd.grad(s, x, grad_outputs=v, create_graph=True)
                 traces.append(batch_sum(jv * v))
                 projections.append(batch_sum(v * s) ** 2)

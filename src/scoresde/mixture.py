@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ._tensor import as_batch_time, check_choice, check_time
+from ._tensor import as_batch_time, check_choice, check_labels, check_time
 from .score import ScoreFn
 from .sde import LinearSDE
 
@@ -150,19 +150,9 @@ class GaussianMixture:
         self, x: Tensor, t: Tensor | float | None, sde: LinearSDE | None, labels: Tensor | int
     ) -> Tensor:
         """``grad_x log p_t(y | x) = grad log N_y(x_t) - grad log p_t(x_t)`` (classifier guidance)."""
-        labels = self._check_labels(labels, x.shape[0], x.device)
+        labels = check_labels(labels, x.shape[0], self.num_components, x.device)
         comp = self.component_scores(x, t, sde)
         return comp[torch.arange(x.shape[0], device=x.device), labels] - self.score(x, t, sde)
-
-    def _check_labels(self, labels: Tensor | int, n: int, device) -> Tensor:
-        labels = torch.as_tensor(labels, device=device, dtype=torch.long)
-        if labels.ndim == 0:
-            labels = labels.expand(n)
-        if labels.shape != (n,):
-            raise ValueError(f"labels must be an int or have shape ({n},), got {tuple(labels.shape)}")
-        if labels.min() < 0 or labels.max() >= self.num_components:
-            raise ValueError(f"labels must lie in [0, {self.num_components - 1}]")
-        return labels
 
     def score_fn(self, sde: LinearSDE, label: Tensor | int | None = None) -> ScoreFn:
         """The exact score function of ``p_t`` (or of component ``label``: the class-conditional score)."""
@@ -173,7 +163,7 @@ class GaussianMixture:
             if label is None:
                 out = self.score(flat, t, sde)
             else:
-                labels = self._check_labels(label, shape[0], x.device)
+                labels = check_labels(label, shape[0], self.num_components, x.device)
                 out = self.component_scores(flat, t, sde)[torch.arange(shape[0], device=x.device), labels]
             return out.reshape(shape)
 
@@ -188,7 +178,7 @@ class GaussianMixture:
 
     def component(self, k: int) -> "GaussianMixture":
         """Component ``k`` alone, as a one-mode mixture."""
-        self._check_labels(k, 1, "cpu")
+        check_labels(k, 1, self.num_components, "cpu")
         return GaussianMixture(torch.ones(1), self.means[k : k + 1], self.stds[k : k + 1])
 
     # -- conditionals (inpainting oracle) -----------------------------------------------------

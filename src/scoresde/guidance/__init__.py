@@ -1,6 +1,7 @@
-"""Controllable generation: classifier and classifier-free guidance, inpainting, colorization,
-linear inverse problems, and particle inpainting. Every method yields a plain ``score_fn`` or a
-sampler ``callback`` that works with each sampler of :func:`scoresde.sample`."""
+"""Controllable generation: classifier and classifier-free guidance, and conditional sampling
+given linear measurements (inpainting, colorization, super-resolution, deblurring, any linear
+inverse problem, exact or noisy) by particles (the default) or by replacement. Guidance yields a
+plain ``score_fn`` that works with each sampler of :func:`scoresde.sample`."""
 
 from .conditional import (
     LabelDropout,
@@ -12,29 +13,20 @@ from .conditional import (
     grad_log_prob,
     mixture_log_posterior,
 )
-from .inverse import (
-    AveragePool,
-    CircularBlur,
-    LinearOperator,
-    Mask,
-    colorize,
-    decoupling_matrix,
-    inpaint,
-    projection_callback,
-    reconstruction_guided_score,
-    solve_inverse_problem,
-    to_gray,
-)
-from .smc import SMCInfo, inpaint_smc
+from .inverse import colorize, inpaint, projection_callback, reconstruction_guided_score, solve_inverse_problem
+from .operators import AveragePool, CircularBlur, Grayscale, LinearOperator, Mask, Spectrum, decoupling_matrix, to_gray
+from .smc import ConditionalInfo, smc_inverse
 
 __all__ = [
     "AveragePool",
     "CircularBlur",
+    "ConditionalInfo",
+    "Grayscale",
     "LabelDropout",
     "LinearOperator",
     "Mask",
     "NoisyClassifierLoss",
-    "SMCInfo",
+    "Spectrum",
     "cfg_score",
     "cfg_score_from_model",
     "classifier_accuracy",
@@ -43,10 +35,10 @@ __all__ = [
     "decoupling_matrix",
     "grad_log_prob",
     "inpaint",
-    "inpaint_smc",
     "mixture_log_posterior",
     "projection_callback",
     "reconstruction_guided_score",
+    "smc_inverse",
     "solve_inverse_problem",
     "to_gray",
 ]

@@ -33,7 +33,7 @@ from .._tensor import as_batch_time, check_time
 from ..mixture import GaussianMixture
 from ..score import Parameterization, ScoreFn
 from ..sde import LinearSDE
-from ._random import rand, randn_like
+from .._tensor import check_labels, rand, randn_like
 
 LogProbFn = Callable[[Tensor, Tensor], Tensor]
 """``log_prob_fn(x, t) -> (B, K)`` logits or log-probabilities of ``p_t(y | x_t)``."""
@@ -46,20 +46,6 @@ def check_scale(scale: float, name: str = "scale") -> float:
     if not (scale >= 0.0 and scale < float("inf")):
         raise ValueError(f"{name} must be a finite number >= 0, got {scale}")
     return scale
-
-
-def check_labels(labels: Tensor | int, n: int, num_classes: int | None, device) -> Tensor:
-    """Labels as a ``(n,)`` long tensor; ``ValueError`` for a wrong shape or an unknown class."""
-    labels = torch.as_tensor(labels, dtype=torch.long, device=device)
-    if labels.ndim == 0:
-        labels = labels.expand(n)
-    if labels.shape != (n,):
-        raise ValueError(f"labels must be an int or have shape ({n},), got {tuple(labels.shape)}")
-    if n and labels.min() < 0:
-        raise ValueError(f"labels must be >= 0, got {int(labels.min())}")
-    if n and num_classes is not None and labels.max() >= num_classes:
-        raise ValueError(f"labels must lie in [0, {num_classes - 1}], got {int(labels.max())}")
-    return labels
 
 
 def _check_labels_early(labels: Tensor | int, num_classes: int | None) -> None:

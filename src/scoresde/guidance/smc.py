@@ -1,142 +1,234 @@
-"""Particle (sequential Monte Carlo) inpainting that corrects the replacement method's bias.
+"""Particle (sequential Monte Carlo) sampling of ``p(x | y)`` for ``y = A x + sigma_y z``: the
+asymptotically exact default of :func:`~scoresde.guidance.inverse.solve_inverse_problem`,
+:func:`~scoresde.guidance.inverse.inpaint` and :func:`~scoresde.guidance.inverse.colorize`.
 
-The replacement method conditions the missing part on independently re-noised copies of the
-observation, which distorts mode weights when the posterior over modes stays ambiguous. Following
-SMCDiff (Trippe et al. 2022), this sampler instead
+It is SMCDiff (Trippe et al. 2022) generalised to any linear operator and to noisy
+measurements, in the singular basis ``A = U S V^T`` of the operator
+(:meth:`~scoresde.guidance.operators.LinearOperator.svd`; as in DDRM, Kawar et al. 2022):
 
-1. draws **one** forward-noised path of the observed coordinates ``y_{t_N}, ..., y_{t_0}``
-   from the forward Markov chain (``y_t = a_{t|s} y_s + b_{t|s} z``, :meth:`LinearSDE.transition`),
-   starting at ``y = x_obs`` (the path is independent of the missing part given ``y``);
-2. runs ``P`` particles of the missing part through the reverse ancestral kernel
-   ``q(x_s | x_t, x0_hat)`` (the Gaussian posterior of the forward kernel with Tweedie's
-   ``x0_hat = (x_t + sigma_t^2 s(x_t, t)) / alpha_t``)::
+1. **Each measurement is an exact observation of the diffused state.** In direction ``i``
+   (``s_i > 0``) the measurement reads ``y~_i = (U^T y)_i / s_i = (V^T x_0)_i + (sigma_y / s_i) n_i``,
+   distributed exactly as ``(V^T x_t)_i / alpha_t`` at the time ``t*_i`` where
+   ``sigma_t / alpha_t = sigma_y / s_i`` (``t*_i = 0`` without noise). Couple the forward noise
+   with the measurement noise so that ``(V^T x_{t*})_i = alpha_{t*} y~_i``; above ``t*_i`` the
+   direction follows the forward chain, below it it is free. The observed path ``c_t`` of every
+   seen direction is drawn once per row: ``c_t = alpha_t y~ + sqrt(sigma_t^2 - alpha_t^2
+   sigma_y^2 / s^2) z`` at its first grid time ``t >= t*``, then ``c_t = a c_s + b z`` upward
+   (:meth:`LinearSDE.transition`). The path beyond ``y`` is independent of ``x_0`` given ``y``,
+   so ``p(x_0 | path) = p(x_0 | y)``. The times ``t*_i`` inside the grid are added to it.
+2. ``P`` particles per row move by the ancestral kernel ``q(x_s | x_t, x0_hat) = N(m, k_z^2 I)``,
+   ``m = k_x x_t + k_0 x0_hat`` (:func:`scoresde.sampling.fast.eta_weights` at ``eta = 1``,
+   Tweedie's ``x0_hat``), **conditioned exactly** on the observed coefficients
+   ``(V^T x_s)_obs = c_s`` (an isotropic Gaussian conditioned on orthonormal coordinates: those
+   coordinates replaced, the rest untouched).
+3. The weight is the kernel's density of what was observed, ``w <- w N(c_s; (V^T m)_obs, k_z^2)``.
+   It depends on ``x_t`` alone, so the conditioned kernel is the locally optimal proposal and
+   resampling (multinomial, in every row, when any row's effective sample size falls below
+   ``ess_threshold * P``) happens before the move.
+4. Below the last ``t*`` nothing is observed and the weights stop changing: one particle per
+   row is drawn there and continues alone (noisy measurements cost ``P`` evaluations per step
+   only above ``t*``). The last state is denoised by Tweedie's formula; without noise the seen
+   directions are then set to ``y~`` exactly (``A x = y``).
 
-       mean = (alpha_s b^2 / sigma_t^2) x0_hat + (a sigma_s^2 / sigma_t^2) x_t,
-       var  = b^2 sigma_s^2 / sigma_t^2,        a = alpha_t / alpha_s, b^2 = sigma_t^2 - a^2 sigma_s^2
-
-   with the observed entries of ``x_t`` set to ``y_t``;
-3. weights each particle by the kernel's density of the next observed values,
-   ``w <- w N(y_s; mean_obs, var)``. With diagonal kernels this weight depends on ``x_t`` alone
-   (the observed and missing parts of ``x_s`` are independent given ``x_t``), so the kernel is
-   the optimal proposal and resampling (multinomial, every row, when the effective sample size
-   of any row falls below ``ess_threshold * P``) happens *before* the move, which keeps the
-   copies of a resampled particle apart.
-
-The weighted particles target ``p(x_miss | y_{t_0..t_N}) = p(x_miss | x_obs)``: the method is
-consistent as ``P -> infinity`` and the steps shrink (the only approximations are the Gaussian
-reverse kernel and the score). The last state is denoised by Tweedie's formula and one particle
-per row is drawn by weight. Cost: ``steps * P`` score evaluations per row.
+The particles target ``p(x_0 | y)`` up to the Gaussian reverse kernel and the score: the method
+is consistent as ``P -> infinity`` and the steps shrink. Cost per output sample: ``P`` score
+evaluations per step above the last observation time, one per step below it, one for the final
+denoising (``ConditionalInfo.nfe``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from .._tensor import append_dims
-from ..score import ScoreFn
+from .._tensor import randn_like
+from ..sampling._common import kernel_at
+from ..sampling.fast import eta_weights
+from ..sampling.grids import check_grid, make_grid
+from ..score import ScoreFn, tweedie
 from ..sde import LinearSDE
-from ._random import randn_like
-from .inverse import as_mask
+from .operators import LinearOperator, Spectrum
 
 
 @dataclass
-class SMCInfo:
-    """``nfe``: score evaluations per particle; ``ess``: the effective sample size fraction
-    before each step's resampling decision (``(steps,)``, mean over rows); ``resamples``: how
-    many steps resampled."""
+class ConditionalInfo:
+    """What a conditional sampler spent. ``nfe``: score evaluations per output sample, all its
+    particles together (users budget by it); ``method``: ``"smc"`` or ``"replacement"``;
+    ``particles``; ``steps``: steps of the time grid (for SMC, observation times included);
+    ``ess``: the effective-sample-size fraction before each SMC step's resampling decision
+    (mean over rows; ``None`` for replacement); ``resamples``: steps that resampled."""
 
     nfe: int
-    ess: Tensor
-    resamples: int
+    method: str
+    particles: int = 1
+    steps: int = 0
+    ess: Tensor | None = None
+    resamples: int = 0
 
 
-def _observed_path(sde: LinearSDE, x_obs: Tensor, grid: Tensor, generator) -> list[Tensor]:
-    """One forward-chain path ``[y_{t_0}, ..., y_{t_N}]`` of ``x_obs`` on the descending ``grid``."""
-    path = [sde.marginal(x_obs, float(grid[-1]), randn_like(x_obs, generator))]
-    for s, t in zip(grid.flip(0)[:-1], grid.flip(0)[1:]):
-        a, b = sde.transition(float(s), float(t))
-        path.append(float(a) * path[-1] + float(b) * randn_like(x_obs, generator))
-    return path[::-1]
+def check_particles(particles: int) -> int:
+    if isinstance(particles, bool) or not isinstance(particles, int) or particles < 1:
+        raise ValueError(f"particles must be an integer >= 1, got {particles!r}")
+    return particles
 
 
-def _resample(x: Tensor, log_w: Tensor, generator) -> Tensor:
-    """Multinomial resampling within each row: ``x`` ``(B, P, ...)``, ``log_w`` ``(B, P)``."""
-    idx = torch.multinomial(torch.softmax(log_w, dim=1).cpu(), log_w.shape[1], replacement=True, generator=generator)
-    idx = idx.to(x.device)
-    return torch.gather(x, 1, idx.reshape(idx.shape + (1,) * (x.ndim - 2)).expand_as(x))
+def observation_times(sde: LinearSDE, s: Tensor, sigma_y: float) -> Tensor:
+    """``t*`` per direction (``s``'s shape, float64): the time with ``sigma_t / alpha_t =
+    sigma_y / s`` (0 without noise; ``inf`` where ``s = 0`` or where the measurement is noisier
+    than the prior at ``T``: never seen)."""
+    s = s.double().cpu()
+    if sigma_y == 0.0:
+        return torch.where(s > 0, torch.zeros_like(s), torch.full_like(s, math.inf))
+    lam = torch.log(s.clamp_min(1e-300) / sigma_y)
+    t = sde.t_of_log_snr(lam).double().clamp(0.0, sde.T)
+    never = (s <= 0) | (lam < sde.log_snr(torch.tensor(sde.T, dtype=torch.float64)))  # noisier than the prior
+    return torch.where(never, torch.full_like(s, math.inf), t)
+
+
+def with_observation_times(grid: Tensor, t_obs: Tensor) -> Tensor:
+    """``grid`` (descending) with the distinct finite ``t*`` strictly inside it added."""
+    inside = t_obs[torch.isfinite(t_obs) & (t_obs > grid[-1]) & (t_obs < grid[0])]
+    merged = torch.cat([grid, torch.unique(inside.round(decimals=12))])
+    merged = torch.unique(merged.round(decimals=12))
+    return merged.flip(0)
+
+
+class _Particles:
+    """``(B, P, *sample)`` particles read through a :class:`Spectrum` (coefficients ``(B, P, *c)``)."""
+
+    def __init__(self, spec: Spectrum, sample_shape: tuple[int, ...]) -> None:
+        self.spec, self.sample_shape = spec, sample_shape
+
+    def coef(self, x: Tensor) -> Tensor:
+        c = self.spec.coef(x.reshape(-1, *self.sample_shape))
+        return c.reshape(*x.shape[:2], *c.shape[1:])
+
+    def expand(self, c: Tensor) -> Tensor:
+        out = self.spec.expand(c.reshape(-1, *c.shape[2:]))
+        return out.reshape(*c.shape[:2], *self.sample_shape)
+
+    def constrain(self, x: Tensor, target: Tensor, observed: Tensor) -> Tensor:
+        """``x`` with its ``observed`` coefficients replaced by ``target`` (the rest untouched)."""
+        if not bool(observed.any()):
+            return x
+        delta = torch.where(observed, target - self.coef(x), torch.zeros((), dtype=target.dtype, device=target.device))
+        return x + self.expand(delta)
+
+
+def _pick(x: Tensor, log_w: Tensor, generator, count: int) -> Tensor:
+    """``count`` particles per row drawn by weight (multinomial): ``(B, P, ...) -> (B, count, ...)``."""
+    probs = torch.softmax(log_w, dim=1)
+    where = generator.device if generator is not None else probs.device
+    idx = torch.multinomial(probs.to(where), count, replacement=True, generator=generator).to(x.device)
+    return torch.gather(x, 1, idx.reshape(idx.shape + (1,) * (x.ndim - 2)).expand(idx.shape + x.shape[2:]))
+
+
+def _score(score_fn: ScoreFn, x: Tensor, t: float) -> Tensor:
+    """The score of particles ``(B, P, ...)`` evaluated as one batch ``(B * P, ...)``."""
+    flat = x.reshape(-1, *x.shape[2:])
+    tt = torch.full((flat.shape[0],), t, dtype=x.dtype, device=x.device)
+    out = score_fn(flat, tt)
+    if out.shape != flat.shape:
+        raise ValueError(f"score_fn returned shape {tuple(out.shape)} for x of shape {tuple(flat.shape)}")
+    return out.reshape(x.shape)
 
 
 @torch.no_grad()
-def inpaint_smc(
+def smc_inverse(
     score_fn: ScoreFn,
     sde: LinearSDE,
-    x_obs: Tensor,
-    mask: Tensor,
+    y: Tensor,
+    op: LinearOperator,
+    shape: tuple[int, ...],
     *,
-    particles: int = 64,
+    sigma_y: float = 0.0,
+    particles: int = 32,
     steps: int = 100,
     grid: Tensor | None = None,
     ess_threshold: float = 0.5,
     generator: torch.Generator | None = None,
-) -> tuple[Tensor, SMCInfo]:
-    """Sample the unobserved entries of ``x_obs`` (``mask`` ``True`` where observed) by SMC
-    (module doc). ``grid``: descending times ``T .. eps`` (default: ``steps`` time-uniform steps).
-    Returns ``(x, info)``: one sample per row with ``x[mask] == x_obs[mask]``."""
-    from ..sampling.grids import check_grid, make_grid
-
-    if isinstance(particles, bool) or not isinstance(particles, int) or particles < 1:
-        raise ValueError(f"particles must be an integer >= 1, got {particles!r}")
+) -> tuple[Tensor, ConditionalInfo]:
+    """One sample of ``p(x | y)`` per row for ``y = A x + sigma_y z`` (module doc); ``x`` has
+    ``shape`` ``(B, ...)``, ``y`` is ``op`` applied to such a batch. ``grid``: descending times
+    ``T .. t_N > 0`` (default ``steps`` time-uniform steps); the observation times are added.
+    Returns ``(x, ConditionalInfo)``."""
+    particles = check_particles(particles)
     if not 0.0 <= ess_threshold <= 1.0:
         raise ValueError(f"ess_threshold must lie in [0, 1], got {ess_threshold}")
+    sigma_y = float(sigma_y)
+    if not (math.isfinite(sigma_y) and sigma_y >= 0):
+        raise ValueError(f"sigma_y must be a finite number >= 0, got {sigma_y}")
     grid = make_grid(sde, steps) if grid is None else check_grid(grid, sde)
-    m = as_mask(mask, x_obs.shape).to(x_obs.device)
-    m = m.expand(x_obs.shape).unsqueeze(1)  # (B, 1, ...)
-    B, P = x_obs.shape[0], particles
-    path = [y.unsqueeze(1) for y in _observed_path(sde, x_obs, grid, generator)]
+    if float(grid[-1]) <= 0:
+        raise ValueError("the SMC grid must end at a time > 0 (the ancestral kernel has no noise at t = 0)")
+    probe = torch.zeros(shape, dtype=y.dtype, device=y.device)
+    op.check(probe)
+    spec = op.svd(probe)
+    B, sample_shape = shape[0], tuple(shape[1:])
+    view = _Particles(spec, sample_shape)
+    c_shape = tuple(spec.coef(probe[:1]).shape[1:])
+    s = spec.s if spec.s.ndim == len(c_shape) + 1 else spec.s.expand(1, *c_shape)
+    s = s.unsqueeze(1)  # (1 or B, 1, *c)
+    seen = s > 0
+    y_coef = spec.observe(y).unsqueeze(1)
+    y_tilde = torch.where(seen, y_coef / torch.where(seen, s, torch.ones_like(s)), torch.zeros_like(y_coef))
 
-    x = sde.prior_sample((B, P) + tuple(x_obs.shape[1:]), generator=generator, device=x_obs.device, dtype=x_obs.dtype)
-    log_w = torch.zeros(B, P, dtype=x_obs.dtype, device=x_obs.device)
-    ess, resamples = [], 0
-    for i in range(len(grid) - 1):
-        t, s = float(grid[i]), float(grid[i + 1])
-        x = torch.where(m, path[i], x)
-        mean, var = _ancestral_step(score_fn, sde, x, t, s)
-        log_w = log_w - 0.5 * ((path[i + 1] - mean) ** 2 * m).flatten(2).sum(-1) / var
-        log_w = log_w - log_w.logsumexp(dim=1, keepdim=True)
-        frac = 1.0 / (torch.exp(2 * log_w).sum(dim=1) * P)
-        ess.append(float(frac.mean()))
-        if bool((frac < ess_threshold).any()):  # the weight depends on x_t only: resample, then move
-            mean, log_w, resamples = _resample(mean, log_w, generator), torch.zeros_like(log_w), resamples + 1
-        x = mean + var**0.5 * randn_like(mean, generator)
+    t_obs = observation_times(sde, s, sigma_y)  # float64, CPU, s's shape
+    grid = with_observation_times(grid, t_obs)
+    kern = kernel_at(sde, grid)
+    k_x, k_0, k_z = eta_weights(kern, 1.0)
+    n_steps = len(grid) - 1
+    t_obs = t_obs.to(s.device)
+    observed = [seen & (t_obs <= float(t) * (1 + 1e-9)) for t in grid.tolist()]
+    noise_var = (sigma_y / torch.where(seen, s, torch.ones_like(s)).double()) ** 2
 
-    x = _denoise(score_fn, sde, torch.where(m, path[-1], x), float(grid[-1]))
-    pick = torch.multinomial(torch.softmax(log_w, dim=1).cpu(), 1, generator=generator).to(x.device)
-    x = torch.gather(x, 1, pick.reshape(B, 1, *([1] * (x.ndim - 2))).expand(B, 1, *x.shape[2:])).squeeze(1)
-    x = torch.where(m.squeeze(1), x_obs, x)
-    return x, SMCInfo(nfe=len(grid), ess=torch.tensor(ess), resamples=resamples)
+    def coef_noise(like: Tensor) -> Tensor:
+        return view.coef(randn_like(like, generator))
 
+    # 1. the observed path, drawn upward from each direction's first observed grid time
+    one = torch.zeros((B, 1, *sample_shape), dtype=y.dtype, device=y.device)
+    path: list[Tensor] = [torch.zeros(())] * (n_steps + 1)
+    for j in range(n_steps, -1, -1):
+        a_j, s_j = float(kern.alpha[j]), float(kern.sigma[j])
+        z = coef_noise(one)
+        fresh = a_j * y_tilde + (s_j**2 - a_j**2 * noise_var).clamp_min(0).sqrt().to(z.real.dtype) * z
+        if j < n_steps:
+            a, b = (float(v) for v in sde.transition(float(grid[j + 1]), float(grid[j])))
+            fresh = torch.where(observed[j + 1], a * path[j + 1] + b * z, fresh)
+        path[j] = torch.where(observed[j], fresh, torch.zeros_like(fresh))
 
-def _flat_score(score_fn: ScoreFn, x: Tensor, t: float) -> Tensor:
-    """The score of particles ``(B, P, ...)`` evaluated as one batch ``(B * P, ...)``."""
-    flat = x.reshape(-1, *x.shape[2:])
-    tt = torch.full((flat.shape[0],), t, dtype=x.dtype, device=x.device)
-    return score_fn(flat, tt).reshape(x.shape)
+    # 2.-4. the particles
+    P = particles
+    x = sde.prior_sample((B * P, *sample_shape), generator=generator, device=y.device, dtype=y.dtype)
+    x = view.constrain(x.reshape(B, P, *sample_shape), path[0], observed[0])
+    log_w = torch.zeros(B, P, dtype=torch.float64, device=y.device)
+    ess, resamples, nfe = [], 0, 0
+    for i in range(n_steps):
+        if P > 1 and not bool(observed[i + 1].any()):  # nothing more is observed: one particle per row
+            x, log_w, P = _pick(x, log_w, generator, 1), log_w[:, :1] * 0, 1
+        t = float(grid[i])
+        x0 = tweedie(x, _score(score_fn, x, t), float(kern.alpha[i]), float(kern.sigma[i]))
+        nfe += P
+        mean = x.mul(float(k_x[i])).add_(x0, alpha=float(k_0[i]))
+        var = float(k_z[i]) ** 2
+        if P > 1:
+            r = torch.where(observed[i + 1], path[i + 1] - view.coef(mean), torch.zeros((), dtype=path[i + 1].dtype))
+            log_w = log_w - 0.5 * (r.abs() ** 2).flatten(2).sum(-1).double() / var
+            log_w = log_w - log_w.logsumexp(dim=1, keepdim=True)
+            frac = 1.0 / (torch.exp(2 * log_w).sum(dim=1) * P)
+            ess.append(float(frac.mean()))
+            if bool((frac < ess_threshold).any()):  # the weight depends on x_t only: resample, then move
+                mean, log_w, resamples = _pick(mean, log_w, generator, P), torch.zeros_like(log_w), resamples + 1
+        x = view.constrain(mean + math.sqrt(var) * randn_like(mean, generator), path[i + 1], observed[i + 1])
 
-
-def _ancestral_step(score_fn: ScoreFn, sde: LinearSDE, x: Tensor, t: float, s: float) -> tuple[Tensor, float]:
-    """Mean and variance of ``q(x_s | x_t, x0_hat)`` (module doc, step 2)."""
-    alpha_t, sigma_t = float(sde.alpha(torch.tensor(t))), float(sde.sigma(torch.tensor(t)))
-    alpha_s, sigma_s = float(sde.alpha(torch.tensor(s))), float(sde.sigma(torch.tensor(s)))
-    a, b = (float(v) for v in sde.transition(s, t))
-    x0 = (x + sigma_t**2 * _flat_score(score_fn, x, t)) / alpha_t
-    mean = (alpha_s * b**2 / sigma_t**2) * x0 + (a * sigma_s**2 / sigma_t**2) * x
-    return mean, b**2 * sigma_s**2 / sigma_t**2
-
-
-def _denoise(score_fn: ScoreFn, sde: LinearSDE, x: Tensor, t: float) -> Tensor:
-    """Tweedie's ``E[x_0 | x_t] = (x + sigma^2 s) / alpha`` at the last time."""
-    alpha, sigma = float(sde.alpha(torch.tensor(t))), float(sde.sigma(torch.tensor(t)))
-    return (x + sigma**2 * _flat_score(score_fn, x, t)) / alpha
+    x = _pick(x, log_w, generator, 1) if P > 1 else x
+    x = tweedie(x, _score(score_fn, x, float(grid[-1])), float(kern.alpha[-1]), float(kern.sigma[-1]))
+    nfe += 1
+    x = x.squeeze(1)
+    if sigma_y == 0.0:
+        x = op.project(x, y)
+    return x, ConditionalInfo(nfe=nfe, method="smc", particles=particles, steps=n_steps,
+                                         ess=torch.tensor(ess), resamples=resamples)

@@ -9,7 +9,7 @@ Python scalars, so the state never leaves its device.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable
 
 import torch
 from torch import Tensor
@@ -36,7 +36,9 @@ class SampleInfo:
 
 class CountedScore:
     """``score_fn`` called with a scalar time broadcast to ``(B,)`` in ``x``'s dtype and device,
-    counting its calls (``nfe``).  ``max_nfe`` bounds the count (``RuntimeError`` past it)."""
+    counting its calls (``nfe``).  ``max_nfe`` bounds the count (``RuntimeError`` past it).  The
+    first value is checked for NaN/inf (``FloatingPointError``: a broken model or input, caught
+    before a whole run is spent; one host sync per sampler call, none per step)."""
 
     def __init__(self, score_fn: Callable[[Tensor, Tensor], Tensor], max_nfe: int | None = None) -> None:
         self.score_fn = score_fn
@@ -51,6 +53,9 @@ class CountedScore:
         out = self.score_fn(x, tb)
         if out.shape != x.shape:
             raise ValueError(f"score_fn returned shape {tuple(out.shape)} for x of shape {tuple(x.shape)}")
+        if self.nfe == 1 and not bool(torch.isfinite(out).all()):
+            bad = int((~torch.isfinite(out)).sum())
+            raise FloatingPointError(f"score_fn returned {bad} non-finite values at its first evaluation (t={float(tb[0]):.6g})")
         return out
 
 
@@ -69,21 +74,6 @@ def kernel_at(sde: LinearSDE, times: Tensor | list[float]) -> Kernel:
     """:class:`Kernel` at ``times``, evaluated once for all of them (vectorised, float64)."""
     t = torch.as_tensor(times, dtype=torch.float64).cpu()
     return Kernel(t, sde.alpha(t).double(), sde.sigma(t).double(), sde.log_snr(t).double())
-
-
-def drift_at(sde: LinearSDE, times: Tensor) -> tuple[Tensor, Tensor]:
-    """``(f(t), g(t))`` of the SDE ``dx = f(t) x dt + g(t) dw`` at ``times`` (any shape), evaluated
-    once for all of them (vectorised, float64 on the CPU)."""
-    t = torch.as_tensor(times, dtype=torch.float64).cpu()
-    return sde.f(t).double(), sde.g(t).double()
-
-
-def linear_step(x: Tensor, score: Tensor, c_x: float, c_s: float, c_z: float | None,
-                generator: torch.Generator | None) -> Tensor:
-    """``c_x x + c_s s + c_z z`` with ``z ~ N(0, I)`` from ``generator``, no draw where ``c_z`` is
-    None (fused passes into a new tensor; neither input is modified)."""
-    out = x.mul(c_x).add_(score, alpha=c_s)
-    return out if c_z is None else out.add_(randn_like(x, generator), alpha=c_z)
 
 
 def device_times(times: Tensor, x: Tensor) -> tuple[Tensor, ...]:
@@ -105,17 +95,6 @@ def log_snr(sde: LinearSDE, t: float) -> float:
 def denoise(score: CountedScore, sde: LinearSDE, x: Tensor, t: float) -> Tensor:
     """:func:`tweedie` with the score evaluated at ``(x, t)`` (one NFE)."""
     return tweedie(x, score(x, t), *coeffs(sde, t))
-
-
-def randn_like(x: Tensor, generator: "torch.Generator | Sequence[torch.Generator] | None") -> Tensor:
-    """Standard normal noise shaped like ``x`` drawn from ``generator``; a sequence of ``B``
-    generators draws row ``i`` from generator ``i`` (per-sample streams: sample ``i``'s noise does
-    not depend on the other rows of the batch)."""
-    if isinstance(generator, (list, tuple)):
-        if len(generator) != x.shape[0]:
-            raise ValueError(f"got {len(generator)} per-sample generators for a batch of {x.shape[0]}")
-        return torch.stack([torch.randn(x.shape[1:], generator=g, dtype=x.dtype, device=x.device) for g in generator])
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
 
 def apply_callback(callback: Callback | None, step: int, t: float | Tensor, x: Tensor) -> Tensor:

@@ -37,7 +37,8 @@ import torch
 from torch import Tensor
 
 from ..sde import LinearSDE
-from ._common import CountedScore, Kernel, apply_callback, device_times, kernel_at, randn_like, step_range, tweedie
+from .._tensor import randn_like
+from ._common import CountedScore, Kernel, apply_callback, device_times, kernel_at, step_range, tweedie
 
 _GL_NODES, _GL_WEIGHTS = (torch.tensor(v, dtype=torch.float64) for v in np.polynomial.legendre.leggauss(24))
 
