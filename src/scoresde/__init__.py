@@ -21,6 +21,7 @@ from .guidance import (
     reconstruction_guided_score,
     solve_inverse_problem,
 )
+from .interop.diffusers import from_diffusers
 from .likelihood import BPDResult, LikelihoodInfo, bits_per_dim, evaluate_bpd, log_likelihood
 from .losses import DDPMLoss, DSMLoss, FlowMatchingLoss, SlicedScoreMatchingLoss, SMLDLoss, loss_from_name
 from .nets import MLP, MLPClassifier, NCSNpp, UNetClassifier, build_preset

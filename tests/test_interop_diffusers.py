@@ -1,0 +1,176 @@
+"""diffusers models as scoresde runs: the SDE through the discrete chain, the DDIM loop against
+diffusers' own, v-prediction, the VE score and predictor step, the run folder, the likelihood."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import scoresde as sd
+from scoresde.interop.diffusers import DiffusersUNet, DiscreteVPSDE, import_pipeline, map_scheduler
+
+diffusers = pytest.importorskip("diffusers")
+
+SHAPE = (3, 8, 8)
+
+
+def tiny_unet(fourier: bool = False) -> torch.nn.Module:
+    """A random UNet2DModel of 8x8 RGB images (two levels, attention at the lower one); with
+    ``fourier`` the NCSN++-style Gaussian-Fourier time embedding of the VE models."""
+    torch.manual_seed(0)
+    extra = {"time_embedding_type": "fourier", "flip_sin_to_cos": False} if fourier else {}
+    return diffusers.UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16),
+                                 layers_per_block=1, norm_num_groups=4, attention_head_dim=8,
+                                 down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                                 up_block_types=("AttnUpBlock2D", "UpBlock2D"), **extra).eval()
+
+
+def save_pipeline(tmp_path, unet, scheduler, cls=None):
+    """``save_pretrained`` of the pipeline (DDPM by default) into ``tmp_path/pipe``."""
+    folder = tmp_path / "pipe"
+    (cls or diffusers.DDPMPipeline)(unet=unet, scheduler=scheduler).save_pretrained(folder)
+    return folder
+
+
+def diffusers_ddim(unet, scheduler, x_T: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """diffusers' own DDIM loop (eta = 0, no clipping) from ``x_T``; returns ``(x_0, timesteps)``."""
+    ddim = diffusers.DDIMScheduler.from_config(scheduler.config, clip_sample=False)
+    ddim.set_timesteps(steps)
+    x = x_T
+    with torch.no_grad():
+        for n in ddim.timesteps:
+            x = ddim.step(unet(x, n).sample, n, x, eta=0.0).prev_sample
+    return x, ddim.timesteps
+
+
+@pytest.mark.parametrize("schedule", ["linear", "scaled_linear", "squaredcos_cap_v2"])
+def test_sde_passes_through_every_discrete_step(schedule):
+    scheduler = diffusers.DDPMScheduler(beta_schedule=schedule)
+    sde = map_scheduler(scheduler).build_sde()
+    abar = scheduler.alphas_cumprod.double()
+    t = sde.step_time(torch.arange(len(abar)))
+    # float64 rounding of log/sigmoid/sqrt: a few ulp
+    torch.testing.assert_close(sde.alpha(t) ** 2, abar, rtol=1e-13, atol=0)
+    torch.testing.assert_close(sde.sigma(t) ** 2, 1 - abar, rtol=1e-13, atol=0)
+    # between the steps: the drift and diffusion are the kernel's (central differences of the
+    # cubic, error O(h^2) ~ 1e-12 relative, far below 1e-6) and g^2 > 0 (a monotone log-SNR)
+    tt = torch.linspace(0.0013, 0.9987, 97, dtype=torch.float64)
+    h = 1e-6
+    torch.testing.assert_close(sde.dlog_snr(tt), (sde.log_snr(tt + h) - sde.log_snr(tt - h)) / (2 * h), rtol=1e-6, atol=0)
+    assert (sde.g2(tt) > 0).all()
+    # the inverse of the log-SNR (bisection) lands back on the steps
+    torch.testing.assert_close(sde.t_of_log_snr(sde.log_snr(t[::37])), t[::37], rtol=0, atol=1e-12)
+
+
+def test_discrete_sde_rejects_bad_chains():
+    with pytest.raises(ValueError, match="strictly decrease"):
+        DiscreteVPSDE([0.9, 0.95, 0.5])
+    with pytest.raises(ValueError, match="zero terminal SNR"):
+        DiscreteVPSDE([0.9, 0.5, 0.0])
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_ddim_matches_diffusers_loop(tmp_path, prediction, dtype):
+    scheduler = diffusers.DDPMScheduler(prediction_type=prediction)
+    folder = save_pipeline(tmp_path, tiny_unet(), scheduler)
+    run = sd.load_run(import_pipeline(folder, tmp_path / "run"))
+    assert run.sample_shape == SHAPE and run.config.model.name == "diffusers-unet2d"
+    unet = diffusers.UNet2DModel.from_pretrained(folder / "unet").eval().to(dtype)
+    run.model.to(dtype)
+    x_T = torch.randn((2, *SHAPE), generator=torch.Generator().manual_seed(1), dtype=dtype)
+    want, timesteps = diffusers_ddim(unet, scheduler, x_T, steps=10)
+    # diffusers' last step goes to abar = 1 (its x0 prediction at step 0): scoresde's final
+    # Tweedie step at t = 0; the grid is diffusers' timesteps 900, 800, ..., 0 at t = n / 999
+    got, info = sd.sample(run.score_fn, run.sde, x_T=x_T, grid=run.sde.step_time(timesteps), method="ddim",
+                          denoise=True)
+    assert info.nfe == len(timesteps) == 10
+    # Same arithmetic up to rounding: diffusers takes sqrt(abar) in float32 even on float64 states
+    # (relative 6e-8 per coefficient) and scoresde in float64; the random net's x0 predictions
+    # reach |x| ~ 200 (1/sqrt(abar_900) ~ 40 amplifies).  Observed 6e-8 (float64) and 4e-7
+    # (float32) of max|x|; the bound 1e-6 / 4e-6 is still 1e3 below the effect of moving the
+    # network's timestep by one step (test_timestep_input_is_t_times_n_minus_1).
+    tol = (1e-6 if dtype == torch.float64 else 4e-6) * want.abs().max().item()
+    torch.testing.assert_close(got, want, rtol=0, atol=tol)
+
+
+def test_timestep_input_is_t_times_n_minus_1():
+    """The network sees step n at t = n / (N - 1); one step off changes its output visibly."""
+    unet, scheduler = tiny_unet(), diffusers.DDPMScheduler()
+    score_fn, sde = sd.from_diffusers(unet, scheduler)
+    x = torch.randn((2, *SHAPE), generator=torch.Generator().manual_seed(2))
+    n = torch.tensor([500, 500])
+    t = sde.step_time(n).float()
+    with torch.no_grad():
+        eps = unet(x, n).sample
+        got = score_fn(x, t)
+        off = unet(x, n + 1).sample
+    sigma = math.sqrt(1 - scheduler.alphas_cumprod[500].item())
+    # s = -eps / sigma in float32 (the timestep 500.00003 differs from 500 by one float32 ulp)
+    torch.testing.assert_close(got, -eps / sigma, rtol=1e-4, atol=1e-5)
+    assert (off - eps).abs().max() > 1e-3 * eps.abs().max()
+
+
+def test_ve_score_and_predictor_step_match_diffusers(tmp_path):
+    scheduler = diffusers.ScoreSdeVeScheduler(sigma_min=0.01, sigma_max=50.0)
+    folder = save_pipeline(tmp_path, tiny_unet(fourier=True), scheduler, diffusers.ScoreSdeVePipeline)
+    run = sd.load_run(import_pipeline(folder, tmp_path / "run"))
+    assert isinstance(run.sde, sd.VESDE) and (run.sde.sigma_min, run.sde.sigma_max) == (0.01, 50.0)
+    unet = diffusers.UNet2DModel.from_pretrained(folder / "unet").eval()
+    steps = 20
+    scheduler.set_timesteps(steps)
+    scheduler.set_sigmas(steps)
+    x = 10 * torch.randn((2, *SHAPE), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        # the score: ScoreSdeVePipeline's model output at its (t_i, sigma_i), float32
+        for i in (0, 7, 19):
+            t, sigma = scheduler.timesteps[i], scheduler.sigmas[i]
+            want = unet(x, sigma * torch.ones(2)).sample
+            torch.testing.assert_close(run.score_fn(x, t.expand(2)), want, rtol=1e-4, atol=1e-6 * want.abs().max().item())
+        # one predictor step from level j: diffusers' step_pred (discrete sigmas j -> j - 1) and
+        # scoresde's reverse diffusion from t = j / (steps - 1) to (j - 1) / (steps - 1), both with
+        # the network at sigma_j and the same noise draw
+        i = 5
+        j = steps - 1 - i
+        out = unet(x, scheduler.discrete_sigmas[j] * torch.ones(2)).sample
+        want = scheduler.step_pred(out, scheduler.timesteps[i], x, generator=torch.Generator().manual_seed(4)).prev_sample
+    grid = torch.tensor([j, j - 1], dtype=torch.float64) / (steps - 1)
+    got, info = sd.sample(run.score_fn, run.sde, x_T=x, grid=grid, method="reverse-diffusion",
+                          generator=torch.Generator().manual_seed(4))
+    assert info.nfe == 1
+    # float32: diffusers' sigmas exp(linspace(log)) and scoresde's float64 kernel agree to ~1e-6
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
+
+
+def test_log_likelihood_of_imported_run_is_finite(tmp_path):
+    folder = save_pipeline(tmp_path, tiny_unet(), diffusers.DDPMScheduler())
+    run = sd.load_run(import_pipeline(folder, tmp_path / "run"))
+    x = torch.rand((2, *SHAPE), generator=torch.Generator().manual_seed(5)) * 2 - 1
+    try:
+        logp, info = sd.log_likelihood(run.score_fn, run.sde, x)
+    except RuntimeError as err:  # issue 13 item 5: the torch.func divergence through GroupNorm
+        if "querying is_contiguous inside of vmap" not in str(err):
+            raise
+        pytest.xfail(f"log_likelihood's vmap divergence fails on a diffusers UNet: {err}")
+    assert logp.shape == (2,) and torch.isfinite(logp).all() and info.nfe > 0
+
+
+def test_import_refuses_what_it_cannot_read(tmp_path):
+    folder = save_pipeline(tmp_path, tiny_unet(), diffusers.DDPMScheduler())
+    import_pipeline(folder, tmp_path / "run")
+    with pytest.raises(ValueError, match="already holds a run"):
+        import_pipeline(folder, tmp_path / "run")
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(ValueError, match="safetensors"):
+        import_pipeline(folder, tmp_path / "run2")
+    with pytest.raises(FileNotFoundError, match="save_pretrained folder"):
+        import_pipeline(tmp_path / "run", tmp_path / "run3")
+    with pytest.raises(ValueError, match="prediction_type"):
+        map_scheduler(diffusers.DDPMScheduler(prediction_type="flow"))
+
+
+def test_wrapper_rejects_unknown_time_input():
+    with pytest.raises(ValueError, match="time_input"):
+        DiffusersUNet(tiny_unet(), time_input="t")
