@@ -201,3 +201,56 @@ def test_load_dataset_dispatch_errors():
         data.load_dataset("toy")
     with pytest.raises(ValueError, match="needs a path"):
         data.load_dataset("npz")
+
+
+def test_levels_per_source(tmp_path):
+    from scoresde import config
+
+    assert data.load_digits("test").levels == 17
+    assert data.load_toy("rings", n=10).levels is None
+    np.savez(tmp_path / "i.npz", x=np.arange(8, dtype=np.uint8).reshape(2, 4))
+    np.savez(tmp_path / "f.npz", x=np.array([[-3.5, 0.25], [7.0, 1.0]], dtype=np.float32))
+    assert data.load_npz(tmp_path / "i.npz").levels == 256
+    assert data.load_npz(tmp_path / "i.npz", levels=8).levels == 8
+    floats = data.load_npz(tmp_path / "f.npz")
+    assert floats.levels is None and floats.x.min() == -3.5 and floats.x.max() == 7.0  # not clamped
+    cfg = config.load_config("toy-2d", ["data.source=npz", f"data.path={tmp_path / 'f.npz'}"])
+    assert cfg.data.quantisation_levels(config.build_dataset(cfg)) is None  # continuous: nats/dim
+    cfg = config.load_config("toy-2d", ["data.source=npz", f"data.path={tmp_path / 'i.npz'}", "data.levels=8"])
+    assert cfg.data.quantisation_levels(config.build_dataset(cfg)) == 8
+    assert config.load_config("digits-vp", ["data.levels=continuous"]).data.quantisation_levels() is None
+    with pytest.raises(ValueError, match="data.levels"):
+        config.load_config("digits-vp", ["data.levels=1"])
+    with pytest.raises(ValueError, match="data.levels"):
+        config.load_config("digits-vp", ["data.levels=bits"])
+
+
+def test_image_source_cifar_npz_shards_and_folders(tmp_path):
+    root = tmp_path / "cifar-10-batches-py"
+    _write_cifar(root)
+    src = data.image_source(root, "test")
+    with open(root / "test_batch", "rb") as fh:
+        raw = pickle.load(fh)
+    got = torch.cat(list(src.batches(3)))
+    assert src.kind == "cifar10" and got.dtype == torch.uint8
+    assert np.array_equal(got.numpy(), raw[b"data"].reshape(-1, 3, 32, 32))  # exact 8-bit pixels
+    imgs = np.random.default_rng(2).integers(0, 256, size=(5, 6, 6, 3), dtype=np.uint8)
+    np.savez(tmp_path / "u.npz", images=imgs)
+    assert np.array_equal(next(data.image_source(tmp_path / "u.npz").batches(10)).numpy(), imgs.transpose(0, 3, 1, 2))
+    floats = np.array([-1.0, -0.2, 0.5, 1.0, 2.0], dtype=np.float32).reshape(5, 1, 1, 1) * np.ones((1, 1, 2, 2))
+    np.savez(tmp_path / "f.npz", x=floats)
+    # (x + 1) / 2 * 255 rounded and clipped, as a saved PNG: 0, 102, 191, 255, 255
+    assert next(data.image_source(tmp_path / "f.npz").batches(5))[:, 0, 0, 0].tolist() == [0, 102, 191, 255, 255]
+    folder = tmp_path / "pngs" / "000000"
+    folder.mkdir(parents=True)
+    for k in range(3):
+        Image.fromarray(imgs[k]).save(folder / f"{k:06d}.png")
+    src = data.image_source(tmp_path / "pngs")
+    assert src.kind == "folder" and src.count == 3
+    assert [b.shape[0] for b in src.batches(2)] == [2, 1]
+    assert np.array_equal(torch.cat(list(src.batches(2))).numpy(), imgs[:3].transpose(0, 3, 1, 2))
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(folder / "000009.png")
+    with pytest.raises(ValueError, match="000009.png"):
+        list(data.image_source(tmp_path / "pngs").batches(10))
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        data.image_source(tmp_path / "nowhere")

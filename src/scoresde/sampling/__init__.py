@@ -96,7 +96,13 @@ def _start_state(
     shape = tuple(shape)
     if len(shape) < 1 or not all(isinstance(n, int) and n >= 1 for n in shape):
         raise ValueError(f"shape must be a tuple of positive integers (B, ...), got {shape}")
-    x = sde.prior_sample(shape, generator=generator, device=device, dtype=dtype or torch.float32)
+    if isinstance(generator, (list, tuple)):  # per-sample generators: row i from generator i
+        if len(generator) != shape[0]:
+            raise ValueError(f"got {len(generator)} per-sample generators for {shape[0]} samples")
+        x = torch.cat([sde.prior_sample((1,) + shape[1:], generator=g, device=device, dtype=dtype or torch.float32)
+                       for g in generator])
+    else:
+        x = sde.prior_sample(shape, generator=generator, device=device, dtype=dtype or torch.float32)
     if t0 < sde.T and isinstance(sde, LinearSDE):
         x = x * (float(sde.sigma(torch.tensor(t0, dtype=torch.float64))) / sde.prior_std)
     return x
@@ -123,7 +129,7 @@ def sample(
     x_T: Tensor | None = None,
     grid: Tensor | list[float] | None = None,
     schedule: str | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     denoise: bool = False,
     callback=None,
     progress: bool = False,
@@ -137,7 +143,10 @@ def sample(
 
     ``x_T``: the start state (else drawn from the prior with ``generator``); ``grid``: explicit
     descending times (else ``steps`` steps of ``schedule``, both defaulting to the method's
-    recommendation); ``denoise``: one more NFE for Tweedie's ``x0_hat`` at the last time;
+    recommendation); ``generator``: one ``torch.Generator``, or a list of one per sample (sample
+    ``i``'s prior draw and noise come from generator ``i`` alone, so it is the same in any batch,
+    except where a method couples the batch: Langevin/MALA/HMC step sizes use batch-mean norms
+    and the adaptive ``ode`` shares its steps); ``denoise``: one more NFE for Tweedie's ``x0_hat`` at the last time;
     ``callback(step, t, x)`` after each step (a returned tensor replaces the state; with
     ``batch_size`` it sees each chunk); ``dtype``: float32 unless ``x_T`` brings its own;
     ``trajectory``: keep the state after each step in ``info.trajectory``.
@@ -165,8 +174,10 @@ def sample(
     options = {**spec.options, **method_options}
     outs, nfe = [], 0
     with torch.no_grad():
-        for chunk in x.split(batch_size or x.shape[0]):
-            out, n = spec.fn(score_fn, sde, chunk, grid, generator=generator, callback=hook, progress=progress, **options)
+        size = batch_size or x.shape[0]
+        for k, chunk in enumerate(x.split(size)):
+            gen = generator[k * size : (k + 1) * size] if isinstance(generator, (list, tuple)) else generator
+            out, n = spec.fn(score_fn, sde, chunk, grid, generator=gen, callback=hook, progress=progress, **options)
             if denoise:
                 counted = CountedScore(score_fn)
                 out, n = tweedie(counted, sde, out, float(grid[-1])), n + counted.nfe
