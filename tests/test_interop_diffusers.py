@@ -71,11 +71,13 @@ def test_discrete_sde_rejects_bad_chains():
         DiscreteVPSDE([0.9, 0.5, 0.0])
 
 
-@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_ddim_matches_diffusers_loop(tmp_path, prediction, dtype):
-    scheduler = diffusers.DDPMScheduler(prediction_type=prediction)
-    folder = save_pipeline(tmp_path, tiny_unet(), scheduler)
+    """A DDPMPipeline (epsilon) or DDIMPipeline (v, x0) folder, imported and sampled by scoresde."""
+    ddpm = prediction == "epsilon"
+    scheduler = (diffusers.DDPMScheduler if ddpm else diffusers.DDIMScheduler)(prediction_type=prediction)
+    folder = save_pipeline(tmp_path, tiny_unet(), scheduler, None if ddpm else diffusers.DDIMPipeline)
     run = sd.load_run(import_pipeline(folder, tmp_path / "run"))
     assert run.sample_shape == SHAPE and run.config.model.name == "diffusers-unet2d"
     unet = diffusers.UNet2DModel.from_pretrained(folder / "unet").eval().to(dtype)
@@ -88,10 +90,10 @@ def test_ddim_matches_diffusers_loop(tmp_path, prediction, dtype):
                           denoise=True)
     assert info.nfe == len(timesteps) == 10
     # Same arithmetic up to rounding: diffusers takes sqrt(abar) in float32 even on float64 states
-    # (relative 6e-8 per coefficient) and scoresde in float64; the random net's x0 predictions
-    # reach |x| ~ 200 (1/sqrt(abar_900) ~ 40 amplifies).  Observed 6e-8 (float64) and 4e-7
-    # (float32) of max|x|; the bound 1e-6 / 4e-6 is still 1e3 below the effect of moving the
-    # network's timestep by one step (test_timestep_input_is_t_times_n_minus_1).
+    # (relative 6e-8 per coefficient) and scoresde in float64, and in float32 the time n / 999
+    # reaches the network as n +- 6e-5.  Observed at most 7e-8 (float64) and 1e-6 (float32) of
+    # max|x| over the three parameterizations; the bounds 1e-6 / 4e-6 are still 1e3 below what a
+    # wrong time map does (timestep t N instead of t (N - 1): 3e-3 to 2e-2 of max|x|).
     tol = (1e-6 if dtype == torch.float64 else 4e-6) * want.abs().max().item()
     torch.testing.assert_close(got, want, rtol=0, atol=tol)
 
