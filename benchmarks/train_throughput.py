@@ -1,19 +1,23 @@
-"""Training throughput of the DDPM++ networks: seconds per optimizer step and peak memory.
+"""Training throughput beside the official score_sde_pytorch, measured in one run.
 
-Each case runs in its own subprocess (so peak resident memory is the case's own) and does a
-full ``Trainer.train_step``: VP SDE continuous DSM loss (mean reduction), backward, gradient
-clipping at 1, AdamW, EMA update. Prints one JSON object with every case.
+Each side lives in its own persistent worker process (so its peak resident memory is its own and
+neither warms the other's caches); the parent runs interleaved rounds, each round ``--steps``
+training steps of one side and then of the other (the order alternating), so both sides see the
+same load. A step is the full training step of each code base: VP SDE continuous DSM (mean
+reduction, t ~ U[1e-5, 1]), backward, gradient clipping at 1, Adam, EMA update.
 
-    OMP_NUM_THREADS=2 python benchmarks/train_throughput.py               # CPU cases
-    python benchmarks/train_throughput.py --cases cifar10_gpu_bf16 cifar10_gpu_fp32   # on a GPU
+    # a checkout of https://github.com/yang-song/score_sde_pytorch (commit cb1f359) in OFFICIAL
+    OMP_NUM_THREADS=2 python benchmarks/train_throughput.py --official OFFICIAL --cases digits cifar10
+    python benchmarks/train_throughput.py --official OFFICIAL --cases cifar10 --device cuda --batch 128
 
-``s_per_step`` is wall-clock time; ``cpu_s_per_step`` the process CPU time (all threads), a
-figure less sensitive to other jobs on a shared machine (``load_avg_1min`` records the load).
+The official networks are built from the official code with the official config fields (DDPM++
+needs none of its CUDA ops: the ``op`` package is replaced by a stub that refuses to be called).
+Without ``--official`` only scoresde's variants run. ``--variants`` picks scoresde's Trainer
+options (``default``, ``compile``, ``channels_last``, ``bf16``); ``compile_s`` is the time of the
+first compiled step, reported apart from the steady-state rate.
 
-Cases: ``digits`` (DDPM++ digits preset, 8x8x1, batch 128), ``cifar10`` (DDPM++ CIFAR-10
-preset, 32x32x3, batch 8) on CPU; ``cifar10_gpu_bf16`` / ``cifar10_gpu_fp32`` (batch 128) on CUDA;
-``digits_diffusers`` / ``cifar10_diffusers``: the same layout as a ``diffusers.UNet2DModel``
-(the ``bench`` extra), timed in the same way for a same-run ratio.
+Prints one JSON object: per case and side, steps/s (median over rounds), CPU seconds per step,
+peak RSS (or GPU memory), and the ratio ours/official of steps/s in the same run.
 """
 
 from __future__ import annotations
@@ -21,58 +25,80 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import multiprocessing as mp
 import os
 import platform
 import resource
-import subprocess
+import statistics
 import sys
 import time
+import types
+from typing import Any
 
-CASES = {
-    "digits": dict(preset="ddpmpp_digits", batch=128, shape=(1, 8, 8), device="cpu", amp="none"),
-    "cifar10": dict(preset="ddpmpp_cifar10", batch=8, shape=(3, 32, 32), device="cpu", amp="none"),
-    "digits_diffusers": dict(preset="ddpmpp_digits", batch=128, shape=(1, 8, 8), device="cpu", amp="none",
-                             peer="diffusers"),
-    "cifar10_diffusers": dict(preset="ddpmpp_cifar10", batch=8, shape=(3, 32, 32), device="cpu", amp="none",
-                              peer="diffusers"),
-    "cifar10_gpu_bf16": dict(preset="ddpmpp_cifar10", batch=128, shape=(3, 32, 32), device="cuda", amp="bf16"),
-    "cifar10_gpu_fp32": dict(preset="ddpmpp_cifar10", batch=128, shape=(3, 32, 32), device="cuda", amp="none"),
+# The official configs' fields for the two networks (configs/default_cifar10_configs.py and
+# configs/vp/cifar10_ddpmpp_continuous.py); the digits network is the small DDPM++ of ANCHORS.md.
+_DDPMPP = dict(name="ncsnpp", scale_by_sigma=False, ema_rate=0.9999, normalization="GroupNorm", nonlinearity="swish",
+               nf=128, ch_mult=(1, 2, 2, 2), num_res_blocks=4, attn_resolutions=(16,), resamp_with_conv=True,
+               conditional=True, fir=False, fir_kernel=[1, 3, 3, 1], skip_rescale=True, resblock_type="biggan",
+               progressive="none", progressive_input="none", progressive_combine="sum", attention_type="ddpm",
+               init_scale=0.0, embedding_type="positional", fourier_scale=16, conv_size=3, dropout=0.1,
+               sigma_min=0.01, sigma_max=50, num_scales=1000, beta_min=0.1, beta_max=20.0)
+CASES: dict[str, dict[str, Any]] = {
+    "digits": dict(preset="ddpmpp_digits", batch=128, shape=(1, 8, 8), ema=0.999,
+                   model=dict(_DDPMPP, nf=32, ch_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(4,))),
+    "cifar10": dict(preset="ddpmpp_cifar10", batch=8, shape=(3, 32, 32), ema=0.9999, model=_DDPMPP),
 }
+VARIANTS = {"default": {}, "compile": {"compile": True}, "channels_last": {"channels_last": True},
+            "bf16": {"amp": "bf16"}}
 
 
-def diffusers_peer(preset: str):
-    """The same DDPM++ layout built from ``diffusers.UNet2DModel`` (BigGAN-style resnet
-    resampling, positional embedding, attention at the preset's level), called as
-    ``model(x, t, labels=None)`` with the embedding of ``1000 t``: a peer in the same run."""
+def _namespace(d: dict) -> types.SimpleNamespace:
+    return types.SimpleNamespace(**{k: _namespace(v) if isinstance(v, dict) else v for k, v in d.items()})
+
+
+def official_step(path: str, case: dict, device: str, batch: int):
+    """The official training step (losses.get_step_fn with optimization_manager and the official
+    EMA) on the official network built by models.utils.create_model (DataParallel included)."""
     import torch
-    from diffusers import UNet2DModel
 
-    from scoresde.nets import PRESETS
+    sys.path.insert(0, path)
+    stub = types.ModuleType("op")  # the CUDA-only FIR kernels; DDPM++ never calls them
 
-    cfg = PRESETS[preset]
-    levels = len(cfg["ch_mult"])
-    attn = {i for i in range(levels) if cfg["image_size"] // 2**i in cfg["attn_resolutions"]}
-    unet = UNet2DModel(
-        sample_size=cfg["image_size"], in_channels=cfg["in_channels"], out_channels=cfg["in_channels"],
-        layers_per_block=cfg["num_res_blocks"], block_out_channels=tuple(cfg["nf"] * m for m in cfg["ch_mult"]),
-        down_block_types=tuple("AttnDownBlock2D" if i in attn else "DownBlock2D" for i in range(levels)),
-        up_block_types=tuple("AttnUpBlock2D" if i in attn else "UpBlock2D" for i in reversed(range(levels))),
-        downsample_type="resnet", upsample_type="resnet", dropout=cfg["dropout"], norm_eps=1e-6,
-        norm_num_groups=min(cfg["nf"] // 4, 32), time_embedding_type="positional", attention_head_dim=None)
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("the official CUDA op was called (FIR); this benchmark covers DDPM++ only")
 
-    class Peer(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.unet = unet
+    stub.upfirdn2d = refuse
+    sys.modules["op"] = stub
+    import losses
+    import sde_lib
+    from models import ncsnpp  # noqa: F401  (registers the model)
+    from models import utils as mutils
+    from models.ema import ExponentialMovingAverage
 
-        def forward(self, x, t, labels=None):
-            return self.unet(x, t * 1000).sample
+    channels, size = case["shape"][0], case["shape"][1]
+    config = _namespace(dict(
+        model=case["model"], data=dict(image_size=size, num_channels=channels, centered=True),
+        optim=dict(lr=2e-4, warmup=5000, grad_clip=1.0, beta1=0.9, eps=1e-8, weight_decay=0, optimizer="Adam"),
+        training=dict(continuous=True, reduce_mean=True, likelihood_weighting=False)))
+    config.device = torch.device(device)
+    model = mutils.create_model(config)
+    ema = ExponentialMovingAverage(model.parameters(), decay=case["ema"])
+    optimizer = losses.get_optimizer(config, model.parameters())
+    state = dict(optimizer=optimizer, model=model, ema=ema, step=0)
+    sde = sde_lib.VPSDE(beta_min=0.1, beta_max=20.0, N=1000)
+    step_fn = losses.get_step_fn(sde, train=True, optimize_fn=losses.optimization_manager(config),
+                                 reduce_mean=True, continuous=True, likelihood_weighting=False)
+    data = torch.rand(batch, *case["shape"], device=device) * 2 - 1
 
-    return Peer()
+    def step() -> None:
+        step_fn(state, data)
+        state["step"] += 1
+
+    return step, sum(p.numel() for p in model.parameters())
 
 
-def run_case(name: str, steps: int, warmup: int, channels_last: bool) -> dict:
-    """Time ``steps`` training steps after ``warmup`` untimed ones; report s/step and memory."""
+def scoresde_step(case: dict, device: str, batch: int, options: dict):
+    """scoresde's Trainer.train_step on the preset network with the same loss and optimiser."""
     import torch
 
     from scoresde.losses import DSMLoss
@@ -80,57 +106,103 @@ def run_case(name: str, steps: int, warmup: int, channels_last: bool) -> dict:
     from scoresde.sde import VPSDE
     from scoresde.train import Trainer
 
-    case = CASES[name]
+    model = build_preset(case["preset"])
+    data = (torch.rand(batch * 4, *case["shape"]) * 2 - 1)
+    trainer = Trainer(model, DSMLoss(VPSDE(beta_min=0.1, beta_max=20.0)), data, batch_size=batch,
+                      ema_decay=case["ema"], grad_clip=1.0, lr=2e-4, warmup_steps=5000, device=device,
+                      progress=False, **{"amp": "none", **options})
+    return trainer.train_step, sum(p.numel() for p in model.parameters())
+
+
+def worker(conn: Any, side: str, spec: dict) -> None:
+    """A persistent worker: builds its side once, then answers ``("run", k)`` with timings."""
+    import torch
+
+    torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
-    model = diffusers_peer(case["preset"]) if case.get("peer") else build_preset(case["preset"])
-    data = torch.randn(case["batch"] * 4, *case["shape"]).clamp(-1, 1)
-    trainer = Trainer(model, DSMLoss(VPSDE()), data, batch_size=case["batch"], ema_decay=0.999,
-                      amp=case["amp"], device=case["device"], channels_last=channels_last, progress=False)
-    sync = torch.cuda.synchronize if case["device"] == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        trainer.train_step()
-    sync()
-    if case["device"] == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    start, cpu_start = time.perf_counter(), time.process_time()
-    for _ in range(steps):
-        trainer.train_step()
-    sync()
-    per_step = (time.perf_counter() - start) / steps
-    cpu_per_step = (time.process_time() - cpu_start) / steps
-    result = dict(case=name, network=case.get("peer", "scoresde"), preset=case["preset"], batch=case["batch"],
-                  device=case["device"], amp=case["amp"], channels_last=channels_last,
-                  params=sum(p.numel() for p in model.parameters()), steps=steps, s_per_step=per_step,
-                  steps_per_s=1 / per_step, cpu_s_per_step=cpu_per_step, threads=torch.get_num_threads(),
-                  load_avg_1min=os.getloadavg()[0], torch=torch.__version__)
-    if case["device"] == "cuda":
-        result["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
-        result["gpu"] = torch.cuda.get_device_name()
+    case = CASES[spec["case"]]
+    if side == "official":
+        step, params = official_step(spec["official"], case, spec["device"], spec["batch"])
     else:
-        result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return result
+        step, params = scoresde_step(case, spec["device"], spec["batch"], VARIANTS[side])
+    sync = torch.cuda.synchronize if spec["device"] == "cuda" else (lambda: None)
+    t0 = time.perf_counter()
+    step()  # the first step (compilation for torch.compile) is reported apart
+    sync()
+    first = time.perf_counter() - t0
+    for _ in range(spec["warmup"]):
+        step()
+    sync()
+    conn.send({"params": params, "first_step_s": first})
+    while True:
+        msg = conn.recv()
+        if msg[0] == "stop":
+            usage = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            if spec["device"] == "cuda":
+                usage["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+            conn.send(usage)
+            return
+        wall, cpu = time.perf_counter(), time.process_time()
+        for _ in range(msg[1]):
+            step()
+        sync()
+        conn.send({"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu})
+
+
+def measure(case: str, sides: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """Interleaved rounds over persistent workers; per side: steps/s (median), CPU s/step, memory."""
+    ctx = mp.get_context("spawn")
+    spec = dict(case=case, official=args.official, device=args.device, threads=args.threads,
+                batch=args.batch or CASES[case]["batch"], warmup=args.warmup)
+    workers, info = {}, {}
+    for side in sides:
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=worker, args=(child, side, spec), daemon=True)
+        proc.start()
+        workers[side] = (parent, proc)
+        info[side] = parent.recv()
+    rounds: dict[str, list[dict]] = {side: [] for side in sides}
+    for r in range(args.rounds):
+        for side in (sides if r % 2 == 0 else sides[::-1]):
+            workers[side][0].send(("run", args.steps))
+            rounds[side].append(workers[side][0].recv())
+    out: dict[str, Any] = {"case": case, "batch": spec["batch"], "device": args.device, "threads": args.threads,
+                           "rounds": args.rounds, "steps_per_round": args.steps, "sides": {}}
+    for side in sides:
+        workers[side][0].send(("stop",))
+        usage = workers[side][0].recv()
+        workers[side][1].join()
+        rates = [args.steps / r["wall"] for r in rounds[side]]
+        out["sides"][side] = {**info[side], **usage, "steps_per_s": statistics.median(rates),
+                              "steps_per_s_rounds": [round(v, 4) for v in rates],
+                              "cpu_s_per_step": statistics.median(r["cpu"] / args.steps for r in rounds[side])}
+    if "official" in sides:
+        base = out["sides"]["official"]["steps_per_s"]
+        out["ratio_vs_official"] = {s: out["sides"][s]["steps_per_s"] / base for s in sides if s != "official"}
+        # the ratio within each round is robust to load that changes between rounds
+        out["ratio_vs_official_per_round"] = {
+            s: statistics.median(o["wall"] / m["wall"] for o, m in zip(rounds["official"], rounds[s]))
+            for s in sides if s != "official"}
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", nargs="+", default=["digits", "cifar10"], choices=sorted(CASES))
-    parser.add_argument("--steps", type=int, default=None, help="timed steps (default 20 digits, 3 others)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    parser.add_argument("--channels-last", action="store_true", help="NHWC weights and batches")
-    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # internal: run one case here
+    parser.add_argument("--cases", nargs="+", default=["digits"], choices=sorted(CASES))
+    parser.add_argument("--official", help="path of a score_sde_pytorch checkout (omit: scoresde only)")
+    parser.add_argument("--variants", nargs="+", default=["default"], choices=sorted(VARIANTS))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, help="batch size (default: the case's, 128 digits / 8 CIFAR-10)")
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=5, help="steps per round and side")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps after the first")
     args = parser.parse_args()
-    if args.one:
-        print(json.dumps(run_case(args.cases[0], args.steps, args.warmup, args.channels_last)))
-        return
-    results = []
-    for name in args.cases:
-        steps = args.steps or (20 if name == "digits" else 3)
-        cmd = [sys.executable, __file__, "--one", "--cases", name, "--steps", str(steps), "--warmup", str(args.warmup)]
-        cmd += ["--channels-last"] * args.channels_last
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ).stdout
-        results.append(json.loads(out.strip().splitlines()[-1]))
+    sides = (["official"] if args.official else []) + args.variants
+    results = [measure(case, sides, args) for case in args.cases]
     print(json.dumps(dict(machine=f"{platform.machine()} {os.cpu_count()} cores", python=platform.python_version(),
-                          date=datetime.date.today().isoformat(), results=results), indent=1))
+                          load_avg_1min=os.getloadavg()[0], date=datetime.date.today().isoformat(),
+                          results=results), indent=1))
 
 
 if __name__ == "__main__":

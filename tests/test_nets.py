@@ -118,7 +118,9 @@ def test_classifiers_give_logits():
 def test_sinusoidal_embedding_closed_form():
     s = torch.tensor([0.0, 3.0, 250.0])
     e = sinusoidal_embedding(s, 8, max_period=10000.0)
-    w = 10000.0 ** (-torch.arange(4) / 4)
+    # The official DDPM / score_sde spacing w_i = max_period^(-i / (half - 1)): the first and the
+    # last frequency are exactly 1 and 1 / max_period (was i / half before official weights loaded).
+    w = 10000.0 ** (-torch.arange(4) / 3)
     torch.testing.assert_close(e, torch.cat([torch.sin(s[:, None] * w), torch.cos(s[:, None] * w)], 1))
 
 

@@ -5,6 +5,7 @@ classifiers. Every score network is called ``model(x, t, labels=None)`` with con
 from .classifier import MLPClassifier, UNetClassifier
 from .embeddings import GaussianFourierEmbedding, TimeEmbedding, sinusoidal_embedding
 from .mlp import MLP
+from .score_sde import OfficialScoreModel
 from .unet import (
     PRESETS,
     NCSNpp,
@@ -23,6 +24,7 @@ __all__ = [
     "GaussianFourierEmbedding",
     "MLPClassifier",
     "NCSNpp",
+    "OfficialScoreModel",
     "TimeEmbedding",
     "UNetClassifier",
     "UNetConfig",

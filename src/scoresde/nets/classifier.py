@@ -43,7 +43,7 @@ class UNetClassifier(nn.Module):
         self.embed = cfg.time_embedding(with_labels=False)
         self.encoder = cfg.encoder(cfg.factory())
         ch = self.encoder.out_channels
-        self.norm = group_norm(ch)
+        self.norm = group_norm(ch, cfg.norm_groups)
         self.head = nn.Linear(ch, _check_classes(num_classes))
 
     def forward(self, x: Tensor, t: Tensor | float) -> Tensor:

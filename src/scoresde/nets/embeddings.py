@@ -4,7 +4,8 @@ Networks receive the continuous diffusion time ``t`` of shape ``(B,)`` in ``[0, 
 ``s = time_scale * t``:
 
 - ``"positional"``: the sinusoidal embedding of the Transformer / DDPM,
-  ``e_i = sin(s w_i)``, ``e_{i + d/2} = cos(s w_i)``, ``w_i = max_period^{-i / (d/2)}``,
+  ``e_i = sin(s w_i)``, ``e_{i + d/2} = cos(s w_i)``, ``w_i = max_period^{-i / (d/2 - 1)}``
+  (DDPM's and the official score_sde spacing: the lowest frequency is exactly ``1/max_period``),
   whose frequencies were designed for integer step indices in ``[0, 1000]``; hence the
   documented default ``time_scale = 1000`` resolves ``t`` in ``[0, 1]``.
 - ``"fourier"``: random Gaussian-Fourier features ``[sin(2 pi s W), cos(2 pi s W)]`` with fixed
@@ -29,16 +30,16 @@ EMBEDDINGS = ("positional", "fourier")
 
 
 def sinusoidal_embedding(s: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """Sinusoidal embedding ``[sin(s w), cos(s w)]`` with ``w_i = max_period^{-i/(dim/2)}``.
+    """Sinusoidal embedding ``[sin(s w), cos(s w)]`` with ``w_i = max_period^{-i/(dim/2 - 1)}``,
+    ``i = 0 .. dim/2 - 1`` (official ``get_timestep_embedding``).
 
-    ``s`` has shape ``(B,)``; the result has shape ``(B, dim)`` (``dim`` must be even).
+    ``s`` has shape ``(B,)``; the result has shape ``(B, dim)`` (``dim`` even, at least 4).
     """
-    if dim % 2:
-        raise ValueError(f"dim must be even, got {dim}")
+    if dim % 2 or dim < 4:
+        raise ValueError(f"dim must be even and >= 4, got {dim}")
     half = dim // 2
-    freqs = torch.exp(
-        -math.log(max_period) * torch.arange(half, device=s.device, dtype=torch.float32) / half
-    )
+    # The official operation order, so that imported networks agree to float32 rounding.
+    freqs = torch.exp(torch.arange(half, device=s.device, dtype=torch.float32) * -(math.log(max_period) / (half - 1)))
     args = s.float()[:, None] * freqs[None, :]
     return torch.cat([args.sin(), args.cos()], dim=1)
 
@@ -57,7 +58,7 @@ class GaussianFourierEmbedding(nn.Module):
         self.register_buffer("W", torch.randn(dim // 2) * scale)
 
     def forward(self, s: Tensor) -> Tensor:
-        args = 2 * math.pi * s.float()[:, None] * self.W[None, :]
+        args = s.float()[:, None] * self.W[None, :] * 2 * math.pi  # the official operation order
         return torch.cat([args.sin(), args.cos()], dim=1)
 
 

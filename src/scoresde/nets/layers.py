@@ -1,13 +1,18 @@
-"""Building blocks of NCSN++ / DDPM++ in plain PyTorch (no compiled ops).
+"""Building blocks of NCSN++ / DDPM++ in plain PyTorch (no compiled ops), weight-compatible with
+the official score_sde code (``models/layerspp.py``, ``layers.py``, ``up_or_down_sampling.py``).
 
-- FIR resampling (Zhang 2019, "Making convolutional networks shift-invariant again"; the
-  paper's ``fir_kernel = [1, 3, 3, 1]``): the separable kernel ``k k^T / (sum k)^2`` applied
-  as a depthwise convolution, strided for down-sampling and transposed for up-sampling.
+- FIR resampling (Zhang 2019; StyleGAN2's ``upfirdn2d``; the paper's ``fir_kernel = [1, 3, 3, 1]``):
+  the separable kernel ``k k^T / (sum k)^2`` applied by :func:`upfirdn2d` (zero insertion,
+  padding, true convolution, striding). The progressive paths fuse it with a 3x3 convolution:
+  down ``conv_stride2(FIR(x))`` with one padding, up ``FIR(conv_transpose_stride2(x)) + b``.
 - Residual blocks ``y = (x' + F(x, temb)) / sqrt(2)`` (skip rescale) or ``x' + F``, with
   ``F = Conv(Drop(act(GN(Conv(resample(act(GN(x)))) + Dense(act(temb))))))`` and ``x'`` the input
-  through an optional resampling and 1x1 projection. DDPM++ blocks never resample; BigGAN
-  blocks resample inside the block (``resample="up" | "down"``).
-- Single-head self-attention over pixels through ``F.scaled_dot_product_attention``.
+  through an optional resampling and 1x1 projection (the official ``Conv_2`` / ``NIN_0``). DDPM++
+  blocks never resample; BigGAN blocks resample inside the block (``resample="up" | "down"``).
+- Single-head self-attention over pixels through ``F.scaled_dot_product_attention``; the
+  official four 1x1 maps ``NIN_0..3`` are our ``qkv`` (stacked q, k, v) and ``out`` layers.
+- ``init_scale``: the last layer of every residual branch starts from DDPM's variance-scaling
+  initialisation with that scale (``0``: zeros, as the official ``1e-10``).
 """
 
 from __future__ import annotations
@@ -21,16 +26,32 @@ from torch import Tensor, nn
 from .._tensor import check_choice
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with ``min(channels // 4, 32)`` groups and eps 1e-6, as in NCSN++."""
-    return nn.GroupNorm(max(1, min(channels // 4, 32)), channels, eps=1e-6)
+def group_norm(channels: int, groups: int | None = None) -> nn.GroupNorm:
+    """GroupNorm with eps 1e-6 and ``groups`` groups; None: ``min(channels // 4, 32)`` (NCSN++'s
+    rule; the official DDPM uses 32 everywhere)."""
+    groups = max(1, min(channels // 4, 32)) if groups is None else groups
+    if groups < 1 or channels % groups:
+        raise ValueError(f"norm_groups must divide the channel count {channels}, got {groups}")
+    return nn.GroupNorm(groups, channels, eps=1e-6)
 
 
-def conv(in_ch: int, out_ch: int, kernel: int = 3, *, stride: int = 1, zero: bool = False) -> nn.Conv2d:
-    """A 'same'-padded convolution; ``zero=True`` zero-initialises it (the paper's init_scale=0)."""
+def scaled_init_(weight: Tensor, scale: float) -> Tensor:
+    """DDPM's ``variance_scaling(scale, 'fan_avg', 'uniform')`` in place; ``scale = 0`` gives zeros."""
+    if scale == 0:
+        return nn.init.zeros_(weight)
+    receptive = weight[0, 0].numel() if weight.ndim > 2 else 1
+    fan_avg = (weight.shape[0] + weight.shape[1]) * receptive / 2
+    bound = math.sqrt(3 * scale / fan_avg)
+    with torch.no_grad():
+        return weight.uniform_(-bound, bound)
+
+
+def conv(in_ch: int, out_ch: int, kernel: int = 3, *, stride: int = 1, init_scale: float | None = None) -> nn.Conv2d:
+    """A 'same'-padded convolution with zero bias; ``init_scale`` (0: zeros) re-initialises its
+    weight as :func:`scaled_init_`."""
     layer = nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2)
-    if zero:
-        nn.init.zeros_(layer.weight)
+    if init_scale is not None:
+        scaled_init_(layer.weight, init_scale)
     nn.init.zeros_(layer.bias)
     return layer
 
@@ -42,26 +63,48 @@ def fir_kernel(taps: tuple[float, ...]) -> Tensor:
     return k2 / k2.sum()
 
 
-def _depthwise(kernel: Tensor, x: Tensor) -> Tensor:
-    return kernel.to(dtype=x.dtype, device=x.device).expand(x.shape[1], 1, *kernel.shape).contiguous()
+def upfirdn2d(x: Tensor, kernel: Tensor, up: int = 1, down: int = 1, pad: tuple[int, int] = (0, 0)) -> Tensor:
+    """StyleGAN2's ``upfirdn2d`` on both axes: insert ``up - 1`` zeros after every pixel, pad
+    ``pad[0]`` before and ``pad[1]`` after, convolve (flipped kernel) each channel with ``kernel``,
+    keep every ``down``-th pixel."""
+    b, c, h, w = x.shape
+    if up > 1:
+        x = F.pad(x.reshape(b, c, h, 1, w, 1), (0, up - 1, 0, 0, 0, up - 1)).reshape(b, c, h * up, w * up)
+    x = F.pad(x, (pad[0], pad[1], pad[0], pad[1]))
+    weight = kernel.flip(-1, -2).to(dtype=x.dtype, device=x.device).expand(c, 1, *kernel.shape)
+    return F.conv2d(x, weight, stride=down, groups=c)
 
 
 def fir_downsample(x: Tensor, kernel: Tensor) -> Tensor:
-    """Low-pass filter with ``kernel`` then keep every second pixel: ``(H, W) -> (H/2, W/2)``.
-
-    Padding ``(K - 2 + 1) // 2`` before and ``(K - 2) // 2`` after centres the filter."""
-    k = kernel.shape[-1]
-    p = k - 2
-    x = F.pad(x, ((p + 1) // 2, p // 2, (p + 1) // 2, p // 2))
-    return F.conv2d(x, _depthwise(kernel, x), stride=2, groups=x.shape[1])
+    """Low-pass filter with ``kernel`` then keep every second pixel, ``(H, W) -> (H/2, W/2)``
+    (official ``downsample_2d``: padding ``((K - 1) // 2, (K - 2) // 2)``)."""
+    p = kernel.shape[-1] - 2
+    return upfirdn2d(x, kernel, down=2, pad=((p + 1) // 2, p // 2))
 
 
 def fir_upsample(x: Tensor, kernel: Tensor) -> Tensor:
-    """Zero-insertion up-sampling by 2 followed by the FIR filter with gain 4 (DC preserved):
-    a depthwise transposed convolution, ``(H, W) -> (2H, 2W)`` for a kernel of even length."""
-    k = kernel.shape[-1]
-    w = _depthwise(kernel.flip(-1, -2) * 4, x)
-    return F.conv_transpose2d(x, w, stride=2, padding=(k - 1) // 2, groups=x.shape[1])
+    """Zero-insertion up-sampling by 2, then the FIR filter with gain 4 (DC preserved),
+    ``(H, W) -> (2H, 2W)`` (official ``upsample_2d``)."""
+    p = kernel.shape[-1] - 2
+    return upfirdn2d(x, kernel * 4, up=2, pad=((p + 1) // 2 + 1, p // 2))
+
+
+def fir_conv_downsample(x: Tensor, layer: nn.Conv2d, kernel: Tensor) -> Tensor:
+    """Fused FIR blur + strided convolution (official ``conv_downsample_2d``): pad once by
+    ``K - 2 + k - 1`` in total, filter, then the ``k x k`` convolution with stride 2."""
+    p = kernel.shape[-1] - 2 + layer.weight.shape[-1] - 1
+    x = upfirdn2d(x, kernel, pad=((p + 1) // 2, p // 2))
+    return F.conv2d(x, layer.weight, layer.bias, stride=2)
+
+
+def fir_upsample_conv(x: Tensor, layer: nn.Conv2d, kernel: Tensor) -> Tensor:
+    """Fused transposed convolution + FIR blur (official ``upsample_conv_2d``): the stride-2
+    transposed convolution with the spatially flipped kernel, the FIR filter with gain 4, then
+    the bias."""
+    p = kernel.shape[-1] - 2 - (layer.weight.shape[-1] - 1)
+    x = F.conv_transpose2d(x, layer.weight.flip(-1, -2).transpose(0, 1), stride=2)
+    x = upfirdn2d(x, kernel * 4, pad=((p + 1) // 2 + 1, p // 2 + 1))
+    return x + layer.bias[:, None, None]
 
 
 def naive_downsample(x: Tensor) -> Tensor:
@@ -85,9 +128,11 @@ def resample2x(x: Tensor, direction: str | None, kernel: Tensor | None) -> Tenso
 
 
 class Resample(nn.Module):
-    """Up- or down-sample by 2 (FIR or naive), optionally followed (up) or fused (down) with a
-    3x3 convolution ``in_ch -> out_ch``. The ``temb`` argument is accepted and ignored so that
-    a resampler and a resampling residual block are called alike."""
+    """Up- or down-sample by 2 (FIR or naive), with an optional 3x3 convolution ``in_ch -> out_ch``:
+    FIR fused with it (:func:`fir_conv_downsample`, :func:`fir_upsample_conv`), naive
+    up-sampling followed by it, naive down-sampling as DDPM's stride-2 convolution. The ``temb``
+    argument is accepted and ignored so that a resampler and a resampling residual block are
+    called alike."""
 
     def __init__(self, direction: str, in_ch: int, out_ch: int | None = None, *, with_conv: bool = True,
                  fir: tuple[float, ...] | None = None):
@@ -100,10 +145,14 @@ class Resample(nn.Module):
         self.conv = conv(in_ch, out_ch) if with_conv else None
 
     def forward(self, x: Tensor, temb: Tensor | None = None) -> Tensor:
-        if self.direction == "down" and self.conv is not None and self.kernel is None:
+        if self.conv is None:
+            return resample2x(x, self.direction, self.kernel)
+        if self.kernel is not None:
+            fused = fir_conv_downsample if self.direction == "down" else fir_upsample_conv
+            return fused(x, self.conv, self.kernel)
+        if self.direction == "down":
             return _strided_conv(self.conv, x)
-        x = resample2x(x, self.direction, self.kernel)
-        return self.conv(x) if self.conv is not None else x
+        return self.conv(naive_upsample(x))
 
 
 def _strided_conv(layer: nn.Conv2d, x: Tensor) -> Tensor:
@@ -112,31 +161,34 @@ def _strided_conv(layer: nn.Conv2d, x: Tensor) -> Tensor:
 
 
 class ResBlock(nn.Module):
-    """Residual block with time conditioning (see the module docstring for the equation)."""
+    """Residual block with time conditioning (see the module docstring for the equation). The
+    time projection ``dense`` is skipped when ``temb`` is None (the official unconditional
+    DDPM keeps the layer but never uses it)."""
 
     def __init__(self, in_ch: int, out_ch: int | None = None, *, temb_dim: int | None = None,
                  dropout: float = 0.0, skip_rescale: bool = True, resample: str | None = None,
-                 fir: tuple[float, ...] | None = None):
+                 fir: tuple[float, ...] | None = None, norm_groups: int | None = None,
+                 init_scale: float = 0.0):
         super().__init__()
         out_ch = out_ch or in_ch
         if resample is not None:
             check_choice(resample, ("up", "down"), "resample")
         self.resample = resample
         self.register_buffer("kernel", fir_kernel(fir) if fir else None, persistent=False)
-        self.norm0 = group_norm(in_ch)
+        self.norm0 = group_norm(in_ch, norm_groups)
         self.conv0 = conv(in_ch, out_ch)
         self.dense = nn.Linear(temb_dim, out_ch) if temb_dim else None
         if self.dense is not None:
             nn.init.zeros_(self.dense.bias)
-        self.norm1 = group_norm(out_ch)
+        self.norm1 = group_norm(out_ch, norm_groups)
         self.dropout = nn.Dropout(dropout)
-        self.conv1 = conv(out_ch, out_ch, zero=True)
+        self.conv1 = conv(out_ch, out_ch, init_scale=init_scale)
         self.skip = conv(in_ch, out_ch, 1) if (in_ch != out_ch or resample) else None
         self.scale = 1 / math.sqrt(2) if skip_rescale else 1.0
 
     def forward(self, x: Tensor, temb: Tensor | None = None) -> Tensor:
         h = self.conv0(resample2x(F.silu(self.norm0(x)), self.resample, self.kernel))
-        if self.dense is not None:
+        if self.dense is not None and temb is not None:
             h = h + self.dense(F.silu(temb))[:, :, None, None]
         h = self.conv1(self.dropout(F.silu(self.norm1(h))))
         x = resample2x(x, self.resample, self.kernel)
@@ -147,15 +199,16 @@ class ResBlock(nn.Module):
 
 class AttnBlock(nn.Module):
     """Single-head self-attention over the ``H W`` pixels, ``y = (x + W_o A(GN(x))) / sqrt(2)``
-    with ``A = softmax(q k^T / sqrt(C)) v``; the output projection starts at zero."""
+    with ``A = softmax(q k^T / sqrt(C)) v``; the output projection starts at ``init_scale``."""
 
-    def __init__(self, channels: int, *, skip_rescale: bool = True):
+    def __init__(self, channels: int, *, skip_rescale: bool = True, norm_groups: int | None = None,
+                 init_scale: float = 0.0):
         super().__init__()
-        self.norm = group_norm(channels)
+        self.norm = group_norm(channels, norm_groups)
         self.qkv = nn.Linear(channels, 3 * channels)
         self.out = nn.Linear(channels, channels)
         nn.init.zeros_(self.qkv.bias)
-        nn.init.zeros_(self.out.weight)
+        scaled_init_(self.out.weight, init_scale)
         nn.init.zeros_(self.out.bias)
         self.scale = 1 / math.sqrt(2) if skip_rescale else 1.0
 

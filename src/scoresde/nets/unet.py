@@ -2,7 +2,11 @@
 
 Both architectures are one class, :class:`NCSNpp`, differing in configuration: DDPM++ uses
 BigGAN residual blocks, skip rescaling and a positional time embedding; NCSN++ adds FIR
-resampling, a Gaussian-Fourier embedding and a progressive (residual) input path.
+resampling, a Gaussian-Fourier embedding and a progressive (residual) input path. With
+``resblock="ddpm", skip_rescale=False, norm_groups=32`` it is the DDPM U-Net of Ho et al.
+(2020). Every option of the official ``models/ncsnpp.py`` and ``models/ddpm.py`` has its
+counterpart here and the official tensors map one to one onto ours
+(:mod:`scoresde.interop.score_sde`).
 
 The network is called ``model(x, t, labels=None)`` with ``x`` of shape ``(B, C, H, W)`` (``H``
 and ``W`` multiples of ``2^(levels - 1)``), continuous time ``t`` of shape ``(B,)`` in
@@ -35,17 +39,23 @@ class _BlockFactory:
     """Builds residual, attention and resampling blocks with the shared options of one U-Net."""
 
     def __init__(self, *, temb_dim: int, dropout: float, resblock: str, fir: tuple[float, ...] | None,
-                 skip_rescale: bool, resamp_with_conv: bool):
+                 skip_rescale: bool, resamp_with_conv: bool, norm_groups: int | None, init_scale: float):
         self.resblock = resblock
         self.temb_dim, self.dropout, self.fir = temb_dim, dropout, fir
         self.skip_rescale, self.resamp_with_conv = skip_rescale, resamp_with_conv
+        self.norm_groups, self.init_scale = norm_groups, init_scale
 
     def res(self, in_ch: int, out_ch: int | None = None, resample: str | None = None) -> ResBlock:
         return ResBlock(in_ch, out_ch, temb_dim=self.temb_dim, dropout=self.dropout,
-                        skip_rescale=self.skip_rescale, resample=resample, fir=self.fir)
+                        skip_rescale=self.skip_rescale, resample=resample, fir=self.fir,
+                        norm_groups=self.norm_groups, init_scale=self.init_scale)
 
     def attn(self, ch: int) -> AttnBlock:
-        return AttnBlock(ch, skip_rescale=self.skip_rescale)
+        return AttnBlock(ch, skip_rescale=self.skip_rescale, norm_groups=self.norm_groups,
+                         init_scale=self.init_scale)
+
+    def norm(self, ch: int) -> nn.GroupNorm:
+        return group_norm(ch, self.norm_groups)
 
     def resampler(self, direction: str, ch: int) -> nn.Module:
         """BigGAN: a resampling residual block; DDPM: a (conv) resampling layer."""
@@ -84,11 +94,11 @@ class _InputResidual(nn.Module):
 class _OutputSkip(nn.Module):
     """Progressive output ``output_skip``: ``p_l = Up(p_{l+1}) + Conv(act(GN(h)))`` (image channels)."""
 
-    def __init__(self, ch: int, out_ch: int, fir: tuple[float, ...] | None):
+    def __init__(self, ch: int, out_ch: int, factory: _BlockFactory):
         super().__init__()
-        self.register_buffer("kernel", fir_kernel(fir) if fir else None, persistent=False)
-        self.norm = group_norm(ch)
-        self.conv = conv(ch, out_ch, zero=True)
+        self.register_buffer("kernel", fir_kernel(factory.fir) if factory.fir else None, persistent=False)
+        self.norm = factory.norm(ch)
+        self.conv = conv(ch, out_ch, init_scale=factory.init_scale)
 
     def forward(self, pyr: Tensor | None, h: Tensor) -> tuple[Tensor, Tensor]:
         out = self.conv(F.silu(self.norm(h)))
@@ -99,14 +109,14 @@ class _OutputResidual(nn.Module):
     """Progressive output ``residual``: at the coarsest level ``p = Conv(act(GN(h)))``, then
     ``p_l = (Up(p_{l+1}) + h) / sqrt(2)`` replaces ``h``."""
 
-    def __init__(self, pyr_ch: int | None, ch: int, fir: tuple[float, ...] | None, skip_rescale: bool):
+    def __init__(self, pyr_ch: int | None, ch: int, factory: _BlockFactory):
         super().__init__()
         self.first = pyr_ch is None
         if self.first:
-            self.norm, self.conv = group_norm(ch), conv(ch, ch)
+            self.norm, self.conv = factory.norm(ch), conv(ch, ch)
         else:
-            self.up = Resample("up", pyr_ch, ch, with_conv=True, fir=fir)
-        self.scale = 1 / math.sqrt(2) if skip_rescale else 1.0
+            self.up = Resample("up", pyr_ch, ch, with_conv=True, fir=factory.fir)
+        self.scale = 1 / math.sqrt(2) if factory.skip_rescale else 1.0
 
     def forward(self, pyr: Tensor | None, h: Tensor) -> tuple[Tensor, Tensor]:
         if self.first:
@@ -125,7 +135,7 @@ class _EncoderLevel(nn.Module):
         self.blocks, self.attns = nn.ModuleList(blocks), nn.ModuleList(attns)
         self.down, self.pyramid = down, pyramid
 
-    def forward(self, hs: list[Tensor], pyr: Tensor, temb: Tensor) -> Tensor:
+    def forward(self, hs: list[Tensor], pyr: Tensor, temb: Tensor | None) -> Tensor:
         for i, block in enumerate(self.blocks):
             h = block(hs[-1], temb)
             hs.append(self.attns[i](h) if self.attns else h)
@@ -147,7 +157,7 @@ class _DecoderLevel(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.attn, self.pyramid, self.up = attn, pyramid, up
 
-    def forward(self, h: Tensor, hs: list[Tensor], pyr: Tensor | None, temb: Tensor):
+    def forward(self, h: Tensor, hs: list[Tensor], pyr: Tensor | None, temb: Tensor | None):
         for block in self.blocks:
             h = block(torch.cat([h, hs.pop()], dim=1), temb)
         if self.attn is not None:
@@ -194,7 +204,7 @@ class UNetEncoder(nn.Module):
         self.levels = nn.ModuleList(levels)
         self.out_channels = ch
 
-    def forward(self, x: Tensor, temb: Tensor) -> list[Tensor]:
+    def forward(self, x: Tensor, temb: Tensor | None) -> list[Tensor]:
         hs, pyr = [self.conv_in(x)], x
         for level in self.levels:
             pyr = level(hs, pyr, temb)
@@ -232,6 +242,10 @@ class UNetConfig:
         fir, fir_kernel: FIR resampling with these taps; otherwise nearest / average pooling.
         resamp_with_conv: DDPM blocks only, resampling layers carry a 3x3 convolution.
         num_classes, null_label: class conditioning (see ``TimeEmbedding``).
+        norm_groups: groups of every GroupNorm (None: ``min(channels // 4, 32)``; DDPM: 32).
+        conditional: False drops the time embedding (the official unconditional DDPM; its
+            blocks keep their unused time projections so that the weights still map).
+        init_scale: initial scale of the last layer of every residual branch (0: zeros).
     """
 
     in_channels: int = 3
@@ -253,6 +267,9 @@ class UNetConfig:
     resamp_with_conv: bool = True
     num_classes: int | None = None
     null_label: bool = False
+    norm_groups: int | None = None
+    conditional: bool = True
+    init_scale: float = 0.0
 
     def __post_init__(self):
         check_choice(self.resblock, RESBLOCKS, "resblock")
@@ -283,7 +300,8 @@ class UNetConfig:
     def factory(self) -> _BlockFactory:
         return _BlockFactory(temb_dim=4 * self.nf, dropout=self.dropout, resblock=self.resblock,
                              fir=self.taps, skip_rescale=self.skip_rescale,
-                             resamp_with_conv=self.resamp_with_conv)
+                             resamp_with_conv=self.resamp_with_conv, norm_groups=self.norm_groups,
+                             init_scale=self.init_scale)
 
     def attn_levels(self) -> set[int]:
         """Indices of the levels whose resolution ``image_size / 2^i`` is in ``attn_resolutions``."""
@@ -307,7 +325,9 @@ class NCSNpp(nn.Module):
         cfg = UNetConfig(**options)
         self.config: dict[str, Any] = asdict(cfg)
         self.in_channels, self.levels = cfg.in_channels, cfg.levels
-        self.embed = cfg.time_embedding()
+        if not cfg.conditional and cfg.num_classes is not None:
+            raise ValueError("num_classes needs conditional=True (labels enter through the time embedding)")
+        self.embed = cfg.time_embedding() if cfg.conditional else None
         factory = cfg.factory()
         self.encoder = cfg.encoder(factory)
         ch = self.encoder.out_channels
@@ -321,24 +341,30 @@ class NCSNpp(nn.Module):
                 ch = cfg.nf * cfg.ch_mult[i]
             pyramid = None
             if cfg.progressive == "output_skip":
-                pyramid = _OutputSkip(ch, cfg.in_channels, cfg.taps)
+                pyramid = _OutputSkip(ch, cfg.in_channels, factory)
             elif cfg.progressive == "residual":
-                pyramid, pyr_ch = _OutputResidual(pyr_ch, ch, cfg.taps, cfg.skip_rescale), ch
+                pyramid, pyr_ch = _OutputResidual(pyr_ch, ch, factory), ch
             levels.append(_DecoderLevel(blocks, factory.attn(ch) if i in attn_levels else None,
                                         pyramid, factory.resampler("up", ch) if i > 0 else None))
         self.decoder = nn.ModuleList(levels)
         self.output_skip = cfg.progressive == "output_skip"
         if not self.output_skip:
-            self.norm_out, self.conv_out = group_norm(ch), conv(ch, cfg.in_channels, zero=True)
+            self.norm_out = factory.norm(ch)
+            self.conv_out = conv(ch, cfg.in_channels, init_scale=cfg.init_scale)
 
     @property
     def null_label(self) -> int | None:
         """The label index meaning "no class" (classifier-free guidance), or None."""
-        return self.embed.null_label
+        return self.embed.null_label if self.embed is not None else None
 
     def forward(self, x: Tensor, t: Tensor | float, labels: Tensor | None = None) -> Tensor:
         check_image(x, self.in_channels, self.levels)
-        temb = self.embed(as_batch_time(t, x), labels)
+        if self.embed is None:
+            if labels is not None:
+                raise ValueError("labels were given but the network is unconditional (conditional=False)")
+            temb = None
+        else:
+            temb = self.embed(as_batch_time(t, x), labels)
         hs = self.encoder(x, temb)
         h = hs[-1]
         for block in self.mid:
