@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .._tensor import check_choice, check_int
+from .._tensor import check_choice, check_finite, check_int
 from ..sde import SDE, LinearSDE
 from ._common import CountedScore, SampleInfo, denoise as tweedie
 from .fast import ddim, dpm_solver_pp, edm_heun
@@ -52,17 +52,17 @@ def _pc(predictor: str, corrector: str = "none", **options) -> dict:
 
 
 METHODS: dict[str, Method] = {
-    "euler-maruyama": Method(pc_sample, 1000, "log-snr", _pc("euler-maruyama")),
+    "euler-maruyama": Method(pc_sample, 1000, "log-snr", _pc("euler-maruyama"), linear_only=False),
     "reverse-diffusion": Method(pc_sample, 1000, "time-uniform", _pc("reverse-diffusion"), linear_only=False),
-    "ancestral": Method(pc_sample, 1000, "log-snr", _pc("ancestral")),
-    "srk": Method(pc_sample, 100, "log-snr", _pc("srk")),
-    "pc": Method(pc_sample, 1000, "time-uniform", _pc("reverse-diffusion", "langevin")),
+    "ancestral": Method(ddim, 1000, "log-snr", {"eta": 1.0}),  # DDPM / SMLD ancestral = DDIM at eta = 1
+    "srk": Method(pc_sample, 100, "log-snr", _pc("srk"), linear_only=False),
+    "pc": Method(pc_sample, 1000, "time-uniform", _pc("reverse-diffusion", "langevin"), linear_only=False),
     "annealed-langevin": Method(pc_sample, 200, "time-uniform", _pc("none", "annealed-langevin", corrector_steps=5)),
     "ode": Method(ode_adaptive, 1, "time-uniform", linear_only=False),
-    "ode-euler": Method(ode_fixed, 500, "log-snr-window", {"scheme": "euler"}),
-    "ode-heun": Method(ode_fixed, 50, "log-snr-window", {"scheme": "heun"}),
-    "ode-midpoint": Method(ode_fixed, 50, "log-snr-window", {"scheme": "midpoint"}),
-    "ode-rk4": Method(ode_fixed, 25, "log-snr-window", {"scheme": "rk4"}),
+    "ode-euler": Method(ode_fixed, 500, "log-snr-window", {"scheme": "euler"}, linear_only=False),
+    "ode-heun": Method(ode_fixed, 50, "log-snr-window", {"scheme": "heun"}, linear_only=False),
+    "ode-midpoint": Method(ode_fixed, 50, "log-snr-window", {"scheme": "midpoint"}, linear_only=False),
+    "ode-rk4": Method(ode_fixed, 25, "log-snr-window", {"scheme": "rk4"}, linear_only=False),
     "ddim": Method(ddim, 50, "log-snr-window"),
     "heun": Method(edm_heun, 18, "karras"),
     "dpm-solver++": Method(dpm_solver_pp, 20, "log-snr-window", {"order": 3}),
@@ -90,7 +90,7 @@ def _start_state(
             raise ValueError("x_T must be a tensor of shape (B, ...) with B >= 1")
         if shape is not None and tuple(shape) != tuple(x_T.shape):
             raise ValueError(f"shape {tuple(shape)} does not match x_T's shape {tuple(x_T.shape)}")
-        return x_T.to(dtype=dtype or x_T.dtype, device=device or x_T.device)
+        return check_finite(x_T.to(dtype=dtype or x_T.dtype, device=device or x_T.device), "x_T")
     if shape is None:
         raise ValueError("give shape or x_T")
     shape = tuple(shape)
@@ -116,7 +116,8 @@ def _grid_for(sde: SDE, spec: Method, steps: int | None, grid, schedule: str | N
             raise ValueError(f"steps={steps} disagrees with the grid's {len(grid) - 1} steps")
         return grid
     steps = spec.steps if steps is None else check_int(steps, "steps", 1)
-    return make_grid(sde, steps, schedule or spec.schedule)
+    # an SDE without a kernel has no log-SNR: its default grid is uniform in t
+    return make_grid(sde, steps, schedule or (spec.schedule if isinstance(sde, LinearSDE) else "time-uniform"))
 
 
 def sample(
@@ -154,8 +155,10 @@ def sample(
     """
     spec = METHODS[check_choice(method, list(METHODS), "method")]
     _check_options(method, spec, method_options)
-    if spec.linear_only and not isinstance(sde, LinearSDE):
-        raise ValueError(f"method {method!r} needs a LinearSDE; use 'euler-maruyama'/'reverse-diffusion'/'ode'")
+    if not isinstance(sde, LinearSDE) and (spec.linear_only or denoise):
+        general = ", ".join(repr(name) for name, m in METHODS.items() if not m.linear_only)
+        need = "denoise=True (Tweedie)" if not spec.linear_only else f"method {method!r}"
+        raise ValueError(f"{need} needs a LinearSDE (a Gaussian kernel); for {type(sde).__name__} use one of {general}")
     if dtype is not None and not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating dtype, got {dtype}")
     if batch_size is not None:
@@ -183,4 +186,9 @@ def sample(
                 out, n = tweedie(counted, sde, out, float(grid[-1])), n + counted.nfe
             outs.append(out)
             nfe = max(nfe, n)
-    return torch.cat(outs), SampleInfo(nfe=nfe, method=method, grid=grid, trajectory=states)
+    x = torch.cat(outs)
+    if not bool(torch.isfinite(x).all()):  # one host sync per call; the first score was finite (CountedScore)
+        bad = int((~torch.isfinite(x)).sum())
+        raise FloatingPointError(f"method {method!r} produced {bad} non-finite values from a finite start and a finite "
+                                 f"first score: the run diverged (a coarse grid or a score that blows up later)")
+    return x, SampleInfo(nfe=nfe, method=method, grid=grid, trajectory=states)

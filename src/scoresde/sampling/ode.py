@@ -18,10 +18,10 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .._tensor import append_dims, as_batch_time, batch_sum, check_choice, check_int, check_positive
-from ..rk import ADAPTIVE_METHODS, TABLEAUS, Tableau, accumulate, rk_step, solve
+from .._tensor import append_dims, as_batch_time, batch_sum, check_choice, check_finite, check_int, check_positive
+from ..rk import ADAPTIVE_METHODS, TABLEAUS, rk_step, solve
 from ..sde import SDE, LinearSDE
-from ._common import CountedScore, SampleInfo, apply_callback, device_times, drift_at, step_range, steps_of
+from ._common import CountedScore, SampleInfo, apply_callback, steps_of
 from .grids import default_t_max
 
 
@@ -32,26 +32,6 @@ def probability_flow(score: CountedScore, sde: SDE) -> Callable[[float, Tensor],
         return sde.probability_flow_drift(x, as_batch_time(t, x), score(x, t))
 
     return field
-
-
-def _linear_rk(score: CountedScore, sde: LinearSDE, x: Tensor, grid: Tensor, tableau: Tableau,
-               callback, progress: bool) -> Tensor:
-    """Explicit RK over ``grid`` for ``F(u, y) = f(u) y - g(u)^2 s(y, u) / 2`` with ``f`` and ``g^2 / 2``
-    at every stage time ``u_ij = t_i + c_j h_i`` (``h_i = t_{i+1} - t_i``) laid out before the loop."""
-    t, h = grid[:-1], grid[1:] - grid[:-1]
-    stage_t = t[:, None] + torch.tensor(tableau.c, dtype=torch.float64) * h[:, None]
-    f, g = drift_at(sde, stage_t)
-    f, q, hs = f.tolist(), (0.5 * g**2).tolist(), h.tolist()
-    stage_dev, times = device_times(stage_t.flatten(), x), device_times(grid, x)
-    n_stages = len(tableau.c)
-    for i in step_range(len(hs), progress):
-        ks: list[Tensor] = []
-        for j, row in enumerate(tableau.a):
-            y = accumulate(x, hs[i], row, ks)
-            s_y = score(y, stage_dev[i * n_stages + j])
-            ks.append(torch.mul(y, f[i][j]).add_(s_y, alpha=-q[i][j]))
-        x = apply_callback(callback, i, times[i + 1], accumulate(x, hs[i], tableau.b, ks))
-    return x
 
 
 def ode_fixed(
@@ -66,17 +46,33 @@ def ode_fixed(
     progress: bool = False,
 ) -> tuple[Tensor, int]:
     """Integrate the probability-flow ODE over ``grid`` in ``t`` with the named tableau
-    (``euler``, ``heun``, ``midpoint``, ``rk4``; NFE = stages x steps).  On a LinearSDE every stage's
-    coefficients are computed once for the grid (:func:`_linear_rk`); other SDEs evaluate
-    :func:`probability_flow` per stage.  Deterministic: ``generator`` is unused."""
+    (``euler``, ``heun``, ``midpoint``, ``rk4``; NFE = stages x steps): per step ``t -> s``,
+    ``k_j = F(t + c_j h, x + h sum_l a_jl k_l)``, ``x_s = x + h sum_j b_j k_j`` (``h = s - t``,
+    :func:`~scoresde.rk.rk_step`) with ``F`` the :func:`probability_flow` (any SDE).
+    Deterministic: ``generator`` is unused."""
     tableau = TABLEAUS[check_choice(scheme, list(TABLEAUS), "scheme")]
     score = CountedScore(score_fn)
-    if isinstance(sde, LinearSDE):
-        return _linear_rk(score, sde, x, grid, tableau, callback, progress), score.nfe
     field = probability_flow(score, sde)
     for i, t, s in steps_of(grid, progress):
         x = apply_callback(callback, i, s, rk_step(field, tableau, x, t, s))
     return x, score.nfe
+
+
+class _FiniteWatch:
+    """A field that records, on the state's device and without a host sync, whether any of its
+    values was NaN or infinite (:meth:`saw_nonfinite` syncs once, after a failed solve)."""
+
+    def __init__(self, field: Callable[[float, Tensor], Tensor], x: Tensor) -> None:
+        self.field = field
+        self.bad = torch.zeros((), dtype=torch.bool, device=x.device)
+
+    def __call__(self, t: float, x: Tensor) -> Tensor:
+        out = self.field(t, x)
+        self.bad = self.bad | ~torch.isfinite(out).all()
+        return out
+
+    def saw_nonfinite(self) -> bool:
+        return bool(self.bad)
 
 
 def _log_snr_field(field: Callable[[float, Tensor], Tensor], sde: LinearSDE) -> Callable[[float, Tensor], Tensor]:
@@ -121,18 +117,27 @@ def ode_adaptive(
     check_int(max_nfe, "max_nfe", 1)
     if variable == "log-snr" and not isinstance(sde, LinearSDE):
         raise ValueError("variable='log-snr' needs a LinearSDE")
+    check_finite(x, "the start state")
     score = CountedScore(score_fn, max_nfe=max_nfe)
     field = probability_flow(score, sde)
-    rhs = _log_snr_field(field, sde) if variable == "log-snr" else field
+    watch = _FiniteWatch(_log_snr_field(field, sde) if variable == "log-snr" else field, x)
     to_var = (lambda t: float(sde.log_snr(torch.tensor(t, dtype=torch.float64)))) if variable == "log-snr" else float
     for i, t, s in steps_of(grid, progress):
-        x = solve(rhs, x, to_var(t), to_var(s), solver, rtol=rtol, atol=atol, max_steps=max_nfe)
+        try:
+            x = solve(watch, x, to_var(t), to_var(s), solver, rtol=rtol, atol=atol, max_steps=max_nfe)
+        except (RuntimeError, ValueError, AssertionError) as err:  # a NaN field ends in a step or time error
+            if watch.saw_nonfinite():
+                raise FloatingPointError(f"the probability-flow field (the score) turned non-finite between "
+                                         f"t={t:.6g} and t={s:.6g}") from err
+            raise
         x = apply_callback(callback, i, s, x)
     return x, score.nfe
 
 
 # -- the latent code -----------------------------------------------------------------------------
-def _flow_between(score_fn, sde: SDE, x: Tensor, span: Tensor, rtol: float, atol: float, options: dict):
+def _flow_between(score_fn, sde: SDE, x: Tensor, span: Tensor, rtol: float, atol: float, options: dict,
+                  name: str):
+    check_finite(x, name)
     with torch.no_grad():
         out, nfe = ode_adaptive(score_fn, sde, x, span, rtol=rtol, atol=atol, **options)
     return out, SampleInfo(nfe=nfe, method="ode", grid=span)
@@ -155,7 +160,7 @@ def encode(
 ) -> tuple[Tensor, SampleInfo]:
     """The latent code ``z = x(t_max)`` of data ``x = x(eps)`` by the probability-flow ODE
     (adaptive, options as :func:`ode_adaptive`).  Returns ``(z, info)``."""
-    return _flow_between(score_fn, sde, x, _latent_span(sde, t_max), rtol, atol, options)
+    return _flow_between(score_fn, sde, x, _latent_span(sde, t_max), rtol, atol, options, "encode: x")
 
 
 def decode(
@@ -169,7 +174,7 @@ def decode(
     **options,
 ) -> tuple[Tensor, SampleInfo]:
     """Data ``x(eps)`` from a latent ``z = x(t_max)``: the inverse of :func:`encode`."""
-    return _flow_between(score_fn, sde, z, _latent_span(sde, t_max).flip(0), rtol, atol, options)
+    return _flow_between(score_fn, sde, z, _latent_span(sde, t_max).flip(0), rtol, atol, options, "decode: z")
 
 
 def slerp(z0: Tensor, z1: Tensor, w: float | Tensor) -> Tensor:
