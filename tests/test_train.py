@@ -186,3 +186,19 @@ def test_trainer_learns_a_gaussian_score():
     # 0.05 leaves room for the finite run and is far below what a broken trainer reaches.
     print(f"relative MSE of the learned eps: {float(err):.4f}")
     assert err < 0.05, float(err)
+
+
+@pytest.mark.parametrize("bad", [dict(lr=float("nan")), dict(lr=0.0), dict(lr=float("inf")), dict(warmup_steps=-1),
+                                 dict(grad_clip=-1.0), dict(grad_clip=0.0), dict(betas=(0.9, 1.0)), dict(eps=0.0)])
+def test_bad_optimiser_settings_are_refused(bad):
+    # grad_clip < 0 would flip the gradient in clip_grad_norm_'s scale factor; lr NaN poisons every weight
+    with pytest.raises(ValueError, match=next(iter(bad)).split("_")[0]):
+        Trainer(MLP(2, width=8, depth=1), TinyDSM(), torch.randn(16, 2), batch_size=4, progress=False, **bad)
+
+
+def test_a_learning_rate_beyond_float32_is_a_clear_non_finite_error():
+    # Adam's step size lr / (1 - beta1) = 1e39 does not fit in float32: one clear FloatingPointError
+    trainer = Trainer(MLP(2, width=8, depth=1), TinyDSM(), torch.randn(16, 2), batch_size=4, lr=1e38, progress=False)
+    with pytest.raises(FloatingPointError, match="lr"):
+        for _ in range(3):
+            trainer.train_step()

@@ -223,6 +223,14 @@ class Trainer:
                         ("keep_last", keep_last), ("log_every", log_every)):
             if v < 1:
                 raise ValueError(f"{name} must be >= 1, got {v}")
+        if not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {lr}")
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        if grad_clip is not None and not (math.isfinite(grad_clip) and grad_clip > 0):
+            raise ValueError(f"grad_clip must be a finite number > 0 or None (off), got {grad_clip}")
+        if not all(0 <= b < 1 for b in betas) or not (math.isfinite(eps) and eps > 0):
+            raise ValueError(f"Adam needs betas in [0, 1) and eps > 0, got betas {tuple(betas)}, eps {eps}")
         if (eval_every is None) != (eval_data is None) or (sample_every is None) != (sample_fn is None):
             raise ValueError("eval_every needs eval_data and sample_every needs sample_fn (and vice versa)")
         self.rank, self.world_size, self.device = init_distributed(device)
@@ -339,7 +347,13 @@ class Trainer:
                 f"non-finite {'loss' if not math.isfinite(value) else 'gradient norm'} at step {self.step + 1} "
                 f"(loss {value}, grad norm {norm}); the weights were not updated and no checkpoint was written"
             )
-        self.optimizer.step()
+        try:
+            self.optimizer.step()
+        except RuntimeError as err:  # e.g. lr / (1 - beta1^n) beyond float32 in Adam's update
+            if "overflow" not in str(err):
+                raise
+            raise FloatingPointError(f"the optimizer step overflowed at step {self.step + 1} (lr {lr}): "
+                                     f"{str(err).splitlines()[0]}; lower training.lr") from err
         self.ema.update(self.model)
         self.step += 1
         return {"step": self.step, "loss": value, "lr": lr, "grad_norm": norm}
