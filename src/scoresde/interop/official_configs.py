@@ -6,7 +6,8 @@ in the official layout (``training``, ``sampling``, ``data``, ``model``), which 
 of ``scoresde import score-sde --config-json``. Values were read from the official files (the
 defaults of ``default_*_configs.py`` with each file's changes); fields a config leaves unused (e.g.
 ``fourier_scale`` of a positional embedding, ``beta_*`` of a VE model) keep their base's value.
-The NCSN / NCSNv2 configs (RefineNet networks) are not included.
+The NCSN / NCSNv2 configs (RefineNet networks) are not included, nor ``vp/ddpm/cifar10_unconditional``,
+whose network the official code cannot build (``models/ddpm.py`` needs ``conditional=True``).
 """
 
 from __future__ import annotations
@@ -311,10 +312,4 @@ CONFIGS: dict[str, dict[str, dict]] = {
         "model": _DDPM,
     },
     "vp/ddpm/cifar10_continuous": {"training": _VP, "sampling": _EULER_MARUYAMA, "data": _CIFAR10, "model": _DDPM},
-    "vp/ddpm/cifar10_unconditional": {
-        "training": _VP | {"continuous": False},
-        "sampling": _EULER_MARUYAMA | {"predictor": "ancestral_sampling"},
-        "data": _CIFAR10,
-        "model": _DDPM | {"conditional": False},
-    },
 }
