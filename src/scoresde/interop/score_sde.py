@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import json
 import pickle
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,7 +68,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def _strip_module(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Drop the ``module.`` prefix that ``DataParallel`` adds."""
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+    return {k.removeprefix("module."): v for k, v in state.items()}
 
 
 def ema_state_dict(model_state: Mapping[str, Tensor], shadow_params: list[Tensor]) -> dict[str, Tensor]:

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from .._tensor import append_dims, as_batch_time
-from ..sde import SubVPSDE, VESDE, VPSDE, ddpm_betas
+from ..sde import VESDE, VPSDE, SubVPSDE, ddpm_betas
 from .unet import PRESETS, NCSNpp
 
 # Options of the wrapper itself; every other option is the network's (NCSNpp's).
