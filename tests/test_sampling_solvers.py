@@ -140,7 +140,7 @@ def test_multistep_weights_integrate_polynomials_exactly():
     """``sum_j w_j p(u_j) = int_0^h e^{u-h} p(u) du`` for a cubic through four nodes."""
     h, us = 0.7, [0.0, -0.5, -1.1, -1.8]
     p = lambda u: 1.0 - 2.0 * u + 0.5 * u**2 + 0.3 * u**3  # noqa: E731
-    w = fast.multistep_weights(us, h).tolist()
+    w = fast.multistep_weights(us, h)
     # closed form by parts: I_0 = 1 - e^{-h}, I_k = int_0^h e^{u-h} u^k du = h^k - k I_{k-1}
     moments = [1 - math.exp(-h)]
     for k in range(1, 4):
@@ -283,15 +283,16 @@ def _poly_exp_integral(nodes: list[tuple[float, torch.Tensor]], h: float) -> tor
 
 
 def ref_dpm(score_fn, sde, x, grid, order, corrector, lower_order_final):
-    """DPM-Solver++(kM) with the warm-up, final and long-step order rules (``max_step_ratio = 2``)."""
+    """DPM-Solver++(kM) with the warm-up, final and long-step order rules (``max_step_ratio = 2``
+    against every node gap)."""
     ts = grid.tolist()
     n = len(ts) - 1
     hist = [(_kernel(sde, ts[0])[2], _x0(score_fn, sde, x, ts[0]))]
     for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
         (_, sig_t, lam_t), (a_s, sig_s, lam_s) = _kernel(sde, t), _kernel(sde, s)
         k = min(order, i + 1, n - i) if lower_order_final else min(order, i + 1)
-        if k > 1 and lam_s - lam_t > 2.0 * (lam_t - hist[-2][0]):
-            k = 1
+        while k > 1 and lam_s - lam_t > 2.0 * min(b[0] - a[0] for a, b in zip(hist[-k:], hist[-k + 1:])):
+            k -= 1  # every gap between the nodes used is at least half the step
         step = lambda nodes: sig_s / sig_t * x + a_s * _poly_exp_integral(  # noqa: E731
             [(lam - lam_t, m) for lam, m in nodes], lam_s - lam_t)
         x_new = step(hist[-k:])
