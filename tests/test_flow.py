@@ -219,6 +219,31 @@ def test_straightness_vanishes_for_straight_paths_and_not_for_curved():
     assert straightness(straight, x_noise, x_data=(mu + 0.1).expand_as(x_noise), steps=7) == pytest.approx(0.02, rel=1e-9)
 
 
+def test_reflow_straightens_the_gaussian_flow():
+    # 1-RF on N(mu, diag c^2) has curved paths (closed form above). Its flow map is x_data = mu + c z,
+    # an invertible affine coupling, so the reflowed (2-RF) field is the straight one:
+    # x_t = (1 - t)(mu + c z) + t z  =>  z = (x_t - (1 - t) mu) / ((1 - t) c + t),  u_2 = z - mu - c z.
+    # ReflowLoss vanishes at u_2 (its unique minimiser: the coupling is deterministic) and not at u_1,
+    # and u_2's straightness is 0 where u_1's is the closed form.
+    sde = sd.RectifiedFlow()
+    mu, c = GAUSS.means[0], GAUSS.stds[0]
+    z = torch.randn(2000, 2, generator=gen(21), dtype=DT)
+    pairs = torch.stack([mu + c * z, z], dim=1)
+
+    def u2(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        tt = t.reshape(-1, 1)
+        zz = (x - (1 - tt) * mu) / ((1 - tt) * c + tt)
+        return zz - mu - c * zz
+
+    u1 = oracle_velocity(GAUSS, sde)
+    loss = ReflowLoss()
+    before, after = float(loss(u1, pairs, generator=gen(1))), float(loss(u2, pairs, generator=gen(1)))
+    assert after < 1e-20 and before > 1e-3  # float64: u_2 is exact up to round-off
+    exact_before = float((gaussian_straightness_weights(GAUSS) * z**2).sum(1).mean())
+    assert exact_before > 0.05 and straightness(u2, z, steps=5) < 1e-20
+    assert straightness(u1, z, steps=400) == pytest.approx(exact_before, rel=0.02)  # Euler's O(1/N) error
+
+
 def test_reflow_loss_is_flow_matching_on_the_coupling():
     sde = sd.RectifiedFlow()
     g = gen(9)
@@ -344,7 +369,7 @@ def test_rectified_flow_likelihood_through_a_velocity_model_matches_the_closed_f
     sde = sd.RectifiedFlow()
     x, _ = RING.sample(100, generator=gen(14), dtype=DT)
     score_fn = sd.score_fn_from_model(oracle_velocity(RING, sde), sde, "flow")
-    logp, info = sd.log_likelihood(score_fn, sde, x, divergence="exact", method="dopri5", rtol=1e-6, atol=1e-6)
+    logp, info = sd.log_likelihood(score_fn, sde, x, divergence="exact", solver="dopri5", rtol=1e-6, atol=1e-6)
     exact = RING.log_prob(x, sde.eps, sde)
     assert float((logp - exact).abs().max()) / 2 < 1e-3, (logp - exact).abs().max()
     assert bool(torch.isfinite(info.z).all()) and 0 < info.nfe < 400
@@ -416,7 +441,10 @@ def test_reflow_command_retrains_a_rectified_flow_run_on_its_couplings(tmp_path)
     x, _ = sd.sample(source.score_fn, source.sde, x_T=stored["x_noise"], method="ddim", steps=4)
     torch.testing.assert_close(stored["x_data"], x)
     report = json.loads((tmp_path / "rf2" / "reflow.json").read_text())
-    assert report["couplings"] == 64 and report["straightness_before"] > 0 and report["straightness_after"] > 0
+    assert report["couplings"] == 64
+    # the report's straightness is the source network's, on the command's noise (seed + 1)
+    x_noise = source.sde.prior_sample((256,) + source.sample_shape, generator=torch.Generator().manual_seed(1))
+    assert report["straightness_before"] == pytest.approx(straightness(source.model, x_noise, steps=100), rel=1e-5)
     # --resume continues the same run on the same couplings; a VP run is refused
     assert cli.main(argv[:-3] + ["--steps", "8", "--resume", "--quiet"]) == 0
     assert load_run(tmp_path / "rf2").step == 8

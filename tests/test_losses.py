@@ -256,7 +256,7 @@ def test_flow_matching_at_oracle_velocity_equals_closed_form_and_is_lower_when_p
 
 def test_logit_normal_time_sampling():
     sde = sd.RectifiedFlow()
-    loss = sd.FlowMatchingLoss(sde, time_sampling="logit-normal", loc=0.5, scale=0.8)
+    loss = sd.FlowMatchingLoss(sde, time_sampling="logit-normal", logit_mean=0.5, logit_std=0.8)
     t, w = loss.sample_time(20000, gen(0), torch.zeros(1, dtype=DT))
     assert float(t.min()) >= sde.eps and float(t.max()) <= sde.T and bool((w == 1).all())
     z = torch.logit((t - sde.eps) / (sde.T - sde.eps))
@@ -449,8 +449,8 @@ def test_bad_input_raises_naming_the_argument():
         sd.DSMLoss(sd.RectifiedFlow(), weighting="likelihood", importance_sampling=True)
     with pytest.raises(ValueError, match="time_sampling"):
         sd.FlowMatchingLoss(vp, time_sampling="beta")
-    with pytest.raises(ValueError, match="scale"):
-        sd.FlowMatchingLoss(vp, time_sampling="logit-normal", scale=0.0)
+    with pytest.raises(ValueError, match="logit_std"):
+        sd.FlowMatchingLoss(vp, time_sampling="logit-normal", logit_std=0.0)
     with pytest.raises(ValueError, match="n_projections"):
         sd.SlicedScoreMatchingLoss(vp, n_projections=0)
     with pytest.raises(ValueError, match="weighting"):

@@ -189,10 +189,10 @@ def test_trainer_learns_a_gaussian_score():
 
 
 @pytest.mark.parametrize("bad", [dict(lr=float("nan")), dict(lr=0.0), dict(lr=float("inf")), dict(warmup_steps=-1),
-                                 dict(grad_clip=-1.0), dict(grad_clip=0.0), dict(betas=(0.9, 1.0)), dict(eps=0.0)])
+                                 dict(grad_clip=-1.0), dict(grad_clip=0.0), dict(betas=(0.9, 1.0)), dict(adam_eps=0.0)])
 def test_bad_optimiser_settings_are_refused(bad):
     # grad_clip < 0 would flip the gradient in clip_grad_norm_'s scale factor; lr NaN poisons every weight
-    with pytest.raises(ValueError, match=next(iter(bad)).split("_")[0]):
+    with pytest.raises(ValueError, match=next(iter(bad))):
         Trainer(MLP(2, width=8, depth=1), TinyDSM(), torch.randn(16, 2), batch_size=4, progress=False, **bad)
 
 

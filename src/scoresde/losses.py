@@ -237,7 +237,7 @@ class FlowMatchingLoss(_GaussianPathLoss):
 
     (``(g^2 / (2 sigma))^2 = sigma^2 (d lambda_snr / dt)^2`` in noise space; for the rectified
     flow ``t^2 / (1 - t)^2``).  ``time_sampling``: ``uniform`` on ``[eps, T]`` or ``logit-normal``:
-    ``t = eps + (T - eps) sigmoid(loc + scale n)``, ``n ~ N(0, 1)`` (Esser et al. 2024), without
+    ``t = eps + (T - eps) sigmoid(logit_mean + logit_std n)``, ``n ~ N(0, 1)`` (Esser et al. 2024), without
     reweighting (a different time density, hence a different objective).
     """
 
@@ -245,16 +245,15 @@ class FlowMatchingLoss(_GaussianPathLoss):
         self,
         sde: LinearSDE,
         time_sampling: str = "uniform",
-        loc: float = 0.0,
-        scale: float = 1.0,
+        logit_mean: float = 0.0,
+        logit_std: float = 1.0,
         reduce: str = "mean",
     ) -> None:
         super().__init__(sde, "flow", reduce)
         self.time_sampling = check_choice(time_sampling, TIME_SAMPLINGS, "time_sampling")
-        self.loc = float(loc)
-        self.scale = float(scale)
-        if not (math.isfinite(self.scale) and self.scale > 0):
-            raise ValueError(f"scale must be a positive finite number, got {scale}")
+        self.logit_mean, self.logit_std = float(logit_mean), float(logit_std)
+        if not (math.isfinite(self.logit_std) and self.logit_std > 0):
+            raise ValueError(f"logit_std must be a positive finite number, got {logit_std}")
 
     def __repr__(self) -> str:
         return f"FlowMatchingLoss({type(self.sde).__name__}, time_sampling={self.time_sampling!r})"
@@ -265,7 +264,7 @@ class FlowMatchingLoss(_GaussianPathLoss):
             t = _uniform_times(self.sde, n, generator, like)
         else:
             z = randn_like(like.new_empty(n), generator)
-            t = self.sde.eps + (self.sde.T - self.sde.eps) * torch.sigmoid(self.loc + self.scale * z)
+            t = self.sde.eps + (self.sde.T - self.sde.eps) * torch.sigmoid(self.logit_mean + self.logit_std * z)
         return t, torch.ones_like(t)
 
     def per_sample(

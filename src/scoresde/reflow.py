@@ -205,11 +205,11 @@ class ReflowLoss(FlowMatchingLoss):
         self,
         sde: LinearSDE | None = None,
         time_sampling: str = "uniform",
-        loc: float = 0.0,
-        scale: float = 1.0,
+        logit_mean: float = 0.0,
+        logit_std: float = 1.0,
         reduce: str = "mean",
     ) -> None:
-        super().__init__(RectifiedFlow() if sde is None else sde, time_sampling, loc, scale, reduce)
+        super().__init__(RectifiedFlow() if sde is None else sde, time_sampling, logit_mean, logit_std, reduce)
 
     def __repr__(self) -> str:
         return f"ReflowLoss({type(self.sde).__name__}, time_sampling={self.time_sampling!r})"

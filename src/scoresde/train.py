@@ -209,7 +209,7 @@ class Trainer:
 
     def __init__(self, model: nn.Module, loss: Callable[..., Tensor], data: Any, *,
                  batch_size: int = 128, lr: float = 2e-4, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0, warmup_steps: int = 0,
+                 adam_eps: float = 1e-8, weight_decay: float = 0.0, warmup_steps: int = 0,
                  grad_clip: float | None = 1.0, ema_decay: float = 0.9999, ema_warmup: bool = False,
                  grad_accum: int = 1, class_conditional: bool | None = None,
                  amp: str = "auto", compile: bool = False, channels_last: bool = False,
@@ -229,12 +229,13 @@ class Trainer:
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
         if grad_clip is not None and not (math.isfinite(grad_clip) and grad_clip > 0):
             raise ValueError(f"grad_clip must be a finite number > 0 or None (off), got {grad_clip}")
-        if not all(0 <= b < 1 for b in betas) or not (math.isfinite(eps) and eps > 0):
-            raise ValueError(f"Adam needs betas in [0, 1) and eps > 0, got betas {tuple(betas)}, eps {eps}")
+        if not all(0 <= b < 1 for b in betas) or not (math.isfinite(adam_eps) and adam_eps > 0):
+            raise ValueError(f"Adam needs betas in [0, 1) and adam_eps > 0, got betas {tuple(betas)}, "
+                             f"adam_eps {adam_eps}")
         if (eval_every is None) != (eval_data is None) or (sample_every is None) != (sample_fn is None):
             raise ValueError("eval_every needs eval_data and sample_every needs sample_fn (and vice versa)")
         self.rank, self.world_size, self.device = init_distributed(device)
-        self.hparams = dict(batch_size=batch_size, lr=lr, betas=list(betas), eps=eps, weight_decay=weight_decay,
+        self.hparams = dict(batch_size=batch_size, lr=lr, betas=list(betas), adam_eps=adam_eps, weight_decay=weight_decay,
                             warmup_steps=warmup_steps, grad_clip=grad_clip, ema_decay=ema_decay,
                             ema_warmup=ema_warmup, grad_accum=grad_accum, amp=amp, seed=seed,
                             world_size=self.world_size)
@@ -247,7 +248,7 @@ class Trainer:
         self.class_conditional = (model_config.get("num_classes") is not None
                                   if class_conditional is None else class_conditional)
         self.autocast_dtype = self._amp_dtype(check_choice(amp, AMP_MODES, "amp"))
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=tuple(betas), eps=eps,
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=tuple(betas), eps=adam_eps,
                                            weight_decay=weight_decay)
         self.net: nn.Module = model
         if self.world_size > 1:  # DDP broadcasts rank 0's weights now: the EMA copies them after

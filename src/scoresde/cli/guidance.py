@@ -14,11 +14,11 @@ from torch import Tensor, nn
 from .. import config as C
 from .. import data as D
 from ..guidance import cfg_score_from_model, classifier_guided_score, colorize, inpaint
-from ..guidance.inverse import to_gray
+from ..guidance.operators import to_gray
 from ..images import read_array, save_samples, side_by_side
 from ..runs import Run, load_classifier
 from ..score import ScoreFn
-from .args import device_of, load, run_options, sampler_options
+from .args import device_of, load, positive_int, run_options, sampler_options
 from .runs import steps_for_nfe, train_classifier
 
 
@@ -148,8 +148,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("config", help="preset or YAML of the score run (data and SDE are taken from it)")
     p.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
     p.add_argument("--out", required=True, help="classifier folder to create")
-    p.add_argument("--steps", type=int, default=500, help="optimiser steps (default 500)")
-    p.add_argument("--nf", type=int, help="base width of the classifier (default: the score network's)")
+    p.add_argument("--steps", type=positive_int, default=500, help="optimiser steps (default 500)")
+    p.add_argument("--nf", type=positive_int, help="base width of the classifier (default: the score network's)")
     p.set_defaults(func=_cmd_train_classifier)
 
     p = sub.add_parser("guide", help="class-conditional samples by classifier or classifier-free guidance")
@@ -160,7 +160,7 @@ def add_parsers(sub: Any) -> None:
     g.add_argument("--cfg", action="store_true", help="classifier-free guidance with the run's null label")
     p.add_argument("--scale", type=float, default=1.0, help="guidance scale w >= 0 (default 1)")
     p.add_argument("--label", type=int, help="class to draw (default: every class in turn)")
-    p.add_argument("-n", type=int, default=80, help="number of samples (default 80)")
+    p.add_argument("-n", type=positive_int, default=80, help="number of samples (default 80)")
     p.add_argument("--out", required=True, help="output PNG (array beside it as .npz)")
     p.set_defaults(func=_cmd_guide)
 
@@ -169,11 +169,11 @@ def add_parsers(sub: Any) -> None:
         p = sub.add_parser(name, help=what)
         run_options(p)
         sampler_options(p)
-        p.add_argument("-n", type=int, default=16, help="number of items (default 16)")
+        p.add_argument("-n", type=positive_int, default=16, help="number of items (default 16)")
         p.add_argument("--input", help=".npz with array x (default: the run's test split)")
         p.add_argument("--out", required=True, help="output PNG (array beside it as .npz)")
         if name == "inpaint":
             p.add_argument("--mask", default="half", help="half | box | PNG file, white = observed (default half)")
             p.add_argument("--smc", action="store_true", help="SMC particle inpainting instead of replacement")
-            p.add_argument("--particles", type=int, default=16, help="SMC particles per item (default 16)")
+            p.add_argument("--particles", type=positive_int, default=16, help="SMC particles per item (default 16)")
         p.set_defaults(func=fn)
