@@ -2,8 +2,10 @@
 EMA score stored beside each fixture (tests/fixtures/score_sde/README.md), hostile pickles are
 refused unexecuted, and the official configs build networks of the official sizes."""
 
+import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -129,10 +131,10 @@ def test_not_a_checkpoint_is_one_clear_error(tmp_path):
 def test_mismatched_config_is_refused(tmp_path):
     config = I.read_config_json(FIXTURES / "vp_ddpmpp_continuous.json")
     config["model"] = config["model"] | {"nf": 32}
-    with pytest.raises(ValueError, match="does not fit"):
+    with pytest.raises(ValueError, match="does not fit the config's network: .* has shape"):
         I.import_checkpoint(FIXTURES / "vp_ddpmpp_continuous.pth", tmp_path / "run", config)
     config["model"] = config["model"] | {"nf": 16, "fir": True, "progressive_input": "residual"}
-    with pytest.raises(ValueError, match="has no tensor"):
+    with pytest.raises(ValueError, match="does not fit the config's network: the checkpoint has no tensor"):
         I.import_checkpoint(FIXTURES / "vp_ddpmpp_continuous.pth", tmp_path / "run", config)
 
 
@@ -177,3 +179,45 @@ def test_every_official_config_maps_every_tensor_once():
         # all_modules indices appear in increasing order: the walk is the construction order.
         indices = [int(k.split(".")[1]) for k in official]
         assert indices == sorted(indices), name
+
+
+def test_cli_import_then_sample(tmp_path, capsys):
+    from scoresde.cli.main import main
+
+    name, out = "ve_ncsnpp_continuous", tmp_path / "run"
+    argv = ["import", "score-sde", str(FIXTURES / f"{name}.pth"), "--config-json", str(FIXTURES / f"{name}.json"),
+            "--out", str(out)]
+    assert main(argv) == 0
+    assert "VESDE" in capsys.readouterr().out
+    io = load_file(FIXTURES / f"{name}.io.safetensors")
+    assert _relative_error(sd.load_run(out).score_fn(io["x"], io["t"]), io["score"]).max() < 1e-5  # as above
+    assert main(argv) == 2  # the folder is a run now: never overwritten
+    assert "already a run folder" in capsys.readouterr().err
+    # The imported run samples without any training data (data.shape), here with its own PC sampler.
+    assert main(["sample", str(out), "-n", "2", "--steps", "3", "--out", str(tmp_path / "s.png")]) == 0
+    with np.load(tmp_path / "s.npz") as arc:
+        assert arc["x"].shape == (2, 3, 8, 8) and np.isfinite(arc["x"]).all()
+    assert main(["import", "score-sde", str(FIXTURES / f"{name}.pth"), "--config", "ve/cifar10_ncsnpp_continuous",
+                 "--out", str(tmp_path / "full")]) == 2  # the 128-channel official network does not fit nf 16
+    assert "does not fit" in capsys.readouterr().err
+
+
+def test_export_is_one_world_readable_safetensors_file(tmp_path):
+    from scoresde.cli.main import main
+    from scoresde.interop.export import read_export
+
+    name = "subvp_ncsnpp_continuous"
+    root = _import(name, tmp_path / "run")
+    path = tmp_path / "model.safetensors"
+    assert main(["export", str(root), "--out", str(path)]) == 0
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    tensors = load_file(path)
+    run = sd.load_run(root)
+    assert tensors.keys() == run.model.state_dict().keys()
+    cfg, state, step = read_export(path)
+    assert cfg.to_dict() == run.config.to_dict() and step == run.step
+    model = C.build_model(cfg)
+    model.load_state_dict(state)
+    io = load_file(FIXTURES / f"{name}.io.safetensors")
+    score = sd.score_fn_from_model(model.eval(), run.sde, "score")(io["x"], io["t"])
+    assert _relative_error(score, io["score"]).max() < 1e-5  # as above: the export is the EMA network

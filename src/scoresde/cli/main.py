@@ -7,6 +7,7 @@ Sub-commands, one module per family (``scoresde COMMAND --help`` explains each):
     likelihood                                    cli/likelihood.py
     train-classifier | guide | inpaint | colorize cli/guidance.py
     reflow                                        cli/reflow.py
+    import score-sde | export                     cli/interop.py
 
 ``RUN`` is a run folder (``config.yaml`` and checkpoints; :func:`scoresde.load_run`). Errors are
 one line on stderr with exit status 2; ``--debug`` shows the traceback.
@@ -20,11 +21,11 @@ from typing import Any, Sequence
 
 import torch
 
-from . import guidance, likelihood, reflow, sample, train
+from . import guidance, interop, likelihood, reflow, sample, train
 from .args import common_options
 
 #: The command families, in the order ``--help`` lists them.
-FAMILIES = (train, sample, likelihood, guidance, reflow)
+FAMILIES = (train, sample, likelihood, guidance, reflow, interop)
 
 
 class _SubParsers:

@@ -214,21 +214,22 @@ def convert_state(official: Mapping[str, Tensor], model: OfficialScoreModel) -> 
     """Our state dict of ``model`` from an official network state dict (``module.`` stripped);
     every official tensor must be used and fit."""
     official = _strip_module(official)
+    misfit = "the checkpoint does not fit the config's network:"
     ours, used = {}, {"sigmas"}
     for key, names, fn in official_layout(model.net):
         missing = [n for n in names if n not in official]
         if missing:
-            raise ValueError(f"the checkpoint has no tensor {missing[0]} (the config does not describe this network)")
+            raise ValueError(f"{misfit} the checkpoint has no tensor {missing[0]}")
         ours[f"net.{key}"] = fn([official[n] for n in names]).to(torch.float32, copy=True).contiguous()
         used.update(names)
     extra = sorted(set(official) - used)
     if extra:
-        raise ValueError(f"the checkpoint has tensors the config's network lacks, e.g. {extra[0]}")
+        raise ValueError(f"{misfit} the network has nothing for {extra[0]}")
     expected = model.state_dict()
     for key, value in ours.items():
         if tuple(value.shape) != tuple(expected[key].shape):
-            raise ValueError(f"{key}: the checkpoint's shape {tuple(value.shape)} does not fit "
-                             f"the config's network {tuple(expected[key].shape)}")
+            raise ValueError(f"{misfit} {key} has shape {tuple(value.shape)} in the checkpoint, "
+                             f"{tuple(expected[key].shape)} in the network")
     return ours
 
 
