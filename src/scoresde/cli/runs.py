@@ -120,12 +120,12 @@ def plot_loss(run_dir: Path, path: Path) -> None:
 def classifier_for(cfg: C.Config, num_classes: int, **options: Any) -> torch.nn.Module:
     """A noise-conditional classifier matching the run's data: the encoder of the run's U-Net preset
     (images) or a residual MLP (vectors); ``options`` override the network's keyword arguments."""
-    from ..nets import PRESETS, MLPClassifier, UNetClassifier
+    from ..nets import MLPClassifier, UNetClassifier, unet_options
 
     shape = C.build_dataset(cfg, "test").sample_shape
     if len(shape) == 1:
         return MLPClassifier(shape[0], num_classes, **options)
-    base = {**PRESETS.get(cfg.model.name, {}), **cfg.model.options}
+    base = unet_options(cfg.model.name, cfg.model.options)
     base = {k: v for k, v in base.items() if k not in ("progressive", "num_classes", "null_label")}
     return UNetClassifier(num_classes, **{**base, **options})
 
