@@ -131,9 +131,12 @@ class _StandIn(nn.Module):
 @pytest.fixture(scope="module")
 def inception(tmp_path_factory):
     path = tmp_path_factory.mktemp("inception") / "standin.pt"
+    with torch.random.fork_rng(devices=[]):  # the projection's initialisation, independent of test order
+        torch.manual_seed(0)
+        module = _StandIn()
     with warnings.catch_warnings():  # torch.jit.script is deprecated but is how such files are made
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.jit.script(_StandIn()).save(str(path))
+        torch.jit.script(module).save(str(path))
     return metrics.InceptionNet(path)
 
 
@@ -155,7 +158,7 @@ def test_fid_with_stand_in(inception):
     x = torch.rand(64, 3, 6, 6, generator=g) * 2 - 1
     assert inception.features(x).shape == (64, 6)
     assert metrics.fid(inception, x, x) == pytest.approx(0.0, abs=1e-9)
-    assert metrics.fid(inception, x, x * 0.5) > 1e-3
+    assert metrics.fid(inception, x, x * 0.5 + 0.3) > 1e-3  # a brighter set
 
 
 def test_inception_loading_errors(tmp_path):

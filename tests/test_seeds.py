@@ -66,6 +66,8 @@ def test_png_files_identical_between_batch_1_and_7_and_across_resume(tmp_path):
     again = generate.generate(score, sde, SHAPE, seeds, tmp_path / "b7", batch=2, **common)
     assert (again.written, again.skipped) == (3, 12)
     np.testing.assert_array_equal(_pngs(tmp_path / "b1", seeds), _pngs(tmp_path / "b7", seeds))
+    with pytest.raises(ValueError, match="other settings \\(eta"):  # never mixes two samplers in one folder
+        generate.generate(score, sde, SHAPE, seeds, tmp_path / "b7", batch=2, **{**common, "eta": 0.5})
 
 
 def test_npz_shards_for_any_shape_and_resume(tmp_path):

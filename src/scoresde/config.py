@@ -169,7 +169,8 @@ class EvaluationConfig:
     """What ``scoresde eval`` measures."""
 
     metrics: list[str] = _field(factory=lambda: ["bpd", "fd-digits"],
-                                doc="bpd, fd-digits, pixel-fd, sliced-w2, mmd")
+                                doc="bpd (nats/dim for continuous data), nll, fd-digits, pixel-fd, sliced-w2, mmd, "
+                                "fid, is")
     split: str = _field("test", choices=_data.SPLITS, doc="reference / likelihood split")
     n_samples: int = _field(1000, ge=2, doc="generated samples for sample metrics")
     likelihood_n: int | None = _field(200, ge=1, doc="first N images of the split for bits/dim (None: all)")
@@ -179,6 +180,11 @@ class EvaluationConfig:
     prior_reference: int = _field(0, ge=0, doc="training items that estimate the prior constant C0 (0: off)")
     rtol: float = _field(1e-3, gt=0, doc="likelihood ODE tolerances (per coordinate and per dimension)")
     atol: float = _field(1e-3, gt=0, doc="absolute tolerance of the likelihood ODE")
+    fid_samples: int = _field(50_000, ge=2, doc="generated samples for fid / is (the papers' 50 000)")
+    fid_batch: int = _field(250, ge=1, doc="samples per sampler call and per Inception batch for fid / is")
+    fid_ref: str | None = _field(None, doc="reference statistics .npz for fid (`scoresde fid-stats DATA --out REF`)")
+    inception: str | None = _field(None, doc="Inception TorchScript file for fid / is (NVIDIA's "
+                                   "inception-2015-12-05.pt), or fid-helper (the optional fid extra)")
 
 
 @dataclass

@@ -10,11 +10,14 @@ step sequence) cannot promise that and are refused (:func:`couples_batch`) unles
 Outputs (:func:`generate`): one PNG per seed, ``DIR/000000/000123.png`` (sub-folders of 1000
 seeds, as EDM's ``generate.py``), or ``.npz`` shards ``DIR/seeds_<first>-<last>.npz`` holding
 ``seeds`` and the raw float samples ``x`` (any data shape). Seeds already on disk are skipped, so
-an interrupted run resumes where it stopped; every file is written atomically.
+an interrupted run resumes where it stopped; every file is written atomically. ``settings.json``
+records the sampler and its options (and what the caller adds, e.g. the checkpoint step): a folder
+holding samples of other settings is refused rather than mixed.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +28,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ._io import write_json
 from .images import save_npz, to_uint8, write_png
 from .sampling import METHODS, sample
 from .sampling.ode import ode_adaptive
 
 FORMATS = ("png", "npz")
+SETTINGS_FILE = "settings.json"
 _COUPLING_CORRECTORS = ("langevin", "mala", "hmc")
 _SHARD = re.compile(r"seeds_(\d+)-(\d+)\.npz")
 
@@ -100,6 +105,22 @@ def write_batch(outdir: str | Path, seeds: Sequence[int], x: Tensor, fmt: str,
         write_png(img, path)
 
 
+def check_settings(outdir: str | Path, settings: dict) -> None:
+    """Record ``settings`` in ``outdir/settings.json``, or check that the file there holds the same."""
+    path = Path(outdir) / SETTINGS_FILE
+    settings = json.loads(json.dumps(settings, default=str))
+    if path.is_file():
+        found = json.loads(path.read_text())
+        if found != settings:
+            diff = sorted(k for k in set(found) | set(settings) if found.get(k) != settings.get(k))
+            raise ValueError(f"{outdir} holds samples of other settings ({', '.join(diff)}: "
+                             f"{[found.get(k) for k in diff]} there, {[settings.get(k) for k in diff]} now); "
+                             "choose another folder")
+        return
+    Path(outdir).mkdir(parents=True, exist_ok=True)
+    write_json(path, settings)
+
+
 @dataclass
 class GenerateResult:
     """What :func:`generate` did: seeds written now, seeds skipped (already there), NFE per sample."""
@@ -127,13 +148,15 @@ def generate(
     method: str = "dpm-solver++",
     device: torch.device | str = "cpu",
     progress: bool = True,
+    settings: dict | None = None,
     **sample_options,
 ) -> GenerateResult:
     """Draw one sample per seed with :func:`scoresde.sample` (per-seed generators) and write it to
     ``outdir`` (see the module docstring), ``batch`` seeds per call, skipping seeds on disk.
 
     ``sample_options`` go to :func:`scoresde.sample` (``steps``, ``schedule``, ``denoise``,
-    method options such as ``eta``, ``order``, ``snr``, ``churn``, ``rtol``).
+    method options such as ``eta``, ``order``, ``snr``, ``churn``, ``rtol``); ``settings``: more
+    JSON-safe facts recorded with them (:func:`check_settings`).
     """
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -146,9 +169,10 @@ def generate(
     if reason is not None:
         raise ValueError(f"method {method!r} cannot give per-seed samples in batches ({reason}); use batch 1")
     seeds = list(dict.fromkeys(int(s) for s in seeds))
+    check_settings(outdir, {"method": method, "format": fmt, "shape": list(sample_shape), **sample_options,
+                            **(settings or {})})
     done = seeds_on_disk(outdir, fmt)
     todo = [s for s in seeds if s not in done]
-    Path(outdir).mkdir(parents=True, exist_ok=True)
     nfe = 0
     with tqdm(total=len(todo), disable=not progress, desc="generate", unit="img") as bar:
         for group in _batches(todo, batch):

@@ -24,7 +24,8 @@ def _cmd_likelihood(args: argparse.Namespace) -> int:
                                 progress=not args.quiet,
                                 prior_reference=ev.prior_reference if args.prior_reference is None else args.prior_reference,
                                 **{k: v for k in ("prior", "eps", "error_norm") if (v := getattr(args, k)) is not None})
-    print(f"{args.split}: {res['mean']:.4f} ± {res['stderr']:.4f} {res['unit']} over {res['n']} items "
+    print(f"{args.split}: {res['mean']:.4f} ± {res['stderr']:.4f} {res['unit']} (levels: {res['levels'] or 'continuous, no dequantization'}) "
+          f"over {res['n']} items "
           f"({res['nfe_per_batch']:.0f} NFE per batch) -> {results}")
     return 0
 

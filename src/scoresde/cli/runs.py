@@ -190,27 +190,45 @@ def steps_for_nfe(sde: Any, method: str, nfe: int, shape: tuple[int, ...], optio
     return lo
 
 
-def sample_run(run: Run, n: int, *, method: str | None = None, steps: int | None = None,
-               nfe: int | None = None, seed: int = 0, progress: bool = True, clip: bool | None = None,
-               **options: Any) -> tuple[Tensor, Any]:
-    """Draw ``n`` samples from a run with its sampling config, overridden by the arguments
-    (``steps`` or an ``nfe`` budget, ``clip`` for :func:`~scoresde.score.clip_denoised`,
-    ``options`` of the method)."""
-    from ..sampling import sample
-
+def run_sampler(run: Run, *, method: str | None = None, steps: int | None = None, nfe: int | None = None,
+                clip: bool | None = None, **options: Any) -> tuple[Callable[[Tensor, Tensor], Tensor], dict[str, Any]]:
+    """The score function and :func:`scoresde.sample` keywords (``method``, ``steps``, ``denoise``,
+    the method's options, ``schedule``) of a run's sampling config, overridden by the arguments
+    (``steps`` or an ``nfe`` budget, ``clip`` for :func:`~scoresde.score.clip_denoised`)."""
     s = run.config.sampling
     clip = s.clip_denoised if clip is None else clip
     data_range = D.data_range(run.config.data.centered)
     score_fn = clip_denoised(run.score_fn, run.sde, data_range) if clip else run.score_fn
     method = method or s.method
     opts = {**(s.options if method == s.method else {}), **options}  # the config's options fit its method
-    shape = run.sample_shape
     if nfe is not None:
-        steps = steps_for_nfe(run.sde, method, nfe, shape, opts, s.denoise)
+        steps = steps_for_nfe(run.sde, method, nfe, run.sample_shape, opts, s.denoise)
     steps = steps if steps is not None else s.steps
+    return score_fn, {"method": method, "steps": steps, "denoise": s.denoise, **opts}
+
+
+def sample_run(run: Run, n: int, *, seed: int = 0, progress: bool = True, **sampler: Any) -> tuple[Tensor, Any]:
+    """Draw ``n`` samples from a run with one generator seeded ``seed``; ``sampler``: the
+    overrides of :func:`run_sampler` (``method``, ``steps``, ``nfe``, ``clip``, method options)."""
+    from ..sampling import sample
+
+    score_fn, kwargs = run_sampler(run, **sampler)
     generator = torch.Generator(device=run.device).manual_seed(seed)
-    return sample(score_fn, run.sde, (n,) + shape, method=method, steps=steps, generator=generator,
-                  denoise=s.denoise, progress=progress, device=run.device, batch_size=s.batch_size, **opts)
+    return sample(score_fn, run.sde, (n,) + run.sample_shape, generator=generator, progress=progress,
+                  device=run.device, batch_size=run.config.sampling.batch_size, **kwargs)
+
+
+def generate_run(run: Run, seeds: Iterable[int], outdir: Path, *, batch: int = 100, fmt: str = "png",
+                 progress: bool = True, **sampler: Any) -> Any:
+    """One sample per seed into ``outdir`` (:func:`scoresde.generate.generate`: per-seed generators,
+    resumable, the settings and the checkpoint step recorded); ``sampler`` as in :func:`run_sampler`."""
+    from ..generate import generate
+
+    score_fn, kwargs = run_sampler(run, **sampler)
+    return generate(score_fn, run.sde, run.sample_shape, seeds, outdir, batch=batch, fmt=fmt,
+                    data_range=D.data_range(run.config.data.centered), device=run.device, progress=progress,
+                    settings={"run": str(run.directory.resolve()), "checkpoint_step": run.step,
+                              "clip_denoised": score_fn is not run.score_fn}, **kwargs)
 
 
 # --------------------------------------------------------------------------- likelihood
@@ -258,7 +276,8 @@ def likelihood_over_split(run: Run, split: str, limit: int | None, batch: int, r
 # --------------------------------------------------------------------------- evaluation
 
 SAMPLE_METRICS = ("fd-digits", "pixel-fd", "sliced-w2", "mmd")
-METRICS = ("bpd", "nll") + SAMPLE_METRICS
+INCEPTION_METRICS = ("fid", "is")
+METRICS = ("bpd", "nll") + SAMPLE_METRICS + INCEPTION_METRICS
 
 
 def sample_metrics(samples: Tensor, reference: Tensor, names: Iterable[str], seed: int = 0) -> dict[str, float]:
@@ -274,21 +293,68 @@ def sample_metrics(samples: Tensor, reference: Tensor, names: Iterable[str], see
     return {name: table[name]() for name in names}
 
 
+def inception_metrics(run: Run, names: Sequence[str], out: Path, *, ref: str | Path | None = None,
+                      inception: str | Path | None = None, samples: str | Path | None = None, n: int | None = None,
+                      batch: int | None = None, progress: bool = True, **sampler: Any) -> dict[str, Any]:
+    """FID against reference statistics ``ref`` and/or the Inception Score (10 splits) of ``n``
+    samples (default ``evaluation.fid_samples``): the images in ``samples`` (a folder of PNGs or
+    npz shards), else seeds ``0 .. n-1`` generated into ``out/fid_samples_step<k>`` (resumable;
+    ``sampler`` as in :func:`run_sampler`). Reports the count and the network's name and SHA-256."""
+    from .. import metrics as M
+
+    ev = run.config.evaluation
+    inception = inception or ev.inception
+    if inception is None:
+        raise ValueError("fid / is need an Inception network: --inception PATH (NVIDIA's inception-2015-12-05.pt), "
+                         "--inception fid-helper (pip install 'scoresde[fid]') or evaluation.inception")
+    ref = ref or ev.fid_ref
+    if "fid" in names and ref is None:
+        raise ValueError("fid needs reference statistics: --ref REF.npz, made by `scoresde fid-stats DATA --out REF.npz` "
+                         "(or evaluation.fid_ref)")
+    reference = M.InceptionStats.load(ref) if "fid" in names else None  # a bad file fails before sampling
+    net = M.load_inception(inception, run.device)
+    n, batch = n or ev.fid_samples, batch or ev.fid_batch
+    result: dict[str, Any] = {}
+    if samples is None:
+        samples = out / f"fid_samples_step{run.step}"
+        t0 = time.perf_counter()
+        gen = generate_run(run, range(n), Path(samples), batch=batch, progress=progress, **sampler)
+        result["generation"] = {"written": gen.written, "reused": gen.skipped, "nfe": gen.nfe,
+                                "seconds": round(time.perf_counter() - t0, 2)}
+    source = D.image_source(samples, data_range=D.data_range(run.config.data.centered))
+    if source.count < n:
+        raise ValueError(f"{samples}: {source.count} images, fewer than the {n} asked for")
+    stats, probs = M.inception_stats(net, source.batches(batch, limit=n), probabilities="is" in names,
+                                     total=n, progress=progress)
+    result.update({"n": stats.n, "samples": str(samples), "inception": net.identity})
+    if reference is not None:
+        result["fid"] = stats.fid(reference)
+        result["ref"] = {"path": str(ref), "n": reference.n, "network": reference.network}
+    if "is" in names:
+        result["is"], result["is_std"] = M.inception_score_of(probs, 10)
+    return result
+
+
 def evaluate_run(run: Run, metrics: Sequence[str], out: Path, *, method: str | None = None,
                  steps: int | None = None, nfe: int | None = None, seed: int = 0, clip: bool | None = None,
-                 progress: bool = True) -> dict[str, Any]:
+                 progress: bool = True, inception_options: dict | None = None, **options: Any) -> dict[str, Any]:
     """Measure ``metrics`` of a run; writes ``out/samples.png`` (+ ``.npz``) when sampling and
     ``out/likelihood_<split>_step<n>.json`` (partial results of checkpoint ``n``); returns the
-    figures."""
+    figures. ``inception_options`` go to :func:`inception_metrics` (``ref``, ``inception``,
+    ``samples``, ``n``, ``batch``); ``options``: the sampler method's options."""
     ev = run.config.evaluation
     for name in metrics:
         check_choice(name, METRICS, "metric")
     result: dict[str, Any] = {"step": run.step}
+    sampler = {"method": method, "steps": steps, "nfe": nfe, "clip": clip, **options}
+    wanted_inception = [m for m in metrics if m in INCEPTION_METRICS]
+    if wanted_inception:
+        result["inception_metrics"] = inception_metrics(run, wanted_inception, out, progress=progress,
+                                                        **(inception_options or {}), **sampler)
     wanted = [m for m in metrics if m in SAMPLE_METRICS]
     if wanted:
         t0 = time.perf_counter()
-        x, info = sample_run(run, ev.n_samples, method=method, steps=steps, nfe=nfe, seed=seed, clip=clip,
-                             progress=progress)
+        x, info = sample_run(run, ev.n_samples, seed=seed, progress=progress, **sampler)
         result["sampling"] = {"method": info.method, "nfe": info.nfe, "n": ev.n_samples,
                               "clip_denoised": run.config.sampling.clip_denoised if clip is None else clip,
                               "seconds": round(time.perf_counter() - t0, 2)}
