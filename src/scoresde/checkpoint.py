@@ -59,6 +59,10 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, truncated, tampered with or not a scoresde checkpoint."""
 
 
+class NoCheckpointError(CheckpointError):
+    """A folder holds no valid checkpoint to resume from."""
+
+
 class LockedError(ValueError):
     """Another process holds the lock of a run folder (a user error: one line on the CLI)."""
 
@@ -262,7 +266,7 @@ def resume_point(directory: str | Path, check: Callable[[Checkpoint], None] | No
     Litter of killed writes is removed first (:func:`clean_litter`). A corrupt checkpoint
     (:func:`load` fails) is quarantined with a warning; one that is intact but fails ``check``
     is skipped with a warning and left in place. With no valid checkpoint: a
-    :class:`CheckpointError` listing what was found when ``required``, else None.
+    :class:`NoCheckpointError` listing what was found when ``required``, else None.
     ``clean=False`` changes nothing on disk (the other ranks of a data-parallel run).
     """
     directory = Path(directory)
@@ -292,7 +296,7 @@ def resume_point(directory: str | Path, check: Callable[[Checkpoint], None] | No
     found_text = "; ".join(problems) or "no checkpoints"
     if earlier and not problems:
         found_text += f" (quarantined earlier: {', '.join(earlier)})"
-    raise CheckpointError(f"{directory}: no valid checkpoint to resume from (found: {found_text})")
+    raise NoCheckpointError(f"{directory}: no valid checkpoint to resume from (found: {found_text})")
 
 
 @contextlib.contextmanager

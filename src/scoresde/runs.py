@@ -82,6 +82,7 @@ def load_run(directory: str | Path, checkpoint: str | Path | None = None, ema: b
     found = ckpt.load(checkpoint) if checkpoint else ckpt.load_latest(root)
     if found is None:
         raise FileNotFoundError(f"{root}: no valid checkpoint (train first)")
+    check_trained_with(found, cfg, root / CONFIG_FILE)
     sde = C.build_sde(cfg)
     loss = C.build_loss(cfg, sde)
     model = C.build_model(cfg)
@@ -96,6 +97,25 @@ def load_run(directory: str | Path, checkpoint: str | Path | None = None, ema: b
     model = model.to(device).eval().requires_grad_(False)
     score_fn = score_fn_from_model(model, sde, loss.parameterization)
     return Run(root, cfg, sde, loss, model, score_fn, found.step, torch.device(device))
+
+
+def check_trained_with(found: ckpt.Checkpoint, cfg: C.Config, origin: Path) -> None:
+    """Raise a one-line ``ValueError`` naming both files when the config a checkpoint was trained
+    with (its ``meta["config"]``, written by ``scoresde train``) has another SDE, model or loss
+    section than ``cfg`` (read from ``origin``): the weights would load but mean something else.
+    (The data section may change: data move.)"""
+    trained = found.meta.get("config") if isinstance(found.meta, dict) else None
+    if not isinstance(trained, dict):
+        return  # an imported checkpoint: its weights are checked against the network alone
+    mine = cfg.to_dict()
+    try:
+        theirs = C.Config.from_dict(trained).to_dict()
+    except (ValueError, TypeError):
+        theirs = trained
+    for key in ("sde", "model", "loss"):
+        if theirs.get(key) != mine[key]:
+            raise ValueError(f"{origin} no longer matches {found.path}: its {key} section differs from the one "
+                             f"the weights were trained with ({theirs.get(key)} vs {mine[key]})")
 
 
 def write_config(directory: str | Path, cfg: C.Config) -> Path:

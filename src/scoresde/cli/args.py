@@ -10,11 +10,35 @@ import torch
 from ..runs import Run, load_run
 
 
+def positive_int(text: str) -> int:
+    """An argparse ``type``: an integer >= 1 (an explicit 0 is refused, never read as "default")."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def device_of(name: str | None) -> torch.device:
-    """``--device``: the name given, else CUDA when available, else CPU."""
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``--device``: the name given (checked: a torch device this build can use), else CUDA
+    when available, else CPU."""
+    if not name:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {name!r} is not a torch device (cpu, cuda, cuda:N, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: this torch build has no usable CUDA (torch.cuda.is_available() is False)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name}: MPS is not available on this machine")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {name}: scoresde runs on cpu, cuda or mps")
+    return device
 
 
 def common_options(p: argparse.ArgumentParser, default: Any) -> None:
@@ -22,7 +46,7 @@ def common_options(p: argparse.ArgumentParser, default: Any) -> None:
     p.add_argument("--debug", action="store_true", default=default, help="show full tracebacks on errors")
     p.add_argument("--quiet", action="store_true", default=default, help="no progress bars")
     p.add_argument("--device", default=default, help="torch device (default: cuda when available, else cpu)")
-    p.add_argument("--threads", type=int, default=default, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=default, help="torch CPU threads")
 
 
 def run_options(p: argparse.ArgumentParser) -> None:
@@ -38,8 +62,8 @@ def sampler_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", help="sampler name (default: the run's sampling.method), e.g. dpm-solver++, ddim, "
                                     "heun, pc, ode, euler-maruyama, reverse-diffusion, ancestral")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--steps", type=int, help="number of time steps (default: the run's sampling.steps)")
-    group.add_argument("--nfe", type=int, help="score-evaluation budget: the most steps that fit in it")
+    group.add_argument("--steps", type=positive_int, help="number of time steps (default: the run's sampling.steps)")
+    group.add_argument("--nfe", type=positive_int, help="score-evaluation budget: the most steps that fit in it")
     p.add_argument("--clip-denoised", action=argparse.BooleanOptionalAction, default=None,
                    help="clip the denoised estimate to the data range at every score evaluation "
                         "(default: the run's sampling.clip_denoised)")

@@ -9,7 +9,7 @@ from typing import Any
 from .. import data as D
 from .. import likelihood as L
 from ..rk import NORMS
-from .args import load, run_options
+from .args import load, positive_int, run_options
 from .runs import likelihood_over_split
 
 
@@ -35,8 +35,8 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser("likelihood", help="bits/dim over a dataset split (resumable)")
     run_options(p)
     p.add_argument("--split", default="test", choices=D.SPLITS, help="dataset split (default test)")
-    p.add_argument("--limit", type=int, help="first N items only (default: evaluation.likelihood_n)")
-    p.add_argument("--batch", type=int, help="items per ODE solve (default: evaluation.likelihood_batch)")
+    p.add_argument("--limit", type=positive_int, help="first N items only (default: evaluation.likelihood_n)")
+    p.add_argument("--batch", type=positive_int, help="items per ODE solve (default: evaluation.likelihood_batch)")
     p.add_argument("--divergence", choices=("exact", "hutchinson"), help="divergence estimator")
     p.add_argument("--method", choices=L.METHODS, help="ODE solver (default: evaluation.ode_method)")
     p.add_argument("--rtol", type=float, help="ODE relative tolerance (default: evaluation.rtol)")

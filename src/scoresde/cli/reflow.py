@@ -32,7 +32,7 @@ from .._io import atomic_write, write_json
 from ..reflow import Couplings, ReflowLoss, draw_couplings, straightness
 from ..runs import CONFIG_FILE, Run, load_run
 from ..sde import RectifiedFlow
-from .args import device_of
+from .args import device_of, positive_int
 from .runs import build_trainer
 
 COUPLINGS_FILE = "couplings.safetensors"
@@ -103,10 +103,10 @@ def add_parsers(sub: Any) -> None:
                        description=__doc__.split("\n\n")[0])
     p.add_argument("run", help="run folder of a rectified-flow run (e.g. trained from preset digits-rf)")
     p.add_argument("--out", required=True, help="run folder to create for the reflowed network")
-    p.add_argument("--couplings", type=int, default=10_000, help="number of (noise, data) pairs (default 10000)")
-    p.add_argument("--steps", type=int, help="training steps (default: the run's training.steps)")
+    p.add_argument("--couplings", type=positive_int, default=10_000, help="number of (noise, data) pairs (default 10000)")
+    p.add_argument("--steps", type=positive_int, help="training steps (default: the run's training.steps)")
     p.add_argument("--method", default="ode", help="deterministic sampler drawing the couplings (default ode)")
-    p.add_argument("--sampler-steps", type=int, help="steps of --method (default: the method's own)")
+    p.add_argument("--sampler-steps", type=positive_int, help="steps of --method (default: the method's own)")
     p.add_argument("--seed", type=int, default=0, help="seed of the couplings' noise (default 0)")
     p.add_argument("--resume", action="store_true", help="continue a reflow run in --out")
     p.set_defaults(func=_cmd_reflow)

@@ -29,7 +29,7 @@ from ..train import Trainer
 
 
 def build_trainer(cfg: C.Config, model: torch.nn.Module, loss: Callable[..., Tensor], data: Any, out: Path, *,
-                  resume: bool = False, progress: bool = True, device: torch.device | None = None,
+                  resume: bool | str = False, progress: bool = True, device: torch.device | None = None,
                   config: dict | None = None, **overrides: Any) -> Trainer:
     """The :class:`~scoresde.train.Trainer` of ``cfg.training`` (every optimisation, EMA, logging and
     checkpoint setting of the section) for ``model`` and ``loss`` on ``data``, writing into ``out``;
@@ -43,38 +43,166 @@ def build_trainer(cfg: C.Config, model: torch.nn.Module, loss: Callable[..., Ten
     return Trainer(model, loss, data, **{**kwargs, **overrides})
 
 
-def train_run(cfg: C.Config, out: Path, resume: bool = False, progress: bool = True,
+#: ``train_run``'s ``resume``: a new run, continue one (its newest valid checkpoint, else an
+#: error listing what was found), or continue one when it can and start it otherwise.
+RESUME_MODES = {False: "new", True: "resume", "auto": "resume-or-start"}
+
+
+def train_run(cfg: C.Config, out: Path, resume: bool | str = False, progress: bool = True,
               device: torch.device | None = None) -> Path:
     """Train ``cfg`` into the run folder ``out``: ``config.yaml``, the checkpoints
-    ``ckpt_<step>.*`` and the logs ``log.jsonl`` / ``log.csv`` of :class:`scoresde.train.Trainer`.
+    ``ckpt_<step>.*`` and the logs ``log.jsonl`` / ``log.csv`` of :class:`scoresde.train.Trainer`
+    (``samples/`` with ``training.sample_every``, ``eval_loss`` records with ``training.eval_every``).
+
+    ``resume``: ``False`` starts a new run (``out`` must not hold one); ``True`` continues the run
+    in ``out`` from its newest valid checkpoint (:func:`scoresde.checkpoint.resume_point`; none
+    valid is an error listing what was found); ``"auto"`` continues when there is a valid
+    checkpoint and starts from step 0 otherwise (``scoresde run``, ``train --resume-or-start``).
+
+    Everything that can be checked is checked before anything is written: the folder, the
+    config against ``out/config.yaml``, the SDE, network and loss, the training data (present,
+    at least one global batch), one loss evaluation of the network on two training items, the
+    metric names. The folder is then locked (:func:`scoresde.checkpoint.lock_directory`) for the
+    whole training, so a second trainer on it is refused; ``config.yaml`` is written atomically,
+    once (rewritten only when a resume changes the steps, sampling or evaluation). A start that
+    fails before its first checkpoint removes every file it created (and the folders, if it made
+    them), so the corrected command runs as if the failed one never had.
 
     Under ``torchrun`` each process reads its rank's slice of every global batch.
     """
     import torch.distributed as dist
 
+    from .. import checkpoint
+    from ..runs import read_config
     from ..train import init_distributed
 
+    if resume not in RESUME_MODES:
+        raise ValueError(f"resume must be one of {', '.join(map(repr, RESUME_MODES))}, got {resume!r}")
     rank, world, device = init_distributed(device)
-    t = cfg.training
-    torch.manual_seed(t.seed)  # network initialisation
-    sde = C.build_sde(cfg)
-    model, loss = C.build_model(cfg), C.build_loss(cfg, sde)
-    if t.label_dropout > 0:
-        loss = with_label_dropout(loss, model, t.label_dropout)
-    if (out / CONFIG_FILE).is_file() and not resume:
-        raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    if (out / CONFIG_FILE).is_file() and not same_run(C.load_config(str(out / CONFIG_FILE)), cfg):
-        raise ValueError(f"{out} holds a run of another configuration; choose another --out")
+    out = Path(out)
+    prepared = _prepare_training(cfg, out, resume, world)
     if world > 1:
         dist.barrier()  # every rank has checked the folder before rank 0 writes into it
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        C.save_config(cfg, out / CONFIG_FILE)
-    if world > 1:
-        dist.barrier()
-    batches = C.build_batches(cfg, C.build_dataset(cfg, "train"), rank=rank, world_size=world)
-    build_trainer(cfg, model, loss, batches, out, resume=resume, progress=progress, device=device).fit(t.steps)
+    if rank != 0:
+        if world > 1:
+            dist.barrier()
+        _fit(cfg, out, prepared, resume, rank, world, progress, device)
+        return out
+    made = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)  # the topmost new folder
+    out.mkdir(parents=True, exist_ok=True)
+    before = set(out.iterdir())
+    try:
+        with checkpoint.lock_directory(out):
+            if (out / CONFIG_FILE).is_file() != prepared["holds"]:
+                raise ValueError(f"{out} changed while this start was checked (another process?); try again")
+            checkpoint.clean_litter(out)  # e.g. the temporary config.yaml of a start killed while writing it
+            if not (out / CONFIG_FILE).is_file() or read_config(out) != cfg:
+                C.save_config(cfg, out / CONFIG_FILE)
+            if world > 1:
+                dist.barrier()
+            _fit(cfg, out, prepared, resume, rank, world, progress, device)
+    except Exception as err:
+        if not any(s > prepared["start_step"] for s, _ in checkpoint.list_checkpoints(out)):
+            _remove_new(out, before, made)  # nothing of value written: leave no trace
+        if isinstance(err, checkpoint.NoCheckpointError):
+            raise checkpoint.NoCheckpointError(f"{err}; --resume-or-start starts the run again from step 0") from err
+        raise
     return out
+
+
+def _prepare_training(cfg: C.Config, out: Path, resume: bool | str, world: int) -> dict[str, Any]:
+    """Every check of :func:`train_run` that needs no write; returns the built pieces."""
+    from .. import checkpoint
+    from ..runs import read_config
+
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file, not a run folder")
+    holds = (out / CONFIG_FILE).is_file()
+    if holds and resume is False:
+        raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    if not holds and resume is True:
+        found = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+        raise FileNotFoundError(f"{out} holds no run to resume (no {CONFIG_FILE}; found: "
+                                f"{', '.join(found[:5]) or 'nothing'}); drop --resume to start one")
+    if holds and not same_run(read_config(out), cfg):
+        raise ValueError(f"{out} holds a run of another configuration; choose another --out")
+    for name in cfg.evaluation.metrics:
+        check_choice(name, METRICS, "evaluation.metrics entry")
+    torch.manual_seed(cfg.training.seed)  # network initialisation
+    sde = C.build_sde(cfg)
+    model, loss = C.build_model(cfg), C.build_loss(cfg, sde)
+    if cfg.training.label_dropout > 0:
+        loss = with_label_dropout(loss, model, cfg.training.label_dropout)
+    dataset = C.build_dataset(cfg, "train")
+    global_batch = cfg.training.batch_size * world
+    if global_batch > len(dataset):
+        raise ValueError(f"training.batch_size {cfg.training.batch_size}" + (f" x {world} ranks" if world > 1 else "")
+                         + f" is larger than the training data ({len(dataset)} items)")
+    _try_loss(model, loss, dataset)
+    start_step = 0
+    if holds and resume is not False:
+        latest = [s for s, _ in checkpoint.list_checkpoints(out)]
+        start_step = latest[-1] if latest else 0  # an upper bound: checkpoints above it are this start's
+    return {"holds": holds, "sde": sde, "model": model, "loss": loss, "dataset": dataset, "start_step": start_step}
+
+
+def _try_loss(model: torch.nn.Module, loss: Callable[..., Tensor], dataset: D.ArrayDataset) -> None:
+    """One loss evaluation on two training items, so a network that does not fit the data
+    (``model.dim``, channels, image size, classes) fails before the run folder is touched."""
+    conditional = getattr(model, "config", {}).get("num_classes") is not None
+    labels = dataset.labels[:2] if conditional and dataset.labels is not None else None
+    try:
+        with torch.no_grad():
+            value = loss(model, dataset.x[:2], labels=labels, generator=torch.Generator().manual_seed(0))
+    except (RuntimeError, IndexError, TypeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"the network does not fit the data of shape {tuple(dataset.sample_shape)}: {first}") from err
+    if value.ndim != 0:
+        raise ValueError(f"the loss must return a scalar, got shape {tuple(value.shape)}")
+
+
+def _fit(cfg: C.Config, out: Path, prepared: dict[str, Any], resume: bool | str, rank: int, world: int,
+         progress: bool, device: torch.device) -> None:
+    """Build the Trainer of a checked start (:func:`_prepare_training`) and train to ``training.steps``."""
+    from ..train import sample_grid_fn
+
+    t = cfg.training
+    batches = C.build_batches(cfg, prepared["dataset"], rank=rank, world_size=world)
+    extras: dict[str, Any] = {}
+    model, loss, sde = prepared["model"], prepared["loss"], prepared["sde"]
+    if t.sample_every is not None:
+        s = cfg.sampling
+        n = min(s.n, 256)
+        classes = getattr(model, "config", {}).get("num_classes")
+        labels = torch.arange(n) % classes if classes else None
+        extras.update(sample_every=t.sample_every, sample_fn=sample_grid_fn(
+            sde, (n, *prepared["dataset"].sample_shape), parameterization=loss.parameterization, labels=labels,
+            method=s.method, steps=s.steps, seed=t.seed, denoise=s.denoise, **s.options))
+    if t.eval_every is not None:
+        held_out = C.build_dataset(cfg, cfg.evaluation.split)
+        eval_data = held_out.x[:1000] if held_out.labels is None else (held_out.x[:1000], held_out.labels[:1000])
+        extras.update(eval_every=t.eval_every, eval_data=eval_data)
+    trainer = build_trainer(cfg, model, loss, batches, out, resume=resume, progress=progress, device=device,
+                            **extras)
+    trainer.fit(t.steps)
+
+
+def _remove_new(out: Path, before: set[Path], made: Path | None) -> None:
+    """Remove what a failed start added to ``out``, and the folders it made (``made``: the topmost).
+    Quarantined checkpoints (``*.corrupt``) stay: they are old files renamed, not new ones."""
+    import shutil
+
+    from ..checkpoint import CORRUPT_SUFFIX
+
+    for path in set(out.iterdir()) - before if out.is_dir() else ():
+        if path.name.endswith(CORRUPT_SUFFIX):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    if made is not None:
+        shutil.rmtree(made, ignore_errors=True)
 
 
 def with_label_dropout(loss: Callable[..., Tensor], model: torch.nn.Module, p: float) -> Callable[..., Tensor]:

@@ -13,7 +13,7 @@ from .. import data as D
 from .._io import write_json
 from ..images import read_array, save_npz, save_samples
 from ..sampling import METHODS, SCHEDULES
-from .args import load, run_options, sampler_options
+from .args import load, positive_int, run_options, sampler_options
 from .runs import METRICS, evaluate_run, generate_run, sample_run
 
 #: ``--flag``: (type, help). Each is passed to the method only when given; :func:`scoresde.sample`
@@ -158,10 +158,10 @@ def add_parsers(sub: Any) -> None:
     run_options(p)
     sampler_options(p)
     method_options(p)
-    p.add_argument("-n", type=int, help="number of samples (default: the run's sampling.n)")
+    p.add_argument("-n", type=positive_int, help="number of samples (default: the run's sampling.n)")
     p.add_argument("--out", help="output PNG (default RUN/samples.png); the array goes beside it as .npz")
     p.add_argument("--seeds", help="seeds to draw, one sample each: 0-49999, 1,5,9 or a mix (resumable)")
-    p.add_argument("--batch", type=int, default=100, help="seeds per sampler call (default 100)")
+    p.add_argument("--batch", type=positive_int, default=100, help="seeds per sampler call (default 100)")
     p.add_argument("--outdir", help="folder of the per-seed files (default RUN/seeds): DIR/000000/000123.png")
     p.add_argument("--format", choices=("png", "npz"), default="png",
                    help="png: one 8-bit image per seed; npz: shards seeds_<first>-<last>.npz of raw floats (any data)")
@@ -193,8 +193,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--inception", help="Inception TorchScript file (NVIDIA's inception-2015-12-05.pt) or fid-helper "
                                        "(default evaluation.inception)")
     p.add_argument("--samples", help="folder of samples for fid / is (PNGs or npz shards) instead of generating")
-    p.add_argument("--n", type=int, help="samples for fid / is (default evaluation.fid_samples)")
-    p.add_argument("--batch", type=int, help="samples per batch for fid / is (default evaluation.fid_batch)")
+    p.add_argument("--n", type=positive_int, help="samples for fid / is (default evaluation.fid_samples)")
+    p.add_argument("--batch", type=positive_int, help="samples per batch for fid / is (default evaluation.fid_batch)")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("fid-stats", help="Inception feature statistics of a data set (the reference of fid)",
@@ -205,6 +205,6 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--out", required=True, help="output .npz (mu, sigma, n, network_name, network_sha256)")
     p.add_argument("--inception", required=True, help="Inception TorchScript file or fid-helper")
     p.add_argument("--split", choices=D.SPLITS, default="train", help="CIFAR-10 split (default train, as EDM's ref)")
-    p.add_argument("--n", type=int, help="first N images only (default all)")
-    p.add_argument("--batch", type=int, default=250, help="images per Inception batch (default 250)")
+    p.add_argument("--n", type=positive_int, help="first N images only (default all)")
+    p.add_argument("--batch", type=positive_int, default=250, help="images per Inception batch (default 250)")
     p.set_defaults(func=_cmd_fid_stats)
