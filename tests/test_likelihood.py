@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +13,8 @@ import torch
 import scoresde as sd
 from scoresde._tensor import gaussian_logp
 from scoresde.likelihood import (
-    draw_probes, end_time, prior_constant, prior_correction, value_and_divergence,
+    VJPEngine, draw_probes, end_time, likelihood_eps, prior_constant, prior_correction, value_and_divergence,
+    value_and_divergence_terms,
 )
 
 PAPER_EPS = 1e-5  # where the paper starts its likelihood integrals
@@ -30,19 +33,19 @@ def _with_exact_terminal(gmm, sde, info):
     return gmm.log_prob(info.z.double(), info.t_end, sde) + info.delta_logp.double()
 
 
-@pytest.mark.parametrize("time_variable", ["log-snr", "t"])
+@pytest.mark.parametrize("variable", ["log-snr", "t"])
 @pytest.mark.parametrize("sde_name", list(SDES))
 @pytest.mark.parametrize("mixture", ["ring2d", "mix16"])
-def test_exact_divergence_matches_closed_form(mixture, sde_name, time_variable):
+def test_exact_divergence_matches_closed_form(mixture, sde_name, variable):
     sde = SDES[sde_name]()
     gmm, x = _data(mixture, 32)
     # the defaults (bosh3, tolerance 1e-3) in the log-SNR chart; the paper's (dopri5, 1e-5) in t,
     # where VE needs them (its ODE in t is stiff near the data)
-    options = {} if time_variable == "log-snr" else dict(method="dopri5", rtol=1e-5, atol=1e-5)
-    logp, info = sd.log_likelihood(gmm.score_fn(sde), sde, x, time_variable=time_variable, **options)
+    options = {} if variable == "log-snr" else dict(solver="dopri5", rtol=1e-5, atol=1e-5)
+    logp, info = sd.log_likelihood(gmm.score_fn(sde), sde, x, variable=variable, **options)
     dim = x.shape[1]
-    assert info.t_start == PAPER_EPS
-    ref = gmm.log_prob(x.double(), info.t_start, sde)
+    assert info.eps == PAPER_EPS
+    ref = gmm.log_prob(x.double(), info.eps, sde)
     # Solver error alone: dopri5 at rtol = atol = 1e-5 per dimension leaves 2e-5..1e-4 nats/dim
     # on average (benchmarks/likelihood.py, 256 samples) and up to ~3e-3 on rare samples that
     # sit between modes; bound the mean by 5x and the worst sample by 3x those figures.
@@ -64,7 +67,7 @@ def test_gaussian_data_is_exact_to_1e_4():
     sde = SDES["vp"]()
     gmm, x = _data("gauss2d", 16, dtype=torch.float64)
     logp, info = sd.log_likelihood(gmm.score_fn(sde), sde, x, rtol=1e-7, atol=1e-7)
-    ref = gmm.log_prob(x, info.t_start, sde)
+    ref = gmm.log_prob(x, info.eps, sde)
     assert (_with_exact_terminal(gmm, sde, info) - ref).abs().max() < 1e-4
 
 
@@ -74,7 +77,7 @@ def test_gaussian_data_with_gaussian_prior_bias_matches_its_closed_form():
     sde = SDES["vp"]()
     gmm, x = _data("gauss2d", 16, dtype=torch.float64)
     logp, info = sd.log_likelihood(gmm.score_fn(sde), sde, x, rtol=1e-7, atol=1e-7, prior="gaussian")
-    ref = gmm.log_prob(x, info.t_start, sde)
+    ref = gmm.log_prob(x, info.eps, sde)
     bias = info.prior_logp - gmm.log_prob(info.z, sde.T, sde)
     assert (logp - ref - bias).abs().max() < 1e-4
     assert bias.abs().max() > 1e-4  # the bias is real, and the first check can see it
@@ -91,7 +94,7 @@ def test_corrected_prior_removes_the_gaussian_prior_bias(mixture):
     dim = x.shape[1]
     gauss, g_info = sd.log_likelihood(gmm.score_fn(sde), sde, x, prior="gaussian")
     corr, c_info = sd.log_likelihood(gmm.score_fn(sde), sde, x, prior="corrected", prior_points=2)
-    ref = gmm.log_prob(x.double(), c_info.t_start, sde)
+    ref = gmm.log_prob(x.double(), c_info.eps, sde)
     assert float((corr.double() - ref).abs().mean()) / dim < 3e-4
     assert float((gauss.double() - ref).abs().mean()) / dim > 3e-4
     assert c_info.nfe == g_info.nfe + 2  # the two Gauss-Legendre nodes are counted
@@ -174,7 +177,7 @@ def test_works_under_inference_mode_and_for_image_shapes():
 def test_rectified_flow_is_finite_and_accurate():
     sde = sd.RectifiedFlow()
     gmm, x = _data("ring2d", 32)
-    logp, info = sd.log_likelihood(gmm.score_fn(sde), sde, x, method="dopri5", rtol=1e-5, atol=1e-5)
+    logp, info = sd.log_likelihood(gmm.score_fn(sde), sde, x, solver="dopri5", rtol=1e-5, atol=1e-5)
     assert torch.isfinite(logp).all() and torch.isfinite(info.z).all()
     assert info.t_end == pytest.approx(1 / (1 + math.exp(-10.0)))  # where lambda = min_log_snr
     ref = gmm.log_prob(x.double(), sde.eps, sde)
@@ -208,11 +211,11 @@ def test_general_sde_uses_the_time_chart():
     gmm, x = _data("ring2d", 8)
     vp, generic = SDES["vp"](), _GenericVP()
     logp, info = sd.log_likelihood(gmm.score_fn(vp), generic, x, rtol=1e-4, atol=1e-4)
-    ref, ref_info = sd.log_likelihood(gmm.score_fn(vp), vp, x, time_variable="t", eps=generic.eps, rtol=1e-4, atol=1e-4)
-    assert info.t_start == generic.eps  # the paper's 1e-5 is the default for VP, sub-VP and VE only
+    ref, ref_info = sd.log_likelihood(gmm.score_fn(vp), vp, x, variable="t", eps=generic.eps, rtol=1e-4, atol=1e-4)
+    assert info.eps == generic.eps  # the paper's 1e-5 is the default for VP, sub-VP and VE only
     assert torch.allclose(logp, ref) and info.nfe == ref_info.nfe
-    with pytest.raises(ValueError, match="time_variable"):
-        sd.log_likelihood(gmm.score_fn(vp), generic, x, time_variable="log-snr")
+    with pytest.raises(ValueError, match="variable"):
+        sd.log_likelihood(gmm.score_fn(vp), generic, x, variable="log-snr")
 
 
 def test_bad_input_raises_value_error():
@@ -225,16 +228,16 @@ def test_bad_input_raises_value_error():
         sd.log_likelihood(score, sde, torch.zeros(2))
     with pytest.raises(ValueError, match="divergence"):
         sd.log_likelihood(score, sde, torch.zeros(2, 2), divergence="trace")
-    with pytest.raises(ValueError, match="time_variable"):
-        sd.log_likelihood(score, sde, torch.zeros(2, 2), time_variable="sigma")
+    with pytest.raises(ValueError, match="variable"):
+        sd.log_likelihood(score, sde, torch.zeros(2, 2), variable="sigma")
     with pytest.raises(ValueError, match="prior"):
         sd.log_likelihood(score, sde, torch.zeros(2, 2), prior="student")
     with pytest.raises(ValueError, match="prior_points"):
         sd.log_likelihood(score, sde, torch.zeros(2, 2), prior_points=0)
     with pytest.raises(ValueError, match="eps"):
         sd.log_likelihood(score, sde, torch.zeros(2, 2), eps=2.0)
-    with pytest.raises(RuntimeError, match="max_steps"):
-        sd.log_likelihood(score, sde, torch.zeros(2, 2), max_steps=2)
+    with pytest.raises(RuntimeError, match="max_nfe"):
+        sd.log_likelihood(score, sde, torch.zeros(2, 2), max_nfe=2)
 
 
 # -- bits per dimension --------------------------------------------------------------------------
@@ -316,11 +319,11 @@ def test_sample_error_norm_tightens_the_worst_sample(method, gain):
     ref = gmm.log_prob(x.double(), sde.eps, sde)
     worst, nfe = {}, {}
     for norm in ("batch", "sample"):
-        logp, info = sd.log_likelihood(gmm.score_fn(sde), sde, x, method=method, error_norm=norm)
+        logp, info = sd.log_likelihood(gmm.score_fn(sde), sde, x, solver=method, error_norm=norm)
         worst[norm], nfe[norm] = float((logp.double() - ref).abs().max()) / 2, info.nfe
     assert worst["sample"] < worst["batch"] / gain and nfe["sample"] > nfe["batch"]
     with pytest.raises(ValueError, match="error_norm"):
-        sd.log_likelihood(gmm.score_fn(sde), sde, x, method=method, error_norm="max")
+        sd.log_likelihood(gmm.score_fn(sde), sde, x, solver=method, error_norm="max")
 
 
 def test_a_model_returning_nan_is_reported_not_integrated():
@@ -359,3 +362,146 @@ def test_prior_constant_from_data_matches_the_closed_form_and_removes_the_ve_flo
         sd.log_likelihood(gmm.score_fn(sde), sde, x, prior="gaussian", prior_reference=ref)
     with pytest.raises(ValueError, match="prior_reference"):
         sd.log_likelihood(gmm.score_fn(sde), sde, x, prior_reference=ref[0])
+
+
+# -- the paper's start, the error report, the random family (issue 19) ---------------------------
+def _benchmark():
+    """benchmarks/likelihood.py as a module: the random mixture family and the paper's estimator."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "likelihood.py"
+    spec = importlib.util.spec_from_file_location("likelihood_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_default_eps_is_the_papers_1e_5_for_vp_subvp_and_ve_whatever_their_sampling_eps():
+    for make in (sd.VPSDE, sd.SubVPSDE, sd.VESDE):
+        assert likelihood_eps(make(eps=1e-3)) == 1e-5
+    assert likelihood_eps(sd.RectifiedFlow()) == sd.RectifiedFlow().eps  # no paper value: the SDE's own
+    # sd.VPSDE() samples down to 1e-3; its likelihood is log p_{1e-5}.  On the ring the two
+    # densities differ by ~1e-3 nats/dim (the start bias, benchmarks/likelihood.py --parts biases)
+    # while dopri5 at 1e-6 errs ~1e-5, so the estimate must sit 10x closer to log p_{1e-5}.
+    sde = sd.VPSDE()
+    gmm, x = _data("ring2d", 16, dtype=torch.float64)
+    logp, info = sd.log_likelihood(gmm.score_fn(sde), sde, x, solver="dopri5", rtol=1e-6, atol=1e-6)
+    assert info.eps == 1e-5 and sde.eps == 1e-3
+    off_paper = float((logp - gmm.log_prob(x, 1e-5, sde)).abs().mean())
+    off_sampling = float((logp - gmm.log_prob(x, 1e-3, sde)).abs().mean())
+    assert off_paper < off_sampling / 10
+
+
+def test_error_estimate_is_reported_per_sample_and_bounds_the_solver_error():
+    # info.error_estimate accumulates the embedded local error estimates of the log-density (and of
+    # the latent, weighted by the prior's gradient).  On the random family at the default tolerance
+    # the true error was 0.3-30 % of it on every point (benchmarks/likelihood.py); here: above the
+    # solver's error on every sample, and not more than 1000x above it on average (a useless bound
+    # would fail that).  It shrinks with the tolerance.
+    sde = SDES["vp"]()
+    gmm, x = _data("ring2d", 32, dtype=torch.float64)
+    ref = gmm.log_prob(x, PAPER_EPS, sde)
+    estimates = {}
+    for tol in (1e-3, 1e-5):
+        _, info = sd.log_likelihood(gmm.score_fn(sde), sde, x, rtol=tol, atol=tol)
+        solver_err = (_with_exact_terminal(gmm, sde, info) - ref).abs()
+        assert info.error_estimate.shape == (32,) and (info.error_estimate >= solver_err).all()
+        assert float(info.error_estimate.mean()) < 1000 * float(solver_err.mean())
+        estimates[tol] = float(info.error_estimate.mean())
+    assert estimates[1e-5] < estimates[1e-3] / 10
+    _, info = sd.log_likelihood(gmm.score_fn(sde), sde, x, solver="torchdiffeq:bosh3")
+    assert info.error_estimate is None  # torchdiffeq does not expose its error estimates
+
+
+def test_auto_divergence_and_hutchinson_standard_error():
+    sde = SDES["vp"]()
+    gmm16, x16 = _data("mix16", 4)
+    _, info = sd.log_likelihood(gmm16.score_fn(sde), sde, x16)
+    assert info.divergence == "exact" and info.stderr is None  # 16 dims: still "small"
+    gmm, x = _data("mix64", 4, dtype=torch.float64)
+    exact, _ = sd.log_likelihood(gmm.score_fn(sde), sde, x, divergence="exact", rtol=1e-4, atol=1e-4)
+    est, info = sd.log_likelihood(gmm.score_fn(sde), sde, x, rtol=1e-4, atol=1e-4,
+                                  generator=torch.Generator().manual_seed(0))
+    assert info.divergence == "hutchinson" and info.stderr.shape == (4,)
+    # The default two probes' spread estimates the standard error with one degree of freedom each;
+    # 32 probes give a sharp one: the estimate then lies within 4 of them of the exact value, and
+    # their standard error is a few nats (0 would mean the probes are not kept apart).
+    est, info = sd.log_likelihood(gmm.score_fn(sde), sde, x, probes=32, rtol=1e-4, atol=1e-4,
+                                  generator=torch.Generator().manual_seed(1))
+    assert (info.stderr > 0.1).all()
+    assert ((est - exact).abs() < 4 * info.stderr).all()
+
+
+class _NoVmap(torch.autograd.Function):
+    """``2 x`` through an autograd.Function without a vmap rule: torch.func cannot batch its backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return 2 * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return 2 * grad
+
+
+def test_vjp_engine_falls_back_to_one_backward_per_vector():
+    a = torch.tensor([[2.0, 1.0, 0.0], [0.5, -1.0, 3.0], [0.0, 0.0, 4.0]])
+    x = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+    v = draw_probes(x, 4, "gaussian", torch.Generator().manual_seed(1))
+    manual = torch.einsum("kbi,ij,kbj->kb", v, 2 * a, v)
+    engine = VJPEngine()
+    with pytest.warns(RuntimeWarning, match="one backward pass per vector"):
+        out, terms = value_and_divergence_terms(lambda y: _NoVmap.apply(y) @ a.T, x, v, engine)
+    assert not engine.batched and torch.allclose(terms, manual, atol=1e-5) and torch.allclose(out, 2 * x @ a.T)
+    _, again = value_and_divergence_terms(lambda y: _NoVmap.apply(y) @ a.T, x, v, engine)  # no second warning
+    assert torch.allclose(again, terms)
+
+
+def test_torch_func_divergence_on_a_diffusers_unet_and_on_ncsnpp():
+    # The old is_grads_batched path failed here ("NYI: querying is_contiguous inside of vmap",
+    # GroupNorm's backward); torch.func's vjp + vmap gives the same VJPs as one backward per probe.
+    diffusers = pytest.importorskip("diffusers", reason="diffusers (the interop extra) is not installed")
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16),
+                                 layers_per_block=1, norm_num_groups=4, attention_head_dim=8,
+                                 down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                                 up_block_types=("AttnUpBlock2D", "UpBlock2D")).eval()
+    ncsnpp = sd.nets.NCSNpp(in_channels=1, image_size=8, nf=8, ch_mult=(1, 2), num_res_blocks=1,
+                            attn_resolutions=(4,)).eval()
+    sde = SDES["vp"]()
+    nets = {"unet": (lambda y, t: -unet(y, t * 999).sample / sde.sigma(t)[:, None, None, None], (2, 3, 8, 8)),
+            "ncsnpp": (sd.score_fn_from_model(ncsnpp, sde, "eps"), (2, 1, 8, 8))}
+    for name, (score_fn, shape) in nets.items():
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(2))
+        t = torch.full((2,), 0.5)
+        v = draw_probes(x, 3, "rademacher", torch.Generator().manual_seed(3))
+        engine = VJPEngine()
+        _, terms = value_and_divergence_terms(lambda y, f=score_fn, t=t: f(y, t), x, v, engine)
+        y = x.clone().requires_grad_(True)
+        out = score_fn(y, t)
+        loop = torch.stack([(torch.autograd.grad(out, y, vi, retain_graph=True)[0] * vi).flatten(1).sum(1) for vi in v])
+        assert engine.batched, name
+        torch.testing.assert_close(terms, loop, rtol=1e-4, atol=1e-4 * float(loop.abs().max()))
+    # the front door end to end on the UNet (one image, loose tolerance: finiteness and the report)
+    logp, info = sd.log_likelihood(nets["unet"][0], sde, torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(5)),
+                                   rtol=5e-2, atol=5e-2, generator=torch.Generator().manual_seed(4))
+    assert torch.isfinite(logp).all() and info.divergence == "hutchinson" and torch.isfinite(info.stderr).all()
+
+
+FAST_MEMBERS = (2, 3, 8, 11)  # the dev members of dimension <= 10 (benchmarks/likelihood.py DEV_SEEDS)
+
+
+@pytest.mark.parametrize("seed", FAST_MEMBERS)
+def test_default_on_random_family_members_against_the_papers_estimator(seed):
+    # The default against the paper's estimator (scipy RK45 in t at 1e-5, Gaussian prior) on the
+    # same points of a random mixture, both from the paper's eps = 1e-5: mean error per dimension
+    # no larger, and fewer NFE (measured: 0.49-0.97x the NFE at 0.12-0.73x the error; half the
+    # NFE, the goal of issue 19, is met on member 3 only, BENCHMARKS.md).
+    bench = _benchmark()
+    member = bench.random_member(seed)
+    gmm, x = member["gmm"], member["x"]
+    sde = bench.SDES[member["sde"]]()
+    ref = gmm.log_prob(x, PAPER_EPS, sde)
+    base, base_info = bench.paper_estimator(gmm.score_fn(sde), sde, x, 1e-5)
+    ours, info = sd.log_likelihood(gmm.score_fn(sde), sde, x)
+    assert info.eps == PAPER_EPS
+    assert float((ours - ref).abs().mean()) <= float((base - ref).abs().mean())
+    assert info.nfe <= base_info.nfe

@@ -9,8 +9,8 @@ at ``t = eps`` to the noise end ``t_end`` gives (paper, eq. 39)::
 
 The unknown ``p_{t_end}`` is replaced by the Gaussian prior.
 
-**The time variable.**  ``time_variable="t"`` solves the ODE above as written (the paper's
-setting; any :class:`~scoresde.sde.SDE`).  ``time_variable="log-snr"`` (the default, linear
+**The time variable.**  ``variable="t"`` solves the ODE above as written (the paper's
+setting; any :class:`~scoresde.sde.SDE`).  ``variable="log-snr"`` (the default, linear
 SDEs) solves the same flow for the normalised state ``y = x / k``, ``k = sqrt(alpha^2 + sigma^2)``,
 as a function of the log-SNR ``lambda = log(alpha / sigma)``::
 
@@ -53,15 +53,16 @@ corrected prior is the default because it removes a bias 7--35x the solver's err
 score is queried at ``r z``, closer to the origin than typical latents: a trained network must be
 accurate there too, which the oracle cannot check (``prior="gaussian"`` avoids those queries).
 
-**The start.**  The integration starts at ``eps`` (default ``sde.eps``, the same cut-off the
-network was trained and sampled on), so the result is ``log p_eps`` (data smoothed by the kernel at
-``eps``), not ``log p_0``.  The paper integrates from ``eps = 1e-5``: build the SDE with
-``eps=1e-5`` (as ``benchmarks/likelihood.py`` does) to match it, and train on that range too; a
-network trained on ``t >= sde.eps`` should not be queried below it.  On the oracle the start costs
-``|log p_eps - log p_0|`` of 9e-6 (ring) and 3e-7 (64-D) nats/dim under VP at ``eps = 1e-5``
-(9.7e-4 and 3.8e-5 at VP's default ``sde.eps = 1e-3``); VE keeps ``sigma(0) = sigma_min``, so its
-``p_eps`` is the data smoothed by ``sigma_min``: 9.0e-4 and 3.8e-5 nats/dim.  Both biases are
-measured in ``benchmarks/likelihood.py``.
+**The start.**  The integration starts at ``eps``, by default :func:`likelihood_eps`: the paper's
+``1e-5`` (the official ``likelihood.py``) for VP, sub-VP and VE, independent of the SDE's sampling
+``eps`` (``sd.VPSDE().eps`` is ``1e-3``), so the default result is the paper's ``log p_{1e-5}``;
+other SDEs start at ``sde.eps``.  ``info.eps`` reports the start used.  The result is ``log p_eps``
+(data smoothed by the kernel at ``eps``), not ``log p_0``.  A network trained on ``t >= sde.eps``
+is queried below its range when ``eps < sde.eps``: train on the likelihood's range too (the
+paper trains continuous models from ``1e-5``), or pass ``eps=sde.eps``.  On the oracle the start
+costs ``|log p_eps - log p_0|`` of 9e-6 (ring) and 3e-7 (64-D) nats/dim under VP at ``eps =
+1e-5`` (9.7e-4 and 3.8e-5 at ``1e-3``); VE keeps ``sigma(0) = sigma_min``, so its ``p_eps`` is the
+data smoothed by ``sigma_min``: 9.0e-4 and 3.8e-5 nats/dim (``benchmarks/likelihood.py``).
 
 **The end time.**  The ODE is integrated up to ``t_end = T`` unless the log-SNR at ``T`` is
 below ``min_log_snr`` (default ``-10``); then it stops where ``lambda = min_log_snr`` and uses the
@@ -69,30 +70,27 @@ prior ``N(0, sigma(t_end)^2 I)`` there.  This only matters for schedules with ``
 such as :class:`~scoresde.sde.RectifiedFlow`, whose drift is singular at ``T``: stopping at
 ``alpha = e^{-10} sigma`` leaves a prior error of relative size ``e^{-10}``.
 
-**Error control.**  The solver state is the flat ``(B, D + 1)`` tensor ``[y, l / D]``: ``rtol``
-and ``atol`` bound the RMS, over the batch, of the local error of each state coordinate and of the
-log-density *per dimension* (the paper's norm, that of scipy's ``solve_ivp``, with the log-density
-divided by ``D`` so that a tolerance means the same thing in 2 and in 3072 dimensions);
-``error_norm="sample"`` takes the RMS over each sample's row and steps by the worst one, so that
-no sample is left less accurate than asked (on the 2-D ring at ``1e-3``: worst sample 1.1e-4
-instead of 5.5e-4 nats/dim, 102 NFE instead of 75).  The default
-solver is :mod:`scoresde.rk`'s Bogacki--Shampine 3(2) pair with a PI step-size controller, which on
-this ODE rarely rejects a step (with the elementary controller of torchdiffeq and scipy, dopri5
-spent 18 of 64 NFE on rejected steps on the 64-D oracle mixture); ``method="dopri5"`` is the Dormand--Prince 5(4) pair
-under the same controller, and ``"torchdiffeq:<name>"`` runs torchdiffeq's adaptive solvers.
-Once the prior is corrected the tolerance, not a bias, sets the total error, so set it by the
-target.  The default (bosh3, ``rtol = atol = 1e-3``) leaves about 2e-4 nats/dim on the 64-D
-oracle mixture in 42 NFE and 7e-5 on the 2-D ring in 75, prior included, where the paper's
-estimator (dopri5 in ``t`` at ``1e-5``, Gaussian prior) spends 86--128 NFE for 2.3e-4--4.5e-3; on
-the trained digits model, 92 NFE per batch against the paper's 286, with 4x less error per image
-against a tight solve (benchmarks/likelihood.py, BENCHMARKS.md).  For tighter targets use dopri5
-(``1e-5``: 3e-5 nats/dim in 93 NFE on the 64-D mixture).
+**Error control.**  The solver state is the flat ``(B, D + k)`` tensor ``[y, l_1 / D, .., l_k / D]``
+(``k`` probes, one column for the exact trace): ``rtol`` and ``atol`` bound the RMS, over the
+batch, of the local error of each state coordinate and of the log-density *per dimension* (the
+paper's norm, that of scipy's ``solve_ivp``, with the log-density divided by ``D`` so that a
+tolerance means the same thing in 2 and in 3072 dimensions); ``error_norm="sample"`` takes the RMS
+over each sample's row and steps by the worst one.  The default solver is :mod:`scoresde.rk`'s
+Bogacki--Shampine 3(2) pair with a PI step-size controller at ``rtol = atol = 1e-3``;
+``solver="dopri5"`` is the Dormand--Prince 5(4) pair under the same controller, and
+``"torchdiffeq:<name>"`` runs torchdiffeq's adaptive solvers.  A local tolerance is not the
+global error: ``info.error_estimate`` reports, per sample, the accumulated local error estimate
+(:class:`LikelihoodInfo`), so the worst point of a batch is visible.  On a family of random
+mixtures (dimension 2--256, widths down to 0.01, ``benchmarks/likelihood.py``, BENCHMARKS.md) the
+default spends about 0.7x the NFE of the paper's estimator (scipy's RK45 in ``t`` at ``1e-5``,
+Gaussian prior) at about its error; no setting of the explicit pairs measured there reaches half
+its NFE at no more than its error on every member.
 
-**Cost per NFE.**  One evaluation of the ODE right-hand side is one call of ``score_fn`` under
-autograd plus vector-Jacobian products of its output: one VJP for ``divergence="hutchinson"``
-with ``probes=1`` (``k`` VJPs batched for ``k`` probes), ``D`` VJPs batched for ``"exact"``
-(the full Jacobian trace; meant for low dimension).  The drift comes from the same forward
-pass.  ``info.nfe`` counts these evaluations.
+**Cost per NFE.**  One evaluation of the ODE right-hand side is one forward call of ``score_fn``
+plus vector-Jacobian products of its output, batched by ``torch.func.vmap`` (:class:`VJPEngine`):
+``k`` VJPs for ``k`` Hutchinson probes, ``D`` for ``"exact"`` (the full Jacobian trace, meant for
+low dimension: ``divergence="auto"`` takes it up to :data:`EXACT_MAX_DIM` dimensions only).  The
+drift comes from the same forward pass.  ``info.nfe`` counts these evaluations.
 """
 
 from __future__ import annotations
@@ -101,6 +99,7 @@ import base64
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -110,17 +109,31 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ._tensor import append_dims, as_batch_time, batch_sum, check_choice, check_finite, check_positive, gaussian_logp
+from ._tensor import (
+    append_dims, as_batch_time, batch_sum, check_choice, check_finite, check_int, check_positive, gaussian_logp,
+)
 from .data import dequantize
 from .rk import ADAPTIVE_METHODS, NORMS, solve
 from .score import ScoreFn
-from .sde import SDE, VPSDE, LinearSDE
+from .sde import SDE, VESDE, VPSDE, LinearSDE
 
-DIVERGENCES = ("exact", "hutchinson")
+DIVERGENCES = ("auto", "exact", "hutchinson")
 PROBE_DISTS = ("rademacher", "gaussian")
-TIME_VARIABLES = ("log-snr", "t")
+VARIABLES = ("log-snr", "t")
 PRIORS = ("corrected", "gaussian")
-METHODS = ADAPTIVE_METHODS
+SOLVERS = ADAPTIVE_METHODS
+PAPER_EPS = 1e-5  # the official likelihood.py's start time (VE, VP and sub-VP continuous models)
+EXACT_MAX_DIM = 16  # divergence="auto": the exact trace up to this dimension, Hutchinson above
+HUTCHINSON_PROBES = 2  # the default probe count: the fewest whose spread gives a standard error
+
+
+def likelihood_eps(sde: SDE) -> float:
+    """The default start time of the likelihood ODE: the paper's ``1e-5`` (the official
+    ``likelihood.py``) for :class:`~scoresde.sde.VPSDE`, :class:`~scoresde.sde.SubVPSDE` and
+    :class:`~scoresde.sde.VESDE`, whatever their sampling ``eps``; ``sde.eps`` for every other SDE
+    (:class:`~scoresde.sde.RectifiedFlow`'s ``1e-3`` is ``sigma = 1e-3``, the smoothing VP has at
+    ``1e-5``; a user schedule has no paper value)."""
+    return PAPER_EPS if isinstance(sde, (VPSDE, VESDE)) else sde.eps
 
 
 @dataclass
@@ -129,16 +142,29 @@ class LikelihoodInfo:
 
     ``nfe``: score evaluations (the prior correction's included); ``z``: the latent ``x(t_end)``;
     ``prior_logp``: the prior term, ``log N(z; 0, sigma^2 I)`` plus the correction when
-    ``prior="corrected"``; ``delta_logp``: ``log p_eps(x) - prior_logp``; ``t_start``: ``eps``, where the integration
-    started; ``t_end``: where the prior was applied.
+    ``prior="corrected"``; ``delta_logp``: ``log p_eps(x) - prior_logp``; ``eps``: where the
+    integration started (the result is ``log p_eps``); ``t_end``: where the prior was applied;
+    ``divergence``: the estimator used (``"exact"`` or ``"hutchinson"``).
+
+    ``error_estimate``: per sample, in nats, the solver's error indicator: the sum over accepted
+    steps of the embedded local error estimate of the log-density, plus that of the latent
+    weighted by the prior's gradient ``|z| / sigma^2`` (``None`` for torchdiffeq's solvers, which
+    do not expose it).  It ignores propagation, so it is an indicator, not a bound; on the random
+    mixture family of ``benchmarks/likelihood.py`` at the default tolerance the true error was 0.3 %
+    to 30 % of it on every point.  ``stderr``: per sample, the Monte-Carlo standard error of
+    Hutchinson's estimate, ``std / sqrt(probes)`` over the probes' separate integrals (``None``
+    for the exact divergence or a single probe).  Neither includes the prior constant ``C0``.
     """
 
     nfe: int
     z: Tensor
     prior_logp: Tensor
     delta_logp: Tensor
-    t_start: float
+    eps: float
     t_end: float
+    divergence: str
+    error_estimate: Tensor | None
+    stderr: Tensor | None
 
 
 # -- divergences --------------------------------------------------------------------------------
@@ -162,22 +188,58 @@ def _basis(y: Tensor) -> Tensor:
     return eye[:, None, :].expand(dim, y.shape[0], dim).reshape((dim,) + tuple(y.shape))
 
 
-def value_and_divergence(fn: Callable[[Tensor], Tensor], y: Tensor, probes: Tensor | None) -> tuple[Tensor, Tensor]:
-    """``(fn(y), div_y fn(y))`` from one forward pass of ``fn`` and batched VJPs.
+class VJPEngine:
+    """Vector-Jacobian products of a per-sample map from one forward pass.
 
-    ``probes`` ``(k, B, ...)`` gives Hutchinson's estimate ``mean_j v_j^T (d fn / d y) v_j``;
-    ``None`` gives the exact trace ``sum_i e_i^T (d fn / d y) e_i`` (``D`` VJPs).  ``fn`` must
-    act on each sample separately.  Autograd is enabled locally (works under ``no_grad``).
+    The batched path is ``torch.func.vjp`` with ``torch.func.vmap`` over the vectors (one forward,
+    the ``k`` VJPs as one batched backward).  Some models' backward has no vmap rule (diffusers'
+    ``UNet2DModel``: GroupNorm on a channels-last tensor, "NYI: querying is_contiguous inside of
+    vmap"); then the engine warns once and falls back to ``k`` plain autograd backward passes
+    over the same forward graph for the rest of its life.
     """
-    with torch.inference_mode(False), torch.enable_grad():
-        y = y.detach().clone().requires_grad_(True)
-        out = fn(y)
-        vectors = _basis(y) if probes is None else probes
-        (vjp,) = torch.autograd.grad(out, y, vectors, is_grads_batched=True)
-    div = batch_sum((vjp * vectors).sum(0))
-    if probes is not None:
-        div = div / probes.shape[0]
-    return out.detach(), div.detach()
+
+    def __init__(self) -> None:
+        self.batched = True
+
+    def __call__(self, fn: Callable[[Tensor], Tensor], y: Tensor, vectors: Tensor) -> tuple[Tensor, Tensor]:
+        """``(fn(y), J^T v_j for each of the vectors (k, B, ...))``; autograd is enabled locally."""
+        with torch.inference_mode(False), torch.enable_grad():
+            y = y.detach().clone()
+            if self.batched:
+                try:
+                    out, pullback = torch.func.vjp(fn, y)
+                    (grads,) = torch.func.vmap(pullback)(vectors)
+                    return out.detach(), grads.detach()
+                except (RuntimeError, NotImplementedError) as err:  # no vmap rule for an op of the model
+                    warnings.warn(f"batched VJPs (torch.func.vmap) failed ({str(err).splitlines()[0]}); "
+                                  "using one backward pass per vector", RuntimeWarning, stacklevel=3)
+                    self.batched = False
+            y.requires_grad_(True)
+            out = fn(y)
+            last = vectors.shape[0] - 1
+            grads = torch.stack([torch.autograd.grad(out, y, v, retain_graph=j < last)[0] for j, v in enumerate(vectors)])
+        return out.detach(), grads
+
+
+def value_and_divergence_terms(
+    fn: Callable[[Tensor], Tensor], y: Tensor, probes: Tensor | None, engine: VJPEngine | None = None
+) -> tuple[Tensor, Tensor]:
+    """``(fn(y), terms)`` with ``terms[j] = v_j^T (d fn / d y) v_j`` per sample, shape ``(k, B)``,
+    for the probes ``v_j`` ``(k, B, ...)``; for ``probes=None`` one row, the exact trace
+    ``sum_i e_i^T (d fn / d y) e_i`` (``D`` VJPs).  ``fn`` must act on each sample separately."""
+    engine = engine or VJPEngine()
+    vectors = _basis(y) if probes is None else probes
+    out, grads = engine(fn, y, vectors)
+    terms = (grads * vectors).flatten(2).sum(2)
+    return out, (terms.sum(0, keepdim=True) if probes is None else terms)
+
+
+def value_and_divergence(fn: Callable[[Tensor], Tensor], y: Tensor, probes: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``(fn(y), div_y fn(y))`` from one forward pass and batched VJPs: the exact trace
+    (``probes=None``) or Hutchinson's estimate ``mean_j v_j^T (d fn / d y) v_j``
+    (:func:`value_and_divergence_terms`)."""
+    out, terms = value_and_divergence_terms(fn, y, probes)
+    return out, terms.mean(0)
 
 
 # -- the ODE in its time variable ---------------------------------------------------------------
@@ -299,7 +361,7 @@ def prior_constant(reference: Tensor, sde: LinearSDE, t_end: float, std: float) 
     return float(torch.logsumexp(-(alpha**2) * sq / (2 * std**2), 0) - math.log(sq.numel()))
 
 
-def _check_input(x: Tensor, sde: SDE, time_variable: str) -> None:
+def _check_input(x: Tensor, sde: SDE, variable: str) -> None:
     """Raise ``ValueError`` naming the argument for malformed ``x`` or an unusable time variable."""
     if not isinstance(x, Tensor) or x.ndim < 2 or x.shape[0] == 0:
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
@@ -307,9 +369,22 @@ def _check_input(x: Tensor, sde: SDE, time_variable: str) -> None:
     if not x.is_floating_point():
         raise ValueError(f"x must be a floating tensor, got {x.dtype}")
     check_finite(x, "x")
-    check_choice(time_variable, TIME_VARIABLES, "time_variable")
-    if time_variable == "log-snr" and not isinstance(sde, LinearSDE):
-        raise ValueError("time_variable='log-snr' needs a LinearSDE; use time_variable='t' for other SDEs")
+    check_choice(variable, VARIABLES, "variable")
+    if variable == "log-snr" and not isinstance(sde, LinearSDE):
+        raise ValueError("variable='log-snr' needs a LinearSDE; use variable='t' for other SDEs")
+
+
+def _resolve_divergence(divergence: str, probes: int | None, dim: int) -> tuple[str, int]:
+    """``("exact", 1)`` or ``("hutchinson", probes)``: ``"auto"`` takes the exact trace up to
+    :data:`EXACT_MAX_DIM` dimensions; Hutchinson defaults to :data:`HUTCHINSON_PROBES` probes."""
+    check_choice(divergence, DIVERGENCES, "divergence")
+    if divergence == "auto":
+        divergence = "exact" if dim <= EXACT_MAX_DIM else "hutchinson"
+    if probes is not None and probes < 1:
+        raise ValueError(f"probes must be >= 1, got {probes}")
+    if divergence == "exact":
+        return divergence, 1
+    return divergence, HUTCHINSON_PROBES if probes is None else probes
 
 
 def log_likelihood(
@@ -317,108 +392,121 @@ def log_likelihood(
     sde: SDE,
     x: Tensor,
     *,
-    divergence: str = "exact",
-    probes: int = 1,
+    divergence: str = "auto",
+    probes: int | None = None,
     probe_dist: str = "rademacher",
     rtol: float = 1e-3,
     atol: float = 1e-3,
-    method: str = "bosh3",
+    solver: str = "bosh3",
     error_norm: str = "batch",
     eps: float | None = None,
-    time_variable: str | None = None,
+    variable: str | None = None,
     prior: str = "corrected",
     prior_points: int = 2,
     prior_reference: Tensor | None = None,
     min_log_snr: float = -10.0,
     generator: torch.Generator | None = None,
-    max_steps: int = 10_000,
+    max_nfe: int = 20_000,
     progress: bool = False,
 ) -> tuple[Tensor, LikelihoodInfo]:
     """``log p_eps(x)`` in nats per sample through the probability-flow ODE (module docstring).
 
-    One batched adaptive solve of ``[y, l]`` from ``eps`` (default ``sde.eps``) to the end
-    time (:func:`end_time`) on ``x``'s device and dtype, with ``l' = div(dy/du)``: the
-    divergence is ``"exact"`` (Jacobian trace, ``D`` VJPs per NFE) or ``"hutchinson"``
-    (``probes`` probe vectors drawn once from ``generator`` and kept for the whole solve, so the
-    estimate is unbiased: ``E[v^T J v] = tr J``).  ``time_variable``: ``"log-snr"`` (the default
-    for a :class:`~scoresde.sde.LinearSDE`) or ``"t"`` (the default for other SDEs).  ``method``:
-    ``"bosh3"`` or ``"dopri5"`` (:func:`scoresde.rk.solve_adaptive`, PI step control) or
-    ``"torchdiffeq:<name>"`` (``METHODS``, :func:`scoresde.rk.solve`); ``rtol``, ``atol``: its tolerances, per coordinate and
-    per dimension of the log-density (module docstring), measured over the whole batch
+    The names are :func:`scoresde.sample`'s (its ``method="ode"`` options): ``solver``, ``variable``,
+    ``rtol``, ``atol``, ``max_nfe``; ``eps`` is the time cut-off only.
+
+    One batched adaptive solve of ``[y, l_1/D, .., l_k/D]`` from ``eps`` (default
+    :func:`likelihood_eps`: the paper's ``1e-5`` for VP, sub-VP and VE, ``sde.eps`` otherwise) to
+    the end time (:func:`end_time`) on ``x``'s device and dtype, with ``l_j' = v_j^T (d/dy dy/du) v_j``.
+    ``divergence``: ``"exact"`` (the Jacobian trace, ``D`` VJPs per NFE), ``"hutchinson"``
+    (``probes`` probe vectors, default 2, drawn once from ``generator`` and kept for the whole
+    solve, so the estimate is unbiased: ``E[v^T J v] = tr J``; each probe's integral is kept apart,
+    so ``info.stderr`` is their standard error) or ``"auto"`` (the default: exact up to
+    :data:`EXACT_MAX_DIM` dimensions, Hutchinson above).  VJPs go through ``torch.func``
+    (:class:`VJPEngine`, one forward per NFE) with a fallback for models vmap cannot batch.
+    ``variable``: ``"log-snr"`` (the default for a :class:`~scoresde.sde.LinearSDE`) or ``"t"`` (the
+    default for other SDEs).  ``solver``: ``"bosh3"`` or ``"dopri5"``
+    (:func:`scoresde.rk.solve_adaptive`, PI step control) or ``"torchdiffeq:<name>"`` (:data:`SOLVERS`,
+    :func:`scoresde.rk.solve`); ``rtol``, ``atol``: its tolerances, per coordinate and per
+    dimension of the log-density (module docstring), measured over the whole batch
     (``error_norm="batch"``) or for each sample on its own (``"sample"``: the worst sample sets the
-    step, so no sample's log-density is left less accurate than the tolerance asks; more NFE);
-    ``max_steps`` bounds the step count (a
-    stiff ODE raises ``RuntimeError`` instead of running on).  ``min_log_snr``:
-    see :func:`end_time`.  ``prior``: ``"corrected"`` (``log N`` plus the score's line integral
-    from ``0`` to ``z``, :func:`prior_correction`, ``prior_points`` extra NFE) or ``"gaussian"``
-    (the paper's ``log N(z; 0, sigma(t_end)^2 I)``); the module docstring states the bias of each.
+    step; more NFE).  More than ``max_nfe`` score evaluations raise ``RuntimeError`` (a stiff ODE
+    stops instead of running on).  ``min_log_snr``: see :func:`end_time`.  ``prior``:
+    ``"corrected"`` (``log N`` plus the score's line integral from ``0`` to ``z``,
+    :func:`prior_correction`, ``prior_points`` extra NFE) or ``"gaussian"`` (the paper's
+    ``log N(z; 0, sigma(t_end)^2 I)``); the module docstring states the bias of each.
     ``prior_reference``: samples of the data (e.g. a training batch, in the model's range); with
     the corrected prior it adds the constant ``C0`` estimated from them (:func:`prior_constant`),
     the bias the score leaves (largest under VE).
 
-    Per NFE: one ``score_fn`` forward and its VJPs (one for Hutchinson with one probe).
-
-    Returns ``(logp, info)`` with ``logp`` of shape ``(B,)`` and :class:`LikelihoodInfo`.
+    Returns ``(logp, info)`` with ``logp`` of shape ``(B,)`` and :class:`LikelihoodInfo` (``nfe``,
+    ``eps``, the per-sample ``error_estimate`` and, for Hutchinson, ``stderr``).
     """
-    if time_variable is None:
-        time_variable = "log-snr" if isinstance(sde, LinearSDE) else "t"
-    _check_input(x, sde, time_variable)
-    check_choice(divergence, DIVERGENCES, "divergence")
-    check_choice(method, METHODS, "method")
+    if variable is None:
+        variable = "log-snr" if isinstance(sde, LinearSDE) else "t"
+    _check_input(x, sde, variable)
+    dim = x[0].numel()
+    divergence, probes = _resolve_divergence(divergence, probes, dim)
+    check_choice(solver, SOLVERS, "solver")
     check_choice(prior, PRIORS, "prior")
     check_choice(error_norm, NORMS, "error_norm")
     if prior_reference is not None and prior != "corrected":
         raise ValueError("prior_reference adds the constant of the corrected prior; use prior='corrected'")
     if prior_points < 1:
         raise ValueError(f"prior_points must be >= 1, got {prior_points}")
-    if probes < 1:
-        raise ValueError(f"probes must be >= 1, got {probes}")
-    if max_steps < 1:
-        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    check_int(max_nfe, "max_nfe", 1)
     check_positive(rtol, "rtol")
     check_positive(atol, "atol")
-    t0 = sde.eps if eps is None else check_positive(eps, "eps")
+    t0 = likelihood_eps(sde) if eps is None else check_positive(eps, "eps")
     t_end = end_time(sde, min_log_snr)
     if not t0 < t_end:
         raise ValueError(f"eps must be below the end time {t_end}, got {t0}")
 
     std = _prior_std(sde, t_end)
     c0 = 0.0 if prior_reference is None else prior_constant(prior_reference, sde, t_end, std)  # checked before the solve
-    chart = _CHARTS[time_variable](sde, score_fn, t0, t_end)
-    probe_vectors = None
-    if divergence == "hutchinson":
-        probe_vectors = draw_probes(x, probes, probe_dist, generator)
+    chart = _CHARTS[variable](sde, score_fn, t0, t_end)
+    probe_vectors = draw_probes(x, probes, probe_dist, generator) if divergence == "hutchinson" else None
+    engine = VJPEngine()
     u0, u1 = chart.bounds
-    dim = x[0].numel()
     nfe = 0
     bar = tqdm(total=abs(u1 - u0), disable=not progress, desc="log-likelihood", unit="")
 
     def rhs(u: float, state: Tensor) -> Tensor:
-        """``d[y, l/D]/du`` for the flat state ``(B, D + 1)``: one forward and its VJPs."""
+        """``d[y, l_j/D]/du`` for the flat state ``(B, D + k)``: one forward and its VJPs."""
         nonlocal nfe
+        if nfe >= max_nfe:
+            raise RuntimeError(f"log_likelihood: more than max_nfe={max_nfe} score evaluations before t={t_end}")
         nfe += 1
         if progress:
             bar.set_postfix(nfe=nfe, refresh=False)
             bar.update(abs(u - u0) - bar.n)
         ut = torch.tensor(u, dtype=x.dtype, device=x.device)
         y = state[:, :dim].reshape(x.shape)
-        vel, div = value_and_divergence(lambda v: chart.velocity(v, ut), y, probe_vectors)
-        return torch.cat([vel.flatten(1), (div / dim)[:, None]], 1)
+        vel, terms = value_and_divergence_terms(lambda v: chart.velocity(v, ut), y, probe_vectors, engine)
+        return torch.cat([vel.flatten(1), terms.T / dim], 1)
 
     y0 = chart.to_state(x, torch.tensor(u0, dtype=x.dtype, device=x.device))
-    state = torch.cat([y0.flatten(1), y0.new_zeros(x.shape[0], 1)], 1)
+    state = torch.cat([y0.flatten(1), y0.new_zeros(x.shape[0], probes)], 1)
     try:
-        state = solve(rhs, state, u0, u1, method, rtol=rtol, atol=atol, norm=error_norm, max_steps=max_steps)
+        state, stats = solve(rhs, state, u0, u1, solver, rtol=rtol, atol=atol, norm=error_norm, max_steps=max_nfe,
+                             return_stats=True)
     finally:
         bar.close()
     u_end = torch.tensor(u1, dtype=x.dtype, device=x.device)
     z = chart.from_state(state[:, :dim].reshape(x.shape), u_end)
-    delta = dim * (state[:, dim] + chart.log_scale(torch.tensor(u0, dtype=x.dtype, device=x.device)) - chart.log_scale(u_end))
+    shift = chart.log_scale(torch.tensor(u0, dtype=x.dtype, device=x.device)) - chart.log_scale(u_end)
+    per_probe = dim * (state[:, dim:] + shift)  # (B, k)
+    delta = per_probe.mean(1)
+    stderr = per_probe.std(1) / math.sqrt(probes) if probes > 1 else None
     prior_logp = gaussian_logp(z, std)
     if prior == "corrected":
         prior_logp = prior_logp + prior_correction(score_fn, z, t_end, std, prior_points) + c0
         nfe += prior_points
-    info = LikelihoodInfo(nfe=nfe, z=z, prior_logp=prior_logp, delta_logp=delta, t_start=t0, t_end=t_end)
+    error = None
+    if stats is not None and stats.error is not None:
+        latent_error = stats.error[:, :dim].reshape(x.shape) * torch.exp(-chart.log_scale(u_end))
+        error = dim * stats.error[:, dim:].mean(1) + batch_sum(latent_error * z.abs()) / std**2
+    info = LikelihoodInfo(nfe=nfe, z=z, prior_logp=prior_logp, delta_logp=delta, eps=t0, t_end=t_end,
+                          divergence=divergence, error_estimate=error, stderr=stderr)
     return prior_logp + delta, info
 
 

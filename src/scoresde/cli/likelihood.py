@@ -19,14 +19,15 @@ def _cmd_likelihood(args: argparse.Namespace) -> int:
     results = Path(args.out) if args.out else run.directory / f"likelihood_{args.split}_step{run.step}.json"
     res = likelihood_over_split(run, args.split, args.limit if args.limit else ev.likelihood_n,
                                 args.batch or ev.likelihood_batch, results,
-                                divergence=args.divergence or ev.divergence, method=args.method or ev.ode_method,
+                                divergence=args.divergence or ev.divergence, solver=args.solver or ev.solver,
                                 rtol=args.rtol or ev.rtol, atol=args.atol or ev.atol, seed=args.seed,
                                 progress=not args.quiet,
                                 prior_reference=ev.prior_reference if args.prior_reference is None else args.prior_reference,
-                                **{k: v for k in ("prior", "eps", "error_norm") if (v := getattr(args, k)) is not None})
+                                eps=args.eps or ev.likelihood_eps,
+                                **{k: v for k in ("prior", "error_norm") if (v := getattr(args, k)) is not None})
     print(f"{args.split}: {res['mean']:.4f} ± {res['stderr']:.4f} {res['unit']} (levels: {res['levels'] or 'continuous, no dequantization'}) "
           f"over {res['n']} items "
-          f"({res['nfe_per_batch']:.0f} NFE per batch) -> {results}")
+          f"(eps={res['eps']:g}, {res['nfe_per_batch']:.0f} NFE per batch) -> {results}")
     return 0
 
 
@@ -37,13 +38,14 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--split", default="test", choices=D.SPLITS, help="dataset split (default test)")
     p.add_argument("--limit", type=positive_int, help="first N items only (default: evaluation.likelihood_n)")
     p.add_argument("--batch", type=positive_int, help="items per ODE solve (default: evaluation.likelihood_batch)")
-    p.add_argument("--divergence", choices=("exact", "hutchinson"), help="divergence estimator")
-    p.add_argument("--method", choices=L.METHODS, help="ODE solver (default: evaluation.ode_method)")
+    p.add_argument("--divergence", choices=L.DIVERGENCES, help="divergence estimator (default: evaluation.divergence)")
+    p.add_argument("--solver", choices=L.SOLVERS, help="ODE solver (default: evaluation.solver)")
     p.add_argument("--rtol", type=float, help="ODE relative tolerance (default: evaluation.rtol)")
     p.add_argument("--atol", type=float, help="ODE absolute tolerance (default: evaluation.atol)")
     p.add_argument("--prior", choices=("corrected", "gaussian"),
                    help="prior term of log p (default: scoresde.likelihood.log_likelihood's)")
-    p.add_argument("--eps", type=float, help="start time of the ODE (default: the SDE's eps)")
+    p.add_argument("--eps", type=float, help="start time of the ODE (default: evaluation.likelihood_eps, else the "
+                                             "paper's 1e-5 for VP, sub-VP and VE and the SDE's eps otherwise)")
     p.add_argument("--prior-reference", type=int, metavar="N",
                    help="estimate the prior constant C0 from the first N training items (0: off; "
                         "default: evaluation.prior_reference)")

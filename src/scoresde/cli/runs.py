@@ -383,7 +383,8 @@ def likelihood_over_split(run: Run, split: str, limit: int | None, batch: int, r
     n = len(ds) if limit is None else min(limit, len(ds))
     batches = [ds.x[k: min(k + batch, n)].to(run.device) for k in range(0, n, batch)]
     generator = torch.Generator(device=run.device).manual_seed(seed)
-    options = {"divergence": divergence, "rtol": rtol, "atol": atol, **likelihood_options}
+    eps = likelihood_options.pop("eps", None) or L.likelihood_eps(run.sde)  # recorded: the resume file and the result
+    options = {"divergence": divergence, "rtol": rtol, "atol": atol, "eps": eps, **likelihood_options}
     levels = cfg.data.quantisation_levels(ds)
     if levels:
         res = L.evaluate_bpd(run.score_fn, run.sde, batches, levels=levels, data_range=D.data_range(cfg.data.centered),
@@ -396,7 +397,7 @@ def likelihood_over_split(run: Run, split: str, limit: int | None, batch: int, r
             values += (-logp / x[0].numel()).tolist()
             nfe += info.nfe
     vals = np.asarray(values)
-    return {"unit": unit, "levels": levels, "mean": float(vals.mean()),
+    return {"unit": unit, "levels": levels, "eps": eps, "mean": float(vals.mean()),
             "stderr": float(vals.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan"),
             "n": n, "nfe_per_batch": nfe / len(batches)}
 
@@ -493,8 +494,8 @@ def evaluate_run(run: Run, metrics: Sequence[str], out: Path, *, method: str | N
         t0 = time.perf_counter()
         partial = out / f"likelihood_{ev.split}_step{run.step}.json"
         lik = likelihood_over_split(run, ev.split, ev.likelihood_n, ev.likelihood_batch, partial,
-                                    divergence=ev.divergence, method=ev.ode_method, rtol=ev.rtol, atol=ev.atol,
+                                    divergence=ev.divergence, solver=ev.solver, eps=ev.likelihood_eps, rtol=ev.rtol, atol=ev.atol,
                                     seed=seed, prior_reference=ev.prior_reference, progress=progress)
-        result["likelihood"] = {**lik, "divergence": ev.divergence, "method": ev.ode_method,
+        result["likelihood"] = {**lik, "divergence": ev.divergence, "solver": ev.solver,
                                 "seconds": round(time.perf_counter() - t0, 2)}
     return result
