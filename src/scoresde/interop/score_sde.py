@@ -332,5 +332,6 @@ def import_checkpoint(checkpoint: str | Path, out: str | Path, config: str | Map
     state = read_checkpoint(checkpoint)
     raw = _strip_module(state["model"])
     ema = convert_state(ema_state_dict(raw, list(state["ema"]["shadow_params"])), model)
-    meta = {"source": "score_sde", "official_config": name, "checkpoint": Path(checkpoint).name}
+    meta = {"source": "score_sde", "official_config": name, "checkpoint": Path(checkpoint).name,
+            "config": cfg.to_dict()}  # load_run checks config.yaml against it
     return write_run(out, cfg, ema, model_state=convert_state(raw, model), step=int(state.get("step", 0)), meta=meta)

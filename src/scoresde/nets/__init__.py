@@ -5,7 +5,7 @@ classifiers. Every score network is called ``model(x, t, labels=None)`` with con
 from .classifier import MLPClassifier, UNetClassifier
 from .embeddings import GaussianFourierEmbedding, TimeEmbedding, sinusoidal_embedding
 from .mlp import MLP
-from .score_sde import OfficialScoreModel
+from .score_sde import OfficialScoreModel, unet_options
 from .unet import (
     PRESETS,
     NCSNpp,
@@ -35,4 +35,5 @@ __all__ = [
     "ncsnpp_cifar10",
     "ncsnpp_deep_cifar10",
     "sinusoidal_embedding",
+    "unet_options",
 ]

@@ -27,6 +27,7 @@ the official scores to rounding. Trained here with the ``score`` parameterizatio
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -118,3 +119,14 @@ class OfficialScoreModel(nn.Module):
         else:
             std = self.discrete_std[label.long()].to(h.dtype)
         return -h / append_dims(std, h.ndim)
+
+
+def unet_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The :class:`~scoresde.nets.NCSNpp` keyword arguments of a config's ``model`` section: a
+    :data:`~scoresde.nets.PRESETS` name with its options, ``unet``, or ``score_sde`` (its
+    network's options, the wrapper's own and the embedding's ``time_scale`` removed)."""
+    if name == "score_sde":
+        preset = options.get("preset")
+        rest = {k: v for k, v in options.items() if k not in OWN_OPTIONS}
+        return {**(PRESETS[preset] if preset else {}), **rest}
+    return {**PRESETS.get(name, {}), **options}
