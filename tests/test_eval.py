@@ -4,12 +4,14 @@ stand-in of the Inception interface), and nats/dim of continuous data against th
 from __future__ import annotations
 
 import json
+import math
 import warnings
 
 import numpy as np
 import pytest
 import torch
 from test_metrics import _RandomInception
+from torch import nn
 
 import scoresde as sd
 from scoresde import cli, config, data, metrics
@@ -103,3 +105,58 @@ def test_nats_per_dim_of_float_npz_matches_the_oracle(tmp_path):
     # the probability-flow ODE at 1e-6 with the exact score: the likelihood module's error is
     # below 1e-3 nats per sample on ring2d (BENCHMARKS, likelihood); p_eps vs p_0 adds ~1e-5
     assert res["mean"] == pytest.approx(exact, abs=1e-3)
+
+
+class _GaussianEps(nn.Module):
+    """The exact noise prediction for data N(0, s0^2 I) under a linear SDE:
+    ``eps_hat = sigma x / (alpha^2 s0^2 + sigma^2)``."""
+
+    def __init__(self, sde, s0: float) -> None:
+        super().__init__()
+        self.sde, self.s0 = sde, s0
+        self.unused = nn.Parameter(torch.zeros(()))  # a device and a train/eval mode, like a network
+
+    def forward(self, x, t, labels=None):
+        a, s = self.sde.alpha(t).reshape(-1, *[1] * (x.ndim - 1)), self.sde.sigma(t).reshape(-1, *[1] * (x.ndim - 1))
+        return s * x / (a**2 * self.s0**2 + s**2)
+
+
+def test_training_monitor_fid_matches_files_and_nll_matches_closed_form(stand_in, tmp_path):
+    from scoresde.generate import generate
+    from scoresde.monitor import TrainingMonitor
+    from scoresde.score import score_fn_from_model
+
+    sde, s0, shape = sd.VPSDE(), 0.5, (3, 4, 4)
+    model = _GaussianEps(sde, s0).train()
+    net = metrics.InceptionNet(stand_in)
+    ref_x = s0 * torch.randn(64, *shape, generator=torch.Generator().manual_seed(5))
+    reference, _ = metrics.inception_stats(net, [ref_x])
+    held_out = s0 * torch.randn(32, *shape, generator=torch.Generator().manual_seed(6))
+    options = {"method": "ddim", "steps": 4}
+    monitor = TrainingMonitor(sde, "eps", shape, inception=net, reference=reference, n=20, batch=8,
+                              held_out=held_out, levels=None, sample_options=options,
+                              likelihood_options={"divergence": "exact", "rtol": 1e-6, "atol": 1e-6})
+    figures = monitor(model, step=10)
+    assert model.training  # restored after the evaluation
+    # the same seeds written as PNGs and read back give the same FID: one rounding to uint8
+    generate(score_fn_from_model(model.eval(), sde, "eps"), sde, shape, range(20), tmp_path, batch=20,
+             progress=False, **options)
+    stats, _ = metrics.inception_stats(net, data.image_source(tmp_path).batches(7))
+    assert figures["fid"] == pytest.approx(stats.fid(reference), rel=1e-9, abs=1e-12)
+    exact = float(0.5 * math.log(2 * math.pi * s0**2) + (held_out.double() ** 2).mean() / (2 * s0**2))
+    # exact score, ODE at 1e-6: the likelihood module's error is far below 1e-3 nats/dim
+    assert figures["nll"] == pytest.approx(exact, abs=1e-3)
+    with pytest.raises(ValueError, match="both"):
+        TrainingMonitor(sde, "eps", shape, inception=net)
+
+
+def test_training_monitor_of_a_config(stand_in, tmp_path):
+    from scoresde.cli.runs import training_monitor
+
+    cfg = config.load_config("digits-vp", [f"evaluation.inception={stand_in}", "evaluation.likelihood_batch=3"])
+    with pytest.raises(FileNotFoundError, match="ref.npz"):  # an inception without reference stats file
+        training_monitor(config.load_config("digits-vp", [f"evaluation.inception={stand_in}",
+                                                          f"evaluation.fid_ref={tmp_path / 'ref.npz'}"]),
+                         sd.VPSDE(), "eps", (1, 8, 8), torch.device("cpu"))
+    monitor = training_monitor(cfg, sd.VPSDE(), "eps", (1, 8, 8), torch.device("cpu"))
+    assert monitor.inception is None and monitor.levels == 17 and monitor.held_out.shape == (3, 1, 8, 8)

@@ -464,6 +464,28 @@ def inception_metrics(run: Run, names: Sequence[str], out: Path, *, ref: str | P
     return result
 
 
+def training_monitor(cfg: C.Config, sde: Any, parameterization: str, sample_shape: tuple[int, ...],
+                     device: torch.device) -> Any:
+    """The :class:`~scoresde.monitor.TrainingMonitor` of a config for the Trainer's evaluation period
+    (``training.eval_every``): FID of ``evaluation.fid_samples`` samples of the sampling section when
+    ``evaluation.inception`` and ``evaluation.fid_ref`` are set, and bits/dim (nats/dim for
+    continuous data) of the first ``evaluation.likelihood_batch`` items of ``evaluation.split``."""
+    from .. import metrics as M
+    from ..monitor import TrainingMonitor
+
+    ev, s = cfg.evaluation, cfg.sampling
+    held_out = C.build_dataset(cfg, ev.split)
+    fid = ev.inception is not None and ev.fid_ref is not None
+    return TrainingMonitor(
+        sde, parameterization, sample_shape, n=ev.fid_samples, batch=ev.fid_batch,
+        inception=M.load_inception(ev.inception, device) if fid else None,
+        reference=M.InceptionStats.load(ev.fid_ref) if fid else None,
+        held_out=held_out.x[: ev.likelihood_batch], levels=cfg.data.quantisation_levels(held_out),
+        data_range=D.data_range(cfg.data.centered), seed=cfg.training.seed,
+        sample_options={"method": s.method, "steps": s.steps, "denoise": s.denoise, **s.options},
+        likelihood_options={"divergence": ev.divergence, "rtol": ev.rtol, "atol": ev.atol})
+
+
 def evaluate_run(run: Run, metrics: Sequence[str], out: Path, *, method: str | None = None,
                  steps: int | None = None, nfe: int | None = None, seed: int = 0, clip: bool | None = None,
                  progress: bool = True, inception_options: dict | None = None, **options: Any) -> dict[str, Any]:
