@@ -178,8 +178,8 @@ def test_config_command_prints_the_resolved_config_and_its_keys(capsys):
     text = capsys.readouterr().out
     resolved = yaml.safe_load(text)  # the YAML part parses back to the resolved config ('#' lines are comments)
     assert resolved == C.load_config("digits-vp", ["sde.name=ve", "sde.sigma_max=5"]).to_dict()
-    assert re.search(r"^# sde.sigma_min = 0.01 +option of ve \(default\)$", text, re.M)
-    assert re.search(r"^# training.sample_every = null +steps between sample grids", text, re.M)
+    assert re.search(r"^# sde.sigma_min = 0.01 +option of ve \(default\)$", text, re.MULTILINE)
+    assert re.search(r"^# training.sample_every = null +steps between sample grids", text, re.MULTILINE)
     assert cli.main(["config", "digits-vp", "--no-keys"]) == 0
     assert "#" not in capsys.readouterr().out
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from fixtures import faults
+
 from scoresde import checkpoint, cli
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="the kills fork the test process")
