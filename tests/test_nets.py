@@ -13,13 +13,21 @@ from scoresde.nets import (
     PRESETS,
     MLPClassifier,
     NCSNpp,
+    OfficialScoreModel,
     TimeEmbedding,
     UNetClassifier,
     build_preset,
     ddpmpp_digits,
     sinusoidal_embedding,
 )
-from scoresde.nets.layers import fir_downsample, fir_kernel, fir_upsample
+from scoresde.nets.layers import (
+    fir_conv_downsample,
+    fir_downsample,
+    fir_kernel,
+    fir_upsample,
+    fir_upsample_conv,
+    upfirdn2d,
+)
 
 TINY = dict(nf=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), image_size=8, dropout=0.0)
 
@@ -206,3 +214,73 @@ def test_gated_path_passes_the_input_through():
         model.gain.bias.fill_(1.0)  # heads zero but the gate's bias: output = x exactly
     x = torch.tensor([[1e3, -2e3], [0.5, 0.25]])
     assert torch.equal(model(x, torch.tensor([0.5, 0.9])), x)
+
+
+def test_upfirdn2d_is_a_true_convolution():
+    # A one-sided kernel [[0, 1], [0, 0]] convolved (not correlated): out[i, j] = x[i, j - 1] after
+    # padding by one before, i.e. a shift right by one pixel; zero insertion puts x at even pixels.
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    k = torch.tensor([[0.0, 1.0], [0.0, 0.0]])
+    out = upfirdn2d(x, k, pad=(1, 0))
+    torch.testing.assert_close(out[0, 0, :, 1:], x[0, 0, :, :3])
+    up = upfirdn2d(x, torch.ones(1, 1), up=2)
+    torch.testing.assert_close(up[0, 0, ::2, ::2], x[0, 0])
+    assert up[0, 0, 1::2].abs().sum() == 0 and up.shape[-1] == 8
+
+
+def test_fused_fir_resampling_equals_the_unfused_pair_inside():
+    # StyleGAN2's fused ops pad once, so "conv after FIR up-sampling" and "FIR down-sampling after
+    # conv" agree exactly away from the border (2 pixels up, 1 down); float32 sums of ~40 terms.
+    torch.manual_seed(0)
+    x, k = torch.randn(2, 3, 8, 8), fir_kernel((1, 3, 3, 1))
+    layer = torch.nn.Conv2d(3, 5, 3, padding=1)
+    up = fir_upsample_conv(x, layer, k)
+    torch.testing.assert_close(up[..., 2:-2, 2:-2], layer(fir_upsample(x, k))[..., 2:-2, 2:-2], atol=1e-5, rtol=1e-5)
+    down = fir_conv_downsample(x, layer, k)
+    torch.testing.assert_close(down[..., 1:-1, 1:-1], fir_downsample(layer(x), k)[..., 1:-1, 1:-1], atol=1e-5, rtol=1e-5)
+    assert up.shape == (2, 5, 16, 16) and down.shape == (2, 5, 4, 4)
+
+
+def test_ddpm_options_norm_groups_and_unconditional():
+    model = NCSNpp(**{**TINY, "nf": 32}, in_channels=1, resblock="ddpm", skip_rescale=False, norm_groups=32,
+                   conditional=False)
+    _randomize(model)
+    assert model.embed is None
+    assert all(m.num_groups == 32 for m in model.modules() if isinstance(m, torch.nn.GroupNorm))
+    x = torch.randn(2, 1, 8, 8)
+    torch.testing.assert_close(model(x, torch.rand(2)), model(x, torch.rand(2)))  # time is not an input
+    with pytest.raises(ValueError, match="norm_groups must divide"):
+        NCSNpp(**TINY, norm_groups=32)  # nf 8 channels
+
+
+@pytest.mark.parametrize("kind", ["vp", "subvp", "vp-discrete", "ve", "ve-discrete"])
+def test_official_score_model_time_input_and_scaling(kind):
+    # The official get_score_fn in closed form around the same network: label(t), input map and
+    # output scale; the identical operations give equality to float32 rounding (rtol 1e-6).
+    sde = {"vp": sd.VPSDE(), "subvp": sd.SubVPSDE(), "vp-discrete": sd.VPSDE(), "ve": sd.VESDE(),
+           "ve-discrete": sd.VESDE()}[kind]
+    continuous = not kind.endswith("discrete")
+    fourier = kind == "ve"
+    torch.manual_seed(0)
+    model = OfficialScoreModel(sde, continuous=continuous, num_scales=100, centered=not kind.startswith("ve"),
+                               scale_by_sigma=kind.startswith("ve"), **TINY, in_channels=1,
+                               embedding="fourier" if fourier else "positional")
+    _randomize(model)
+    x, t = torch.rand(3, 1, 8, 8), torch.tensor([0.02, 0.5, 0.97])
+    m = -0.25 * t**2 * (20.0 - 0.1) - 0.05 * t
+    if kind.startswith("ve"):
+        if continuous:
+            sigma = 0.01 * 5000.0**t
+            label, scale = sigma.log(), 1 / sigma
+        else:
+            label = torch.round((1 - t) * 99)
+            scale = 1 / (50.0 * (0.01 / 50.0) ** (label / 99))
+        h = model.net(2 * x - 1, label)
+    else:
+        label = t * (999 if continuous else 99)
+        std = {"vp": (1 - (2 * m).exp()).sqrt(), "subvp": 1 - (2 * m).exp()}.get(kind)
+        if std is None:
+            abar = torch.cumprod(1 - torch.linspace(0.1 / 100, 20.0 / 100, 100), 0)  # official: float32
+            std = (1 - abar[label.long()]).sqrt()
+        h, scale = model.net(x, label), -1 / std
+    torch.testing.assert_close(model(x, t), h * scale[:, None, None, None], rtol=1e-6, atol=1e-6)
