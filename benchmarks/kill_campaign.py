@@ -33,10 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import faults  # noqa: E402  (the fault injector lives with the tests that use it too)
-import torch  # noqa: E402
+import faults
+import torch
 
-from scoresde import checkpoint, cli  # noqa: E402
+from scoresde import checkpoint, cli
 
 STEPS, CKPT_EVERY, LOG_EVERY, KEEP = 24, 6, 3, 2
 TINY = {"toy-2d": ["training.batch_size=32", "model.width=16", "model.depth=2", "data.n=256"],
