@@ -3,11 +3,13 @@ callbacks that replace the state, and ``ValueError`` on bad input."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 import scoresde as sd
-from scoresde.sampling import METHODS
+from scoresde.sampling import METHODS, steps_for_nfe
 
 # cheap settings per method so that the whole contract runs in seconds
 FAST = {name: {"steps": 3} for name in METHODS}
@@ -127,3 +129,79 @@ def test_score_may_use_autograd_inside():
 
     x, _ = sd.sample(score, SDE, (4, 2), method="ddim", steps=3)
     assert torch.isfinite(x).all()
+
+
+# -- the method table's declared costs, aliases, and grids that reach t = 0 ---------------------------
+COSTED = [name for name, spec in METHODS.items() if spec.nfe_per_step is not None]
+
+
+@pytest.mark.parametrize("method", COSTED)
+@pytest.mark.parametrize("options", [{}, {"denoise": True}], ids=["plain", "denoise"])
+def test_steps_for_nfe_is_the_largest_run_within_the_budget(method, options):
+    """The table's cost per step (no dry run) gives the largest ``steps`` whose counted NFE fits 23."""
+    steps = steps_for_nfe(method, 23, **options)
+    run = lambda n: sd.sample(gaussian_score(SDE), SDE, (2, 2), method=method, steps=n, **options)[1].nfe  # noqa: E731
+    assert run(steps) <= 23 < run(steps + 1)
+
+
+@pytest.mark.parametrize("options", [{"corrector": "hmc", "leapfrog_steps": 4}, {"corrector": "mala", "corrector_steps": 2},
+                                     {"predictor": "srk", "corrector": None}])
+def test_steps_for_nfe_reads_the_pc_options(options):
+    steps = steps_for_nfe("pc", 40, **options)
+    run = lambda n: sd.sample(gaussian_score(SDE), SDE, (2, 2), method="pc", steps=n, **options)[1].nfe  # noqa: E731
+    assert run(steps) <= 40 < run(steps + 1)
+
+
+def test_steps_for_nfe_refuses_adaptive_methods_and_tiny_budgets():
+    with pytest.raises(ValueError, match="ode"):
+        steps_for_nfe("ode", 50)
+    with pytest.raises(ValueError, match="nfe=1"):
+        steps_for_nfe("heun", 1)
+
+
+def test_dpm_solver_pp_names_its_order():
+    """``"dpm-solver++"`` is the 2M row: the same samples, and ``info.method`` says which."""
+    a, info = sd.sample(gaussian_score(SDE), SDE, (4, 2), method="dpm-solver++", generator=torch.Generator().manual_seed(0))
+    b, _ = sd.sample(gaussian_score(SDE), SDE, (4, 2), method="dpm-solver++2m", generator=torch.Generator().manual_seed(0))
+    assert info.method == "dpm-solver++2m" and torch.equal(a, b)
+
+
+ZERO_SDES = [sd.VPSDE(), sd.SubVPSDE(), sd.CosineVPSDE(), sd.RectifiedFlow()]  # sigma(0) = 0: lambda(0) = inf
+FAST_SOLVERS = ["ddim", "ancestral", "dpm-solver++2m", "dpm-solver++3m", "unipc", "heun"]
+
+
+def _ring_run(sde, grid, method, **kw):
+    ring = sd.GaussianMixture.named("ring2d")
+    x_T = torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return sd.sample(ring.score_fn(sde), sde, x_T=x_T, grid=grid, method=method,
+                     generator=torch.Generator().manual_seed(1), **kw)
+
+
+@pytest.mark.parametrize("sde", ZERO_SDES, ids=lambda s: type(s).__name__)
+@pytest.mark.parametrize("method", FAST_SOLVERS)
+def test_a_grid_ending_at_zero_lands_on_the_denoised_prediction(sde, method):
+    """``[..., 0.01, 0]`` equals ``[..., 0.01, tiny]`` followed by Tweedie's ``x0`` (one NFE more), to
+    ``1e-5``: the exponential step to ``tiny`` is ``(sigma_tiny/sigma_0.01) x + alpha_tiny (1 - e^-h) x0_hat``
+    and the final denoising moves it by ``sigma_tiny^2 s``, both ``O(sigma_tiny / sigma_0.01) = 1e-5``
+    with ``sigma_tiny = 3e-7``.  EDM Heun's last step to ``sigma~ = 0`` is its Euler step, which
+    is ``x0_hat`` at the previous time exactly (EDM Alg. 2): there the reference is the grid without
+    its last time, then Tweedie."""
+    start = float(sd.sampling.make_grid(sde, 1, "log-snr")[0])
+    head = [start, 0.5, 0.1, 0.01]
+    tiny = float(sde.t_of_log_snr(torch.tensor(-math.log(3e-7), dtype=torch.float64)))
+    x, info = _ring_run(sde, head + [0.0], method)
+    if method == "heun":
+        ref, ref_info = _ring_run(sde, head, method, denoise=True)
+        assert info.nfe == ref_info.nfe == 2 * len(head) - 1
+    else:
+        ref, ref_info = _ring_run(sde, head + [tiny], method, denoise=True)
+        assert info.nfe == ref_info.nfe - 1 == len(head)
+    assert torch.isfinite(x).all()
+    torch.testing.assert_close(x, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_a_grid_time_without_a_log_snr_is_a_value_error_naming_it():
+    """The rectified flow at t = 1 has alpha = 0: Tweedie's denoiser is undefined there."""
+    for method in FAST_SOLVERS:
+        with pytest.raises(ValueError, match="grid time 1 "):
+            _ring_run(sd.RectifiedFlow(), [1.0, 0.5, 0.01], method)

@@ -25,53 +25,108 @@ import torch
 from torch import Tensor
 
 from .._tensor import check_choice, check_finite, check_int
+from ..rk import TABLEAUS
 from ..sde import SDE, LinearSDE
-from ._common import CountedScore, SampleInfo, denoise as tweedie
+from ._common import CountedScore, SampleInfo
+from ._common import denoise as tweedie
 from .fast import ddim, dpm_solver_pp, edm_heun
 from .grids import SCHEDULES, check_grid, make_grid
 from .ode import decode, encode, ode_adaptive, ode_fixed, slerp
 from .pc import pc_sample
 
-__all__ = ["sample", "encode", "decode", "slerp", "SampleInfo", "METHODS", "Method", "make_grid", "SCHEDULES"]
+__all__ = [
+    "ALIASES",
+    "METHODS",
+    "SCHEDULES",
+    "Method",
+    "SampleInfo",
+    "decode",
+    "encode",
+    "make_grid",
+    "sample",
+    "slerp",
+    "steps_for_nfe",
+]
 
 
 @dataclass(frozen=True)
 class Method:
-    """A named sampler: its function, recommended steps and schedule, fixed options, and whether
-    it needs a :class:`~scoresde.sde.LinearSDE` (a Gaussian kernel and a log-SNR)."""
+    """A named sampler: its function, recommended steps and schedule, fixed options, whether it
+    needs a :class:`~scoresde.sde.LinearSDE` (a Gaussian kernel and a log-SNR), and its score
+    evaluations per step as a function of its full options (None: adaptive, no fixed cost)."""
 
     fn: Callable[..., tuple[Tensor, int]]
     steps: int
     schedule: str
     options: dict = field(default_factory=dict)
     linear_only: bool = True
+    nfe_per_step: Callable[[dict], int] | None = lambda options: 1
+
+
+def _pc_nfe(o: dict) -> int:
+    """:func:`~.pc.pc_sample`'s cost per step: the predictor (``srk`` 2, ``none`` 0, else 1) plus
+    ``corrector_steps`` times the corrector's (``mala`` 2, ``hmc`` ``leapfrog_steps``, ``none`` 0, else 1)."""
+    predictor = {"srk": 2, "none": 0}.get(o["predictor"] or "none", 1)
+    corrector = {"mala": 2, "hmc": o["leapfrog_steps"], "none": 0}.get(o["corrector"] or "none", 1)
+    return predictor + o["corrector_steps"] * corrector
+
+
+def _stages(o: dict) -> int:
+    return len(TABLEAUS[o["scheme"]].c)
 
 
 def _pc(predictor: str, corrector: str = "none", **options) -> dict:
     return {"predictor": predictor, "corrector": corrector, **options}
 
 
+def _ode(scheme: str) -> Method:
+    return Method(ode_fixed, {"euler": 500, "heun": 50, "midpoint": 50, "rk4": 25}[scheme], "log-snr-window",
+                  {"scheme": scheme}, linear_only=False, nfe_per_step=_stages)
+
+
 METHODS: dict[str, Method] = {
-    "euler-maruyama": Method(pc_sample, 1000, "log-snr", _pc("euler-maruyama"), linear_only=False),
-    "reverse-diffusion": Method(pc_sample, 1000, "time-uniform", _pc("reverse-diffusion"), linear_only=False),
+    "euler-maruyama": Method(pc_sample, 1000, "log-snr", _pc("euler-maruyama"), linear_only=False, nfe_per_step=_pc_nfe),
+    "reverse-diffusion": Method(pc_sample, 1000, "time-uniform", _pc("reverse-diffusion"), linear_only=False, nfe_per_step=_pc_nfe),
     "ancestral": Method(ddim, 1000, "log-snr", {"eta": 1.0}),  # DDPM / SMLD ancestral = DDIM at eta = 1
-    "srk": Method(pc_sample, 100, "log-snr", _pc("srk"), linear_only=False),
-    "pc": Method(pc_sample, 1000, "time-uniform", _pc("reverse-diffusion", "langevin"), linear_only=False),
-    "annealed-langevin": Method(pc_sample, 200, "time-uniform", _pc("none", "annealed-langevin", corrector_steps=5)),
-    "ode": Method(ode_adaptive, 1, "time-uniform", linear_only=False),
-    "ode-euler": Method(ode_fixed, 500, "log-snr-window", {"scheme": "euler"}, linear_only=False),
-    "ode-heun": Method(ode_fixed, 50, "log-snr-window", {"scheme": "heun"}, linear_only=False),
-    "ode-midpoint": Method(ode_fixed, 50, "log-snr-window", {"scheme": "midpoint"}, linear_only=False),
-    "ode-rk4": Method(ode_fixed, 25, "log-snr-window", {"scheme": "rk4"}, linear_only=False),
+    "srk": Method(pc_sample, 100, "log-snr", _pc("srk"), linear_only=False, nfe_per_step=_pc_nfe),
+    "pc": Method(pc_sample, 1000, "time-uniform", _pc("reverse-diffusion", "langevin"), linear_only=False, nfe_per_step=_pc_nfe),
+    "annealed-langevin": Method(pc_sample, 200, "time-uniform", _pc("none", "annealed-langevin", corrector_steps=5),
+                                  nfe_per_step=_pc_nfe),
+    "ode": Method(ode_adaptive, 1, "time-uniform", linear_only=False, nfe_per_step=None),
+    **{f"ode-{scheme}": _ode(scheme) for scheme in ("euler", "heun", "midpoint", "rk4")},
     "ddim": Method(ddim, 50, "log-snr-window"),
-    "heun": Method(edm_heun, 18, "karras"),
-    "dpm-solver++": Method(dpm_solver_pp, 20, "log-snr-window", {"order": 3}),
+    "heun": Method(edm_heun, 18, "karras", nfe_per_step=lambda options: 2),
     "dpm-solver++2m": Method(dpm_solver_pp, 20, "log-snr-window", {"order": 2}),
     "dpm-solver++3m": Method(dpm_solver_pp, 20, "log-snr-window", {"order": 3}),
     "unipc": Method(dpm_solver_pp, 20, "log-snr-window", {"order": 3, "corrector": True}),
 }
 
+ALIASES = {"dpm-solver++": "dpm-solver++2m"}  # the unnamed order is the familiar 2M (BENCHMARKS.md: samplers)
+
 _PLUMBING = ("score_fn", "sde", "x", "grid", "generator", "callback", "progress")
+
+
+def _resolve(method: str) -> tuple[str, Method]:
+    """The method's table name (an alias names its order) and its row."""
+    method = ALIASES.get(method, method)
+    return method, METHODS[check_choice(method, [*METHODS, *ALIASES], "method")]
+
+
+def steps_for_nfe(method: str, nfe: int, *, denoise: bool = False, **options) -> int:
+    """The largest ``steps`` whose run of ``method`` (with ``options``, and the final Tweedie step
+    when ``denoise``) spends at most ``nfe`` score evaluations, from the table's cost per step
+    (no dry run).  ``ValueError`` for an adaptive method or a budget below one step."""
+    name, spec = _resolve(method)
+    _check_options(name, spec, options)
+    if spec.nfe_per_step is None:
+        raise ValueError(f"method {name!r} chooses its own steps; bound its work with its tolerances or max_nfe")
+    defaults = {p.name: p.default for p in inspect.signature(spec.fn).parameters.values()
+                if p.name not in _PLUMBING and p.default is not inspect.Parameter.empty}
+    per_step = spec.nfe_per_step({**defaults, **spec.options, **options})
+    steps = (check_int(nfe, "nfe", 1) - int(denoise)) // max(per_step, 1)
+    if steps < 1:
+        raise ValueError(f"nfe={nfe} is below the cost of one {name} step ({per_step + int(denoise)} NFE)")
+    return steps
 
 
 def _check_options(method: str, spec: Method, options: dict) -> None:
@@ -125,7 +180,7 @@ def sample(
     sde: SDE,
     shape: tuple[int, ...] | None = None,
     *,
-    method: str = "dpm-solver++",
+    method: str = "dpm-solver++2m",
     steps: int | None = None,
     x_T: Tensor | None = None,
     grid: Tensor | list[float] | None = None,
@@ -140,7 +195,8 @@ def sample(
     trajectory: bool = False,
     **method_options,
 ) -> tuple[Tensor, SampleInfo]:
-    """Draw samples by the named method (:data:`METHODS`); returns ``(x, info)`` with ``info.nfe``.
+    """Draw samples by the named method (:data:`METHODS`; ``"dpm-solver++"`` is the 2M row, see
+    :data:`ALIASES`); returns ``(x, info)`` with ``info.nfe`` and ``info.method`` the table name.
 
     ``x_T``: the start state (else drawn from the prior with ``generator``); ``grid``: explicit
     descending times (else ``steps`` steps of ``schedule``, both defaulting to the method's
@@ -153,7 +209,7 @@ def sample(
     ``trajectory``: keep the state after each step in ``info.trajectory``.
     Other keywords are the method's options (e.g. ``eta``, ``order``, ``snr``, ``rtol``).
     """
-    spec = METHODS[check_choice(method, list(METHODS), "method")]
+    name, spec = _resolve(method)
     _check_options(method, spec, method_options)
     if not isinstance(sde, LinearSDE) and (spec.linear_only or denoise):
         general = ", ".join(repr(name) for name, m in METHODS.items() if not m.linear_only)
@@ -191,4 +247,4 @@ def sample(
         bad = int((~torch.isfinite(x)).sum())
         raise FloatingPointError(f"method {method!r} produced {bad} non-finite values from a finite start and a finite "
                                  f"first score: the run diverged (a coarse grid or a score that blows up later)")
-    return x, SampleInfo(nfe=nfe, method=method, grid=grid, trajectory=states)
+    return x, SampleInfo(nfe=nfe, method=name, grid=grid, trajectory=states)
