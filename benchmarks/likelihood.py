@@ -1,6 +1,8 @@
-"""Likelihood benchmark: error against NFE on the Gaussian-mixture oracle, biases, Hutchinson
-variance, and wall time per NFE on the digits DDPM++.  Prints JSON; plots error vs NFE.
+"""Likelihood benchmark: the random mixture family against the paper's estimator, error against
+NFE on the Gaussian-mixture oracle, biases, Hutchinson variance, and wall time per NFE on the
+digits DDPM++.  Prints JSON; plots error vs NFE.
 
+    OMP_NUM_THREADS=1 python benchmarks/likelihood.py --parts family [--members dev|held-out] [--family-options JSON]
     OMP_NUM_THREADS=1 python benchmarks/likelihood.py [--quick] [--parts error,biases] [--plot docs/likelihood_error_nfe.png]
 
 Errors are mean absolute per dimension, in nats, against the closed form ``log p_eps(x)`` at the
@@ -122,7 +124,7 @@ def paper_estimator(score_fn, sde, x: torch.Tensor, tol: float) -> tuple[torch.T
     sol = solve_ivp(rhs, (sde.eps, sde.T), start, method="RK45", rtol=tol, atol=tol)
     z = torch.from_numpy(sol.y[:-batch, -1]).to(x.dtype).reshape(shape)
     delta = torch.from_numpy(sol.y[-batch:, -1])
-    info = SimpleNamespace(z=z, delta_logp=delta, nfe=sol.nfev, t_start=sde.eps, t_end=sde.T)
+    info = SimpleNamespace(z=z, delta_logp=delta, nfe=sol.nfev, eps=sde.eps, t_end=sde.T)
     return gaussian_logp(z, sde.prior_std).double() + delta, info
 
 
@@ -145,10 +147,10 @@ def error_vs_nfe(tolerances: dict) -> list[dict]:
                     if method == "scipy:RK45":
                         logp, info = paper_estimator(score_fn, sde, x, tol)
                     else:
-                        logp, info = sd.log_likelihood(score_fn, sde, x, time_variable=chart, method=method,
+                        logp, info = sd.log_likelihood(score_fn, sde, x, variable=chart, solver=method, divergence="exact",
                                                        rtol=tol, atol=tol, prior="gaussian")
                     seconds = time.perf_counter() - start
-                    ref = gmm.log_prob(x.double(), info.t_start, sde)
+                    ref = gmm.log_prob(x.double(), info.eps, sde)
                     std = sde.prior_std
                     corrected = logp.double() + prior_correction(score_fn, info.z, info.t_end, std, PRIOR_POINTS)
                     exact_end = gmm.log_prob(info.z.double(), info.t_end, sde) + info.delta_logp.double()
@@ -262,7 +264,7 @@ def error_norms(tolerances=(3e-3, 1e-3, 3e-4, 1e-4)) -> list[dict]:
         ref = gmm.log_prob(x.double(), sde.eps, sde)
         for norm in ("batch", "sample"):
             for tol in tolerances:
-                logp, info = sd.log_likelihood(gmm.score_fn(sde), sde, x, rtol=tol, atol=tol, error_norm=norm)
+                logp, info = sd.log_likelihood(gmm.score_fn(sde), sde, x, rtol=tol, atol=tol, error_norm=norm, divergence="exact")
                 err = (logp.double() - ref).abs() / x.shape[1]
                 rows.append(dict(mixture=name, norm=norm, tol=tol, nfe=info.nfe, mean=float(err.mean()),
                                  max=float(err.max())))
@@ -277,10 +279,10 @@ def hutchinson(probes: int) -> list[dict]:
         gmm = sd.GaussianMixture.named(name)
         x, _ = gmm.sample(points, generator=torch.Generator().manual_seed(4))
         sde = SDES["vp"]()
-        exact, _ = sd.log_likelihood(gmm.score_fn(sde), sde, x)
+        exact, _ = sd.log_likelihood(gmm.score_fn(sde), sde, x, divergence="exact")
         for dist in ("rademacher", "gaussian"):
             est, info = sd.log_likelihood(
-                gmm.score_fn(sde), sde, x.repeat_interleave(probes, 0), divergence="hutchinson",
+                gmm.score_fn(sde), sde, x.repeat_interleave(probes, 0), divergence="hutchinson", probes=1,
                 probe_dist=dist, generator=torch.Generator().manual_seed(5),
             )
             est = est.double().reshape(points, probes)
@@ -292,6 +294,54 @@ def hutchinson(probes: int) -> list[dict]:
                 var_per_probe_per_dim=(est.var(1) / x.shape[1]).tolist(),
             ))
     return rows
+
+
+def family(seeds: tuple[int, ...], options: dict | None = None) -> dict:
+    """The random family (:func:`random_member`): per member the paper's estimator at ``1e-5``
+    (:func:`paper_estimator`) and ``sd.log_likelihood`` at its defaults (``options`` override them;
+    the exact divergence, so that only the solver and the prior term err), both from ``eps = 1e-5``,
+    against the closed form ``log p_{1e-5}``: NFE, mean and worst per-dimension error over the
+    points, and how the reported ``info.error_estimate`` compares with the true error.  Aggregated:
+    mean ratios to the baseline and how many members meet the goal of issue 19 (mean error <=
+    the baseline's, NFE <= half of its)."""
+    options = {"divergence": "exact", **(options or {})}
+    rows = []
+    for seed in seeds:
+        member = random_member(seed)
+        gmm, x, sde = member["gmm"], member["x"], SDES[member["sde"]]()
+        dim = x.shape[1]
+        ref = gmm.log_prob(x, PAPER_EPS, sde)
+        base, base_info = paper_estimator(gmm.score_fn(sde), sde, x, 1e-5)
+        ours, info = sd.log_likelihood(gmm.score_fn(sde), sde, x, **options)
+        assert info.eps == PAPER_EPS
+        err_base, err_ours = (base - ref).abs() / dim, (ours.double() - ref).abs() / dim
+        row = {**member["draws"], "baseline_nfe": base_info.nfe, "baseline_mean": float(err_base.mean()),
+               "baseline_max": float(err_base.max()), "nfe": info.nfe, "mean": float(err_ours.mean()),
+               "max": float(err_ours.max())}
+        row["nfe_ratio"], row["error_ratio"] = row["nfe"] / row["baseline_nfe"], row["mean"] / row["baseline_mean"]
+        row["goal_met"] = row["mean"] <= row["baseline_mean"] and 2 * row["nfe"] <= row["baseline_nfe"]
+        if info.error_estimate is not None:
+            cover = (ours.double() - ref).abs() / info.error_estimate.double()
+            row.update(estimate_max=float(info.error_estimate.max()) / dim, true_over_estimate_max=float(cover.max()),
+                       true_over_estimate_min=float(cover.min()))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    n = len(rows)
+    aggregate = {
+        "members": n, "options": options,
+        "mean_nfe_ratio": sum(r["nfe_ratio"] for r in rows) / n,
+        "mean_error_ratio": sum(r["error_ratio"] for r in rows) / n,
+        "family_mean_error": sum(r["mean"] for r in rows) / n,
+        "family_mean_error_baseline": sum(r["baseline_mean"] for r in rows) / n,
+        "family_nfe": sum(r["nfe"] for r in rows), "family_nfe_baseline": sum(r["baseline_nfe"] for r in rows),
+        "goal_met": sum(r["goal_met"] for r in rows),
+        "error_and_nfe_at_most_baseline": sum(r["mean"] <= r["baseline_mean"] and r["nfe"] <= r["baseline_nfe"] for r in rows),
+        "worst_point": max(r["max"] for r in rows), "worst_point_baseline": max(r["baseline_max"] for r in rows),
+    }
+    if all("true_over_estimate_max" in r for r in rows):
+        aggregate["true_over_estimate_max"] = max(r["true_over_estimate_max"] for r in rows)
+        aggregate["true_over_estimate_min"] = min(r["true_over_estimate_min"] for r in rows)
+    return {"rows": rows, "aggregate": aggregate}
 
 
 NETWORK_SHAPES = {"ddpmpp_digits": (1, 8, 8), "ddpmpp_cifar10": (3, 32, 32)}
@@ -315,7 +365,7 @@ def per_nfe_cost(network: str = "ddpmpp_digits", batch: int = 16, repeats: int =
     fwd_vjp = (time.perf_counter() - start) / repeats
 
     start = time.perf_counter()
-    _, info = sd.log_likelihood(score_fn, sde, x, divergence="hutchinson", prior="gaussian",
+    _, info = sd.log_likelihood(score_fn, sde, x, divergence="hutchinson", probes=1, prior="gaussian",
                                 generator=torch.Generator().manual_seed(2))
     per_nfe = (time.perf_counter() - start) / info.nfe
     params = sum(p.numel() for p in model.parameters())
@@ -359,7 +409,7 @@ def plot(rows: list[dict], path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
-PARTS = ("error", "biases", "norms", "hutchinson", "per-nfe")
+PARTS = ("family", "error", "biases", "norms", "hutchinson", "per-nfe")
 
 
 def main() -> None:
@@ -371,6 +421,9 @@ def main() -> None:
                         help="network preset of the per-nfe part")
     parser.add_argument("--batch", type=int, default=16, help="batch of the per-nfe part")
     parser.add_argument("--repeats", type=int, default=20, help="forward + VJP repeats of the per-nfe part")
+    parser.add_argument("--members", default="held-out", choices=("dev", "held-out"),
+                        help="family part: the dev members (tuning allowed) or the held-out ones")
+    parser.add_argument("--family-options", default="{}", help="family part: log_likelihood options as JSON")
     args = parser.parse_args()
     parts = args.parts.split(",")
     for part in parts:
@@ -378,6 +431,9 @@ def main() -> None:
             raise ValueError(f"--parts: unknown part {part!r}; choose from {PARTS}")
     torch.set_num_threads(1)
     result = dict(machine=f"{platform.machine()}, {torch.get_num_threads()} thread(s), torch {torch.__version__}")
+    if "family" in parts:
+        seeds = DEV_SEEDS if args.members == "dev" else HELDOUT_SEEDS
+        result["family"] = family(seeds, json.loads(args.family_options))
     if "error" in parts:
         result["error_vs_nfe"] = error_vs_nfe(QUICK_TOLERANCES if args.quick else TOLERANCES)
         result["summary"] = summary(result["error_vs_nfe"])
