@@ -25,9 +25,9 @@ def _cmd_likelihood(args: argparse.Namespace) -> int:
                                 prior_reference=ev.prior_reference if args.prior_reference is None else args.prior_reference,
                                 eps=args.eps or ev.likelihood_eps,
                                 **{k: v for k in ("prior", "error_norm") if (v := getattr(args, k)) is not None})
-    print(f"{args.split}: {res['mean']:.4f} ± {res['stderr']:.4f} {res['unit']} (levels: {res['levels'] or 'continuous, no dequantization'}) "
-          f"over {res['n']} items "
-          f"(eps={res['eps']:g}, {res['nfe_per_batch']:.0f} NFE per batch) -> {results}")
+    print(f"{args.split}: {res['mean']:.4f} ± {res['stderr']:.4f} {res['unit']} over {res['n']} items "
+          f"(levels: {res['levels'] or 'continuous, no dequantization'}; eps={res['eps']:g}, "
+          f"{res['nfe_per_batch']:.0f} NFE per batch) -> {results}")
     return 0
 
 
