@@ -414,10 +414,11 @@ def load_config(source: str | dict, overrides: Sequence[str] = ()) -> Config:
     raw = copy.deepcopy(source) if isinstance(source, dict) else load_raw(source)
     cfg = Config.from_dict(apply_overrides(raw, overrides))
     build_sde(cfg)  # cheap: surfaces bad SDE options at load time, with their key
-    from scoresde.sampling import METHODS
+    from scoresde.sampling import ALIASES, METHODS
 
-    if cfg.sampling.method not in METHODS:
-        raise ValueError(f"sampling.method must be one of {', '.join(METHODS)}, got {cfg.sampling.method!r}")
+    if cfg.sampling.method not in (*METHODS, *ALIASES):
+        raise ValueError(f"sampling.method must be one of {', '.join([*METHODS, *ALIASES])}, "
+                         f"got {cfg.sampling.method!r}")
     return cfg
 
 
