@@ -366,11 +366,11 @@ def test_fast_solvers_match_a_step_by_step_reference(sde, name):
     check_against_reference(sde, options, ref, 2 if options["method"] == "heun" else 1)
 
 
-# -- the planned SDE predictors and fixed-step ODE solvers against a step-by-step reference -----------
-# pc_sample's predictors and ode_fixed also lay out their coefficients once per grid (drift f(t) and
-# g(t) at every step or stage time, the kernel, the eta weights with Tweedie folded in); the
-# references recompute them at each step from the SDE's scalar methods, in each equation's plain form,
-# drawing the same normals in the same order.
+# -- the SDE predictors and fixed-step ODE solvers against a step-by-step reference -------------------
+# pc_sample's predictors and ode_fixed go through the SDE's own methods (reverse_drift, discretize,
+# probability_flow_drift, on (B,) time tensors in the state's dtype); the references evaluate f(t),
+# g(t) and the kernel as float64 scalars, in each equation's plain form, drawing the same normals in
+# the same order.
 def _fg(sde: sd.LinearSDE, t: float) -> tuple[float, float]:
     tt = torch.tensor(t, dtype=torch.float64)
     return float(sde.f(tt)), float(sde.g(tt))
@@ -499,3 +499,89 @@ def test_solvers_modify_neither_the_start_state_nor_the_scores(name):
     x_copy, cached_copy = x_T.clone(), cached.clone()
     sd.sample(lambda x, t: cached, sde, x_T=x_T, steps=6, generator=torch.Generator().manual_seed(3), **options)
     assert torch.equal(x_T, x_copy) and torch.equal(cached, cached_copy)
+
+
+# -- diffusers' quadratures by name (solver_type) against closed forms and diffusers itself ------------
+def _monomial_moments(h: float, n: int) -> list[float]:
+    """``J_k = int_0^h e^{u-h} u^k du = h^k - k J_{k-1}`` (by parts), ``J_0 = 1 - e^-h``."""
+    out = [1 - math.exp(-h)]
+    for k in range(1, n):
+        out.append(h**k - k * out[-1])
+    return out
+
+
+@pytest.mark.parametrize("h", [0.3, 1.2])
+def test_named_quadratures_differ_from_the_exact_integral_by_their_closed_forms(h):
+    """On ``p(u) = a + b u + c u^2`` through nodes at ``u = 0, -0.4h, -1.1h`` the exact weights give
+    ``int_0^h e^{u-h} p = a J_0 + b J_1 + c J_2`` to rounding.  diffusers' two-node "midpoint"
+    step (and UniPC's rho = 1/2, bh2) replaces ``I_1 = J_1 / h`` by ``I_0 / 2`` on the linear term, bh1 by
+    ``h / 2``; its three-node step halves ``I_2 = J_2 / h^2`` (both "midpoint" and "heun"): each
+    is off by exactly that, nonzero (> 1e-3 here), while "heun"'s two-node step is the exact one."""
+    a, b, c = 0.7, -1.3, 0.9
+    J = _monomial_moments(h, 3)
+    lin, quad = [0.0, -0.4 * h], [0.0, -0.4 * h, -1.1 * h]
+    step = lambda us, kind, p: sum(w * p(u) for w, u in zip(fast.multistep_weights(us, h, kind), us))  # noqa: E731
+    p1, p2 = (lambda u: a + b * u), (lambda u: a + b * u + c * u**2)
+    exact1, exact2 = a * J[0] + b * J[1], a * J[0] + b * J[1] + c * J[2]
+    assert step(lin, "exact", p1) == pytest.approx(exact1, abs=1e-13)
+    assert step(lin, "heun", p1) == pytest.approx(exact1, abs=1e-13)
+    assert step(quad, "exact", p2) == pytest.approx(exact2, abs=1e-13)
+    half_i0 = b * h * (J[0] / 2 - J[1] / h)  # "midpoint"/"bh2" minus exact on the linear term
+    for kind, off in (("midpoint", half_i0), ("bh2", half_i0), ("bh1", b * h * (h / 2 - J[1] / h))):
+        assert step(lin, kind, p1) - exact1 == pytest.approx(off, abs=1e-13) and abs(off) > 1e-3
+    for kind in ("midpoint", "heun"):
+        assert step(quad, kind, p2) - exact2 == pytest.approx(-c * J[2] / 2, abs=1e-13) and abs(c * J[2] / 2) > 1e-3
+
+
+DIFFUSERS_FORMS = {  # (our options, diffusers scheduler class name, its config)
+    "2m-midpoint": ({"method": "dpm-solver++2m", "solver_type": "midpoint"}, "DPMSolverMultistepScheduler",
+                    {"solver_order": 2, "solver_type": "midpoint"}),
+    "2m-heun": ({"method": "dpm-solver++2m"}, "DPMSolverMultistepScheduler", {"solver_order": 2, "solver_type": "heun"}),
+    "3m-midpoint": ({"method": "dpm-solver++3m", "solver_type": "midpoint"}, "DPMSolverMultistepScheduler",
+                    {"solver_order": 3, "solver_type": "midpoint"}),
+    "3m-heun": ({"method": "dpm-solver++3m", "solver_type": "heun"}, "DPMSolverMultistepScheduler",
+                {"solver_order": 3, "solver_type": "heun"}),
+    "unipc2-bh2": ({"method": "unipc", "order": 2, "solver_type": "bh2"}, "UniPCMultistepScheduler", {"solver_order": 2}),
+    "unipc3-bh1": ({"method": "unipc", "solver_type": "bh1"}, "UniPCMultistepScheduler", {"solver_order": 3, "solver_type": "bh1"}),
+}
+
+
+@pytest.mark.parametrize("name", list(DIFFUSERS_FORMS))
+def test_named_forms_reproduce_diffusers_schedulers_on_the_same_grid(name):
+    """diffusers' scheduler on our VP grid (its ``sigmas`` set to our ``sigma/alpha`` at the 10
+    log-SNR-uniform times: fewer than 15 steps, so its lower-order final steps match ours; exact eps
+    of the ring oracle) against ``sd.sample`` with the named form, float64: UniPC agrees to 1e-12;
+    DPMSolverMultistepScheduler casts the state to float32 inside ``step`` (rounding 6e-8 relative
+    per step on states of size ~3), so 2e-5 there -- while our exact form differs from diffusers'
+    midpoint/half-quadratic forms by 5e-3 or more on this grid (checked below)."""
+    diffusers = pytest.importorskip("diffusers")
+    options, cls, config = DIFFUSERS_FORMS[name]
+    sde, ring = sd.VPSDE(), sd.GaussianMixture.named("ring2d")
+    score = ring.score_fn(sde)
+    grid = grids.log_snr_uniform(sde, 10)
+    x_T = torch.randn(50, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    sched = getattr(diffusers, cls)(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, prediction_type="epsilon",
+                                    final_sigmas_type="sigma_min", **config)
+    sched.set_timesteps(10)
+    sched.sigmas = (sde.sigma(grid) / sde.alpha(grid)).double()
+    x = x_T.clone()
+    for i, ts in enumerate(sched.timesteps):
+        eps = -float(sde.sigma(grid[i])) * score(x, grid[i].expand(x.shape[0]))
+        x = sched.step(eps, ts, x).prev_sample.double()
+    ours = sd.sample(score, sde, x_T=x_T, grid=grid, **options)[0]
+    exact = sd.sample(score, sde, x_T=x_T, grid=grid, **{k: v for k, v in options.items() if k != "solver_type"})[0]
+    tol = 1e-12 if cls.startswith("UniPC") else 2e-5
+    assert float((ours - x).abs().max()) < tol
+    if "solver_type" in options:  # a form of diffusers' own, not the exact integral
+        assert float((exact - x).abs().max()) > 5e-3
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"method": "dpm-solver++2m", "solver_type": "bh2"}, "corrector"),
+    ({"method": "unipc", "solver_type": "midpoint"}, "corrector"),
+    ({"method": "dpm-solver++3m", "order": 4, "solver_type": "heun"}, "order"),
+    ({"method": "unipc", "solver_type": "nope"}, "solver_type"),
+])
+def test_named_forms_refuse_what_diffusers_does_not_define(options, match):
+    with pytest.raises(ValueError, match=match):
+        sd.sample(GAUSS.score_fn(sd.VPSDE()), sd.VPSDE(), (4, 2), steps=5, **options)
