@@ -27,7 +27,6 @@ from scoresde.guidance import (
     colorize,
     decoupling_matrix,
     inpaint,
-    inpaint_smc,
     mixture_log_posterior,
     projection_callback,
     reconstruction_guided_score,
@@ -185,47 +184,23 @@ def test_classifier_loss_perturbs_with_the_kernel_and_rewards_the_exact_posterio
 
 # -- inpainting -------------------------------------------------------------------------------------
 def test_inpainting_mix64_half_observed_matches_exact_conditional():
-    """Replacement through PC (400 steps: at 100-200 steps its discretisation error shows as
+    """Replacement (an explicit option) through PC (400 steps: at 100-200 steps its discretisation error shows as
     SW a few sd above the floor)."""
     gmm = sd.GaussianMixture.named("mix64")
     n, obs = 500, list(range(32))
     x_true, _ = gmm.sample(n, generator=gen(3))
     mask = torch.zeros(64, dtype=torch.bool)
     mask[obs] = True
-    x, info = inpaint(gmm.score_fn(SDE), SDE, x_true, mask, method="pc", steps=400, generator=gen(4))
+    x, info = inpaint(gmm.score_fn(SDE), SDE, x_true, mask, method="replacement", sampler="pc", steps=400, generator=gen(4))
     assert torch.equal(x[:, mask], x_true[:, mask]) and info.nfe > 0
     miss = gmm.missing_dims(obs)
-    draw = lambda m, g: gmm.sample_conditional(x_true[:m, obs], obs, generator=g)  # noqa: E731
+    draw = lambda m, g: gmm.sample_conditional(x_true[:m, obs], obs, generator=g)
     assert sliced_wasserstein(x[:, miss], draw(n, gen(5)), generator=gen(6)) <= sw_floor(draw, n)
     expected = gmm.conditional_weights(x_true[:, obs].double(), obs).mean(0)
     shares = torch.bincount(gmm.assign(x), minlength=10).double() / n
     # the acceptance bound; the posterior over modes is near-certain, so each sample's mode is
     # nearly fixed by its test point (measured 0.002-0.012 over seeds)
     assert (shares - expected).abs().max() <= 0.02
-
-
-def ring_shares(x: torch.Tensor, gmm: sd.GaussianMixture) -> torch.Tensor:
-    return torch.bincount(gmm.assign(x), minlength=gmm.num_components).double() / x.shape[0]
-
-
-def test_smc_corrects_the_replacement_bias_on_the_ring():
-    """x1 = -2 observed: the exact conditional puts almost all mass on the mode at angle pi
-    (weight 5/36); the replacement method sends about half the samples to the heavier neighbours
-    at 3pi/4 and 5pi/4 (weights 4/36 and 6/36). Total-variation error of the mode shares over 300
-    samples: Monte-Carlo noise below 0.03 (binomial), SMC with 32 particles measured 0.01-0.04 over
-    seeds, replacement 0.49-0.58; the bounds sit between with margins of several noise levels."""
-    gmm = sd.GaussianMixture.named("ring2d")
-    n = 300
-    x_obs = torch.zeros(n, 2)
-    x_obs[:, 0] = -2.0
-    mask = torch.tensor([True, False])
-    exact = gmm.conditional_weights(x_obs[:1, :1].double(), [0])[0]
-    x_rep, _ = inpaint(gmm.score_fn(SDE), SDE, x_obs, mask, method="euler-maruyama", steps=200, generator=gen(1))
-    x_smc, _ = inpaint_smc(gmm.score_fn(SDE), SDE, x_obs, mask, particles=32, steps=100, generator=gen(2))
-    tv_rep = 0.5 * float((ring_shares(x_rep, gmm) - exact).abs().sum())
-    tv_smc = 0.5 * float((ring_shares(x_smc, gmm) - exact).abs().sum())
-    assert tv_rep > 0.3
-    assert tv_smc < 0.1
 
 
 def test_projection_callback_replaces_observed_entries_by_the_diffused_data():
@@ -305,7 +280,7 @@ def test_super_resolution_of_a_gaussian_matches_the_exact_conditional():
     op, n = AveragePool(2), 1000
     x_true = gmm.sample(n, generator=gen(1))[0].reshape(n, 1, 4, 4)
     y = op(x_true)
-    x, info = solve_inverse_problem(gmm.score_fn(SDE), SDE, y, op, (n, 1, 4, 4), method="pc", steps=200, generator=gen(2))
+    x, info = solve_inverse_problem(gmm.score_fn(SDE), SDE, y, op, (n, 1, 4, 4), method="replacement", steps=200, generator=gen(2))
     torch.testing.assert_close(op(x), y, rtol=1e-5, atol=1e-5)
     rest = x - op.pinv(op(x))
     mean_rest = (mu - op.pinv(op(mu[None])))[0].float()
@@ -315,12 +290,6 @@ def test_super_resolution_of_a_gaussian_matches_the_exact_conditional():
 
 
 # -- colorization -----------------------------------------------------------------------------------
-def test_decoupling_matrix_is_orthogonal_with_gray_first_row():
-    M = decoupling_matrix(3)
-    torch.testing.assert_close(M @ M.T, torch.eye(3, dtype=torch.float64))
-    torch.testing.assert_close(M[0], torch.full((3,), 1 / math.sqrt(3), dtype=torch.float64))
-
-
 def pixel_isotropic_mixture(k: int, seed: int) -> tuple[sd.GaussianMixture, sd.GaussianMixture]:
     """A mixture of ``k`` components on images (3, 2, 2) with one std per pixel shared by the 3
     channels, and the same mixture seen in the decoupled space ``u = M x``: rotating the channels
@@ -333,31 +302,15 @@ def pixel_isotropic_mixture(k: int, seed: int) -> tuple[sd.GaussianMixture, sd.G
     return sd.GaussianMixture(weights, means.reshape(k, -1), stds), sd.GaussianMixture(weights, rotated_means, stds)
 
 
-def test_colorization_is_imputation_in_the_decoupled_space():
-    """colorize = inpainting of the decoupled mixture's channel 0 (sqrt(3) gray), then M^T: the
-    same random draws give the same samples up to float32 round-off of the rotated score."""
-    gmm, rotated = pixel_isotropic_mixture(3, seed=0)
-    x_true = gmm.sample(64, generator=gen(1))[0].reshape(64, 3, 2, 2)
-    gray = to_gray(x_true)
-    x, _ = colorize(gmm.score_fn(SDE), SDE, gray, method="ddim", steps=10, generator=gen(2))
-    torch.testing.assert_close(to_gray(x), gray, rtol=1e-5, atol=1e-5)
-    u_obs = torch.zeros(64, 3, 2, 2)
-    u_obs[:, 0] = math.sqrt(3) * gray[:, 0]
-    mask = torch.zeros(3, 2, 2, dtype=torch.bool)
-    mask[0] = True
-    u, _ = inpaint(rotated.score_fn(SDE), SDE, u_obs, mask, method="ddim", steps=10, generator=gen(2))
-    torch.testing.assert_close(torch.einsum("ij,bjhw->bihw", decoupling_matrix(3).float(), x), u, rtol=1e-4, atol=1e-4)
-
-
 def test_colorization_of_a_gaussian_matches_the_exact_conditional():
     """One component: the decoupled color channels are independent of the gray one, so the
     replacement method is exact and only the sampler's error remains (PC, 200 steps)."""
     gmm, rotated = pixel_isotropic_mixture(1, seed=3)
     n = 800
     gray = to_gray(gmm.sample(n, generator=gen(1))[0].reshape(n, 3, 2, 2))
-    x, _ = colorize(gmm.score_fn(SDE), SDE, gray, method="pc", steps=200, generator=gen(2))
+    x, _ = colorize(gmm.score_fn(SDE), SDE, gray, method="replacement", steps=200, generator=gen(2))
     u_obs = (math.sqrt(3) * gray).reshape(n, 4)
-    draw = lambda m, g: rotated.sample_conditional(u_obs[:m], list(range(4)), generator=g)  # noqa: E731
+    draw = lambda m, g: rotated.sample_conditional(u_obs[:m], list(range(4)), generator=g)
     u = torch.einsum("ij,bjhw->bihw", decoupling_matrix(3).float(), x).reshape(n, -1)[:, 4:]
     assert sliced_wasserstein(u, draw(n, gen(3)), generator=gen(4)) <= sw_floor(draw, n)
 
@@ -447,3 +400,14 @@ def test_cli_colorize_keeps_the_gray_image(tmp_path):
         out = torch.as_tensor(arc["colorized"])
     assert out.shape == (3, 3, 8, 8)
     torch.testing.assert_close(to_gray(out), to_gray(torch.as_tensor(x[:3])), rtol=1e-5, atol=1e-5)
+    gray = tmp_path / "gray.npz"  # a 1-channel input: the colorized images keep it as their gray
+    np.savez(gray, x=x[:2].mean(axis=1, keepdims=True))
+    assert cli.main(["colorize", run, "--input", str(gray), "-n", "2", "--steps", "3", "--particles", "4",
+                     "--out", str(png), "--quiet"]) == 0
+    with np.load(png.with_suffix(".npz")) as arc:
+        out = torch.as_tensor(arc["colorized"])
+    torch.testing.assert_close(to_gray(out), torch.as_tensor(x[:2]).mean(1, keepdim=True), rtol=1e-5, atol=1e-5)
+    assert cli.main(["restore", run, "--input", str(data), "--op", "avgpool:2", "--noise", "0.05", "-n", "2",
+                     "--steps", "3", "--particles", "4", "--out", str(tmp_path / "r.png"), "--quiet"]) == 0
+    with np.load(tmp_path / "r.npz") as arc:
+        assert arc["restored"].shape == (2, 3, 8, 8) and arc["measured"].shape == (2, 3, 4, 4)

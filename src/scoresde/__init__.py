@@ -8,6 +8,8 @@ from .ema import EMA
 from .guidance import (
     AveragePool,
     CircularBlur,
+    ConditionalInfo,
+    Grayscale,
     LabelDropout,
     LinearOperator,
     Mask,
@@ -17,7 +19,6 @@ from .guidance import (
     classifier_guided_score,
     colorize,
     inpaint,
-    inpaint_smc,
     reconstruction_guided_score,
     solve_inverse_problem,
 )

@@ -8,6 +8,7 @@ so its score, log-density, class posterior and conditionals are all closed form.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -208,6 +209,58 @@ class GaussianMixture:
         z = torch.randn(x_obs.shape[0], miss.numel(), generator=generator, dtype=torch.float64)
         x = self.means[labels][:, miss] + self.stds[labels][:, miss] * z
         return x.to(dtype=x_obs.dtype, device=x_obs.device)
+
+    def linear_gaussian_posterior(self, A: Tensor, y: Tensor, sigma_y: float = 0.0) -> "MixturePosterior":
+        """The exact posterior given ``y = A x + sigma_y n`` (``A`` dense ``(m, d)``, ``y`` ``(B, m)``,
+        ``n ~ N(0, I)``): again a mixture, of full-covariance components (Bishop, PRML, Eq. 2.116)::
+
+            w_k' ∝ w_k N(y; A mu_k, S_k),      S_k = A C_k A^T + sigma_y^2 I,
+            mu_k' = mu_k + C_k A^T S_k^-1 (y - A mu_k),   C_k' = C_k - C_k A^T S_k^-1 A C_k.
+
+        Rows of ``A`` may be dependent (a mask's zero rows): ``A`` and ``y`` are first reduced to
+        the ``r`` directions of ``A``'s SVD with singular values above ``1e-9 max`` (noise in the
+        others carries no information), so ``sigma_y = 0`` works whenever ``S_k`` is then regular."""
+        A, y = torch.as_tensor(A, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64)
+        if A.ndim != 2 or A.shape[1] != self.dim or y.ndim != 2 or y.shape[1] != A.shape[0]:
+            raise ValueError(f"A must be (m, {self.dim}) and y (B, m), got {tuple(A.shape)} and {tuple(y.shape)}")
+        U, s, Vh = torch.linalg.svd(A, full_matrices=False)
+        keep = s > 1e-9 * s.max()
+        A, y = s[keep, None] * Vh[keep], y @ U[:, keep]
+        cov = torch.diag_embed(self.stds**2)  # (K, d, d)
+        S = A @ cov @ A.T + float(sigma_y) ** 2 * torch.eye(A.shape[0], dtype=torch.float64)
+        gain = cov @ A.T @ torch.linalg.inv(S)  # (K, d, r)
+        resid = y[:, None, :] - self.means @ A.T  # (B, K, r)
+        chol = torch.linalg.cholesky(S)
+        white = torch.linalg.solve_triangular(chol, resid.unsqueeze(-1), upper=False).squeeze(-1)
+        log_det = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+        log_w = torch.log(self.weights) - 0.5 * ((white**2).sum(-1) + log_det)
+        means = self.means + (gain @ resid.unsqueeze(-1)).squeeze(-1)
+        return MixturePosterior(torch.softmax(log_w, dim=1), means, cov - gain @ A @ cov)
+
+
+@dataclass(frozen=True)
+class MixturePosterior:
+    """A mixture of full-covariance Gaussians per row: ``weights`` ``(B, K)``, ``means`` ``(B, K, d)``,
+    ``covs`` ``(K, d, d)`` shared by the rows (float64): :meth:`GaussianMixture.linear_gaussian_posterior`."""
+
+    weights: Tensor
+    means: Tensor
+    covs: Tensor
+
+    def mean(self) -> Tensor:
+        """``E[x | y]`` per row: ``(B, d)``."""
+        return (self.weights[..., None] * self.means).sum(1)
+
+    def sample(self, generator: torch.Generator | None = None, repeats: int = 1) -> tuple[Tensor, Tensor]:
+        """``repeats`` exact draws per row (row-major: ``(B * repeats, d)``) and their components."""
+        w = self.weights.repeat_interleave(repeats, 0)
+        labels = torch.multinomial(w, 1, generator=generator).squeeze(1)
+        sym = 0.5 * (self.covs + self.covs.transpose(-1, -2))
+        evals, evecs = torch.linalg.eigh(sym)  # a square root that tolerates the singular covariances
+        root = evecs * evals.clamp_min(0).sqrt()[..., None, :]
+        z = torch.randn(w.shape[0], self.covs.shape[-1], 1, generator=generator, dtype=torch.float64)
+        rows = torch.arange(w.shape[0]) // repeats
+        return self.means[rows, labels] + (root[labels] @ z).squeeze(-1), labels
 
 
 def _random_mixture(num: int, dim: int, seed: int) -> GaussianMixture:

@@ -13,8 +13,23 @@ from .conditional import (
     grad_log_prob,
     mixture_log_posterior,
 )
-from .inverse import colorize, inpaint, projection_callback, reconstruction_guided_score, solve_inverse_problem
-from .operators import AveragePool, CircularBlur, Grayscale, LinearOperator, Mask, Spectrum, decoupling_matrix, to_gray
+from .inverse import (
+    colorize,
+    inpaint,
+    projection_callback,
+    reconstruction_guided_score,
+    solve_inverse_problem,
+)
+from .operators import (
+    AveragePool,
+    CircularBlur,
+    Grayscale,
+    LinearOperator,
+    Mask,
+    Spectrum,
+    decoupling_matrix,
+    to_gray,
+)
 from .smc import ConditionalInfo, smc_inverse
 
 __all__ = [

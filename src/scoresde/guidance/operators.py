@@ -18,8 +18,8 @@ Every operator gives two views of ``A``:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -30,7 +30,8 @@ class Spectrum:
     """``A = U S V^T`` read as maps: ``coef(x) = V^T x`` (a batch ``(N, *sample)`` to coefficients
     ``(N, *c)``, possibly complex), ``expand(c) = V c`` (back, real), ``s`` the singular values
     ``(1 or B, *c)`` (0: a direction ``A`` does not see) and ``observe(y) = U^T y`` (measurements
-    ``(N, *out)`` to ``(N, *c)``). ``V`` is orthonormal, so white noise has white coefficients."""
+    ``(N, *out)`` to ``(N, *c)``). ``V`` has orthonormal columns, so white noise has white
+    coefficients; it spans the whole space or (the dense fallback) at least ``A``'s row space."""
 
     coef: Callable[[Tensor], Tensor]
     expand: Callable[[Tensor], Tensor]
@@ -57,12 +58,13 @@ def _first_entry(y: Tensor, size: int) -> Tensor:
     return out
 
 
-def _uniform_spectrum(size: int, like: Tensor, coef, expand, gain: float) -> Spectrum:
+def _uniform_spectrum(size: int, like: Tensor, coef, expand, gain: float, blocks=lambda y: y) -> Spectrum:
     """The spectrum of a block mean over ``size`` entries: one seen direction of singular value
-    ``gain = 1/sqrt(size)`` per block (entry 0 of the Householder coefficients)."""
+    ``gain = 1/sqrt(size)`` per block (entry 0 of the Householder coefficients); ``blocks(y)``
+    lays the measurements out like the coefficients' leading axes."""
     s = torch.zeros(size, dtype=like.dtype, device=like.device)
     s[0] = gain
-    return Spectrum(coef, expand, s, lambda y: _first_entry(y, size))
+    return Spectrum(coef, expand, s, lambda y: _first_entry(blocks(y), size))
 
 
 class LinearOperator:
@@ -212,7 +214,8 @@ class Grayscale(LinearOperator):
         self.check(like)
         M = decoupling_matrix(self.channels).to(like)
         return _uniform_spectrum(self.channels, like, lambda x: mix_channels(M, x).movedim(1, -1),
-                                 lambda c: mix_channels(M.T, c.movedim(-1, 1)), 1.0 / math.sqrt(self.channels))
+                                 lambda c: mix_channels(M.T, c.movedim(-1, 1)), 1.0 / math.sqrt(self.channels),
+                                 blocks=lambda y: y.squeeze(1))
 
 
 class CircularBlur(LinearOperator):

@@ -96,6 +96,21 @@ def with_observation_times(grid: Tensor, t_obs: Tensor) -> Tensor:
     return merged.flip(0)
 
 
+TAIL_STEPS = 50
+
+
+def tail_times(sde: LinearSDE, t_obs: Tensor, t_end: float) -> Tensor:
+    """:data:`TAIL_STEPS` log-SNR-uniform times between the last observation time and ``t_end``:
+    below it one particle continues unconditionally (one evaluation per step), and the ancestral
+    kernel, which omits ``Var(x_0 | x_t)``, needs fine steps there not to shrink the spread."""
+    finite = t_obs[torch.isfinite(t_obs) & (t_obs > t_end)]
+    if finite.numel() == 0:
+        return torch.zeros(0, dtype=torch.float64)
+    lam = torch.linspace(float(sde.log_snr(torch.tensor(float(finite.min()), dtype=torch.float64))),
+                         float(sde.log_snr(torch.tensor(t_end, dtype=torch.float64))), TAIL_STEPS + 1, dtype=torch.float64)
+    return sde.t_of_log_snr(lam[1:-1]).double()
+
+
 class _Particles:
     """``(B, P, *sample)`` particles read through a :class:`Spectrum` (coefficients ``(B, P, *c)``)."""
 
@@ -118,11 +133,15 @@ class _Particles:
         return x + self.expand(delta)
 
 
-def _pick(x: Tensor, log_w: Tensor, generator, count: int) -> Tensor:
-    """``count`` particles per row drawn by weight (multinomial): ``(B, P, ...) -> (B, count, ...)``."""
+def _draw(log_w: Tensor, generator, count: int) -> Tensor:
+    """``count`` particle indices per row drawn by weight (multinomial): ``(B, count)``."""
     probs = torch.softmax(log_w, dim=1)
     where = generator.device if generator is not None else probs.device
-    idx = torch.multinomial(probs.to(where), count, replacement=True, generator=generator).to(x.device)
+    return torch.multinomial(probs.to(where), count, replacement=True, generator=generator).to(log_w.device)
+
+
+def _take(x: Tensor, idx: Tensor) -> Tensor:
+    """Particles ``idx`` ``(B, count)`` of ``x`` ``(B, P, ...)``: ``(B, count, ...)``."""
     return torch.gather(x, 1, idx.reshape(idx.shape + (1,) * (x.ndim - 2)).expand(idx.shape + x.shape[2:]))
 
 
@@ -145,8 +164,8 @@ def smc_inverse(
     shape: tuple[int, ...],
     *,
     sigma_y: float = 0.0,
-    particles: int = 32,
-    steps: int = 100,
+    particles: int = 64,
+    steps: int = 200,
     grid: Tensor | None = None,
     ess_threshold: float = 0.5,
     generator: torch.Generator | None = None,
@@ -177,7 +196,7 @@ def smc_inverse(
     y_tilde = torch.where(seen, y_coef / torch.where(seen, s, torch.ones_like(s)), torch.zeros_like(y_coef))
 
     t_obs = observation_times(sde, s, sigma_y)  # float64, CPU, s's shape
-    grid = with_observation_times(grid, t_obs)
+    grid = with_observation_times(grid, torch.cat([t_obs.flatten(), tail_times(sde, t_obs, float(grid[-1]))]))
     kern = kernel_at(sde, grid)
     k_x, k_0, k_z = eta_weights(kern, 1.0)
     n_steps = len(grid) - 1
@@ -200,18 +219,30 @@ def smc_inverse(
             fresh = torch.where(observed[j + 1], a * path[j + 1] + b * z, fresh)
         path[j] = torch.where(observed[j], fresh, torch.zeros_like(fresh))
 
-    # 2.-4. the particles
+    # 2.-4. the particles, weighted by the observed path and twisted by psi_t (module doc)
+    def log_twist(x0: Tensor, t: float, r2: float) -> Tensor:
+        ahead = seen & (t_obs < t * (1 - 1e-9))
+        if not bool(ahead.any()):
+            return torch.zeros(x0.shape[:2], dtype=torch.float64, device=x0.device)
+        d = torch.where(ahead, (y_tilde - view.coef(x0)).abs() ** 2 / (r2 + noise_var), torch.zeros((), dtype=torch.float64))
+        return -0.5 * d.flatten(2).sum(-1).double()
+
     P = particles
     x = sde.prior_sample((B * P, *sample_shape), generator=generator, device=y.device, dtype=y.dtype)
     x = view.constrain(x.reshape(B, P, *sample_shape), path[0], observed[0])
     log_w = torch.zeros(B, P, dtype=torch.float64, device=y.device)
+    psi = torch.zeros_like(log_w)
     ess, resamples, nfe = [], 0, 0
     for i in range(n_steps):
-        if P > 1 and not bool(observed[i + 1].any()):  # nothing more is observed: one particle per row
-            x, log_w, P = _pick(x, log_w, generator, 1), log_w[:, :1] * 0, 1
-        t = float(grid[i])
-        x0 = tweedie(x, _score(score_fn, x, t), float(kern.alpha[i]), float(kern.sigma[i]))
+        t, a_t, s_t = float(grid[i]), float(kern.alpha[i]), float(kern.sigma[i])
+        x0 = tweedie(x, _score(score_fn, x, t), a_t, s_t)
         nfe += P
+        if P > 1:
+            new_psi = log_twist(x0, t, (s_t / a_t) ** 2)
+            log_w, psi = log_w + new_psi - psi, new_psi
+            if not bool(observed[i + 1].any()):  # nothing more is observed (psi = 1): one particle per row
+                idx = _draw(log_w, generator, 1)
+                x, x0, P = _take(x, idx), _take(x0, idx), 1
         mean = x.mul(float(k_x[i])).add_(x0, alpha=float(k_0[i]))
         var = float(k_z[i]) ** 2
         if P > 1:
@@ -221,10 +252,12 @@ def smc_inverse(
             frac = 1.0 / (torch.exp(2 * log_w).sum(dim=1) * P)
             ess.append(float(frac.mean()))
             if bool((frac < ess_threshold).any()):  # the weight depends on x_t only: resample, then move
-                mean, log_w, resamples = _pick(mean, log_w, generator, P), torch.zeros_like(log_w), resamples + 1
+                idx = _draw(log_w, generator, P)
+                mean, psi = _take(mean, idx), torch.gather(psi, 1, idx)
+                log_w, resamples = torch.zeros_like(log_w), resamples + 1
         x = view.constrain(mean + math.sqrt(var) * randn_like(mean, generator), path[i + 1], observed[i + 1])
 
-    x = _pick(x, log_w, generator, 1) if P > 1 else x
+    x = _take(x, _draw(log_w - psi, generator, 1)) if P > 1 else x
     x = tweedie(x, _score(score_fn, x, float(grid[-1])), float(kern.alpha[-1]), float(kern.sigma[-1]))
     nfe += 1
     x = x.squeeze(1)
