@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from scoresde import cli, config, likelihood, load_run
-from scoresde.cli.runs import sample_metrics, sample_run, steps_for_nfe
+from scoresde.cli.runs import sample_metrics, sample_run
 from scoresde.score import clip_denoised
 
 TINY_TOY = ["training.steps=30", "training.batch_size=64", "training.log_every=10", "training.checkpoint_every=20",
@@ -57,21 +57,6 @@ def test_sample_with_nfe_budget(toy_run, tmp_path, capsys):
     assert arc["x"].shape == (64, 2) and 0 < int(arc["nfe"]) <= 10
     assert Image.open(png).size[0] > 100
     assert "NFE" in capsys.readouterr().out
-
-
-def _nfe(sde, method, steps):
-    from scoresde.sampling import sample
-
-    return sample(lambda x, t: torch.zeros_like(x), sde, (1, 2), method=method, steps=steps)[1].nfe
-
-
-def test_steps_for_nfe_is_the_largest_within_budget(toy_run):
-    run = load_run(toy_run)
-    for method in ("dpm-solver++", "heun", "pc"):
-        steps = steps_for_nfe(run.sde, method, 15, (2,), {})
-        assert _nfe(run.sde, method, steps) <= 15 < _nfe(run.sde, method, steps + 1)
-    with pytest.raises(ValueError, match="below the cost"):
-        steps_for_nfe(run.sde, "pc", 1, (2,), {})
 
 
 def test_likelihood_toy_nats(toy_run, capsys):

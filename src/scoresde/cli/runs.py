@@ -295,34 +295,13 @@ def train_classifier(cfg: C.Config, out: Path, steps: int, *, progress: bool = T
 # --------------------------------------------------------------------------- sampling
 
 
-def steps_for_nfe(sde: Any, method: str, nfe: int, shape: tuple[int, ...], options: dict,
-                  denoise: bool = False) -> int:
-    """The largest ``steps`` whose run of ``method`` (with the final denoising step when
-    ``denoise``) spends at most ``nfe`` score evaluations, found by dry runs with a zero score on
-    one sample (cheap: no network)."""
-    from ..sampling import sample
-
-    def cost(steps: int) -> int:
-        _, info = sample(lambda x, t: torch.zeros_like(x), sde, (1,) + tuple(shape), method=method,
-                         steps=steps, denoise=denoise, generator=torch.Generator().manual_seed(0), **options)
-        return info.nfe
-
-    if cost(1) > nfe:
-        raise ValueError(f"--nfe {nfe} is below the cost of one {method} step ({cost(1)} NFE)")
-    lo, hi = 1, 2
-    while cost(hi) <= nfe and hi < 100_000:
-        lo, hi = hi, hi * 2
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if cost(mid) <= nfe else (lo, mid)
-    return lo
-
-
 def run_sampler(run: Run, *, method: str | None = None, steps: int | None = None, nfe: int | None = None,
                 clip: bool | None = None, **options: Any) -> tuple[Callable[[Tensor, Tensor], Tensor], dict[str, Any]]:
     """The score function and :func:`scoresde.sample` keywords (``method``, ``steps``, ``denoise``,
     the method's options, ``schedule``) of a run's sampling config, overridden by the arguments
     (``steps`` or an ``nfe`` budget, ``clip`` for :func:`~scoresde.score.clip_denoised`)."""
+    from ..sampling import steps_for_nfe
+
     s = run.config.sampling
     clip = s.clip_denoised if clip is None else clip
     data_range = D.data_range(run.config.data.centered)
@@ -330,7 +309,7 @@ def run_sampler(run: Run, *, method: str | None = None, steps: int | None = None
     method = method or s.method
     opts = {**(s.options if method == s.method else {}), **options}  # the config's options fit its method
     if nfe is not None:
-        steps = steps_for_nfe(run.sde, method, nfe, run.sample_shape, opts, s.denoise)
+        steps = steps_for_nfe(method, nfe, denoise=s.denoise, **opts)
     steps = steps if steps is not None else s.steps
     return score_fn, {"method": method, "steps": steps, "denoise": s.denoise, **opts}
 
