@@ -393,7 +393,7 @@ def test_default_eps_is_the_papers_1e_5_for_vp_subvp_and_ve_whatever_their_sampl
 def test_error_estimate_is_reported_per_sample_and_bounds_the_solver_error():
     # info.error_estimate accumulates the embedded local error estimates of the log-density (and of
     # the latent, weighted by the prior's gradient).  On the random family at the default tolerance
-    # the true error was 0.3-30 % of it on every point (benchmarks/likelihood.py); here: above the
+    # the true error was 0.02-22 % of it on every point (benchmarks/likelihood.py); here: above the
     # solver's error on every sample, and not more than 1000x above it on average (a useless bound
     # would fail that).  It shrinks with the tolerance.
     sde = SDES["vp"]()
