@@ -83,7 +83,7 @@ def test_fid_stats_and_eval_fid_is_fd_digits(digits_run, stand_in, tmp_path, cap
     assert inc["fid"] > 0 and 1 <= inc["is"] <= 10 and res["fd-digits"] > 0
     # the same figures from the generated PNGs, read back with --samples
     assert run_cli("eval", str(digits_run), "--metrics", "fid", "--ref", str(ref), "--inception", str(stand_in),
-                   "--n", "24", "--samples", inc["samples"], "--out", str(tmp_path / "again")) == 0
+                   "--samples", inc["samples"], "--out", str(tmp_path / "again")) == 0
     again = json.loads((tmp_path / "again" / "metrics.json").read_text())["inception_metrics"]
     assert again["fid"] == pytest.approx(inc["fid"], rel=1e-12)
     capsys.readouterr()

@@ -91,6 +91,9 @@ def test_npz_shards_for_any_shape_and_resume(tmp_path):
 
 def test_batch_coupled_methods_are_refused_in_batches(tmp_path):
     sde, score = sd.VPSDE(), _score_fn()
+    assert generate.couples_batch("dpm-solver++", {}) is None  # an alias of the table
+    assert generate.couples_batch("unipc", {}) is None  # its corrector is a switch, not Langevin
+    assert "hmc" in generate.couples_batch("pc", {"corrector": "hmc"})
     with pytest.raises(ValueError, match="langevin corrector"):
         generate.generate(score, sde, SHAPE, range(3), tmp_path, batch=2, method="pc", steps=3, progress=False)
     with pytest.raises(ValueError, match="adaptive ODE"):

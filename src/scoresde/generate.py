@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from ._io import write_json
 from .images import save_npz, to_uint8, write_png
-from .sampling import METHODS, sample
+from .sampling import ALIASES, METHODS, sample
 from .sampling.ode import ode_adaptive
 
 FORMATS = ("png", "npz")
@@ -61,8 +61,11 @@ def seed_generators(seeds: Sequence[int], device: torch.device | str = "cpu") ->
 
 
 def couples_batch(method: str, options: dict) -> str | None:
-    """Why ``method`` with ``options`` makes a sample depend on the rest of its batch, or None."""
-    spec = METHODS[method]
+    """Why ``method`` with ``options`` makes a sample depend on the rest of its batch, or None
+    (also for a name that is no method: :func:`scoresde.sample` refuses it with the choices)."""
+    spec = METHODS.get(ALIASES.get(method, method))
+    if spec is None:
+        return None
     if spec.fn is ode_adaptive:
         return "the adaptive ODE solver takes one step sequence for the whole batch"
     corrector = options.get("corrector", spec.options.get("corrector"))

@@ -405,9 +405,10 @@ def inception_metrics(run: Run, names: Sequence[str], out: Path, *, ref: str | P
                       inception: str | Path | None = None, samples: str | Path | None = None, n: int | None = None,
                       batch: int | None = None, progress: bool = True, **sampler: Any) -> dict[str, Any]:
     """FID against reference statistics ``ref`` and/or the Inception Score (10 splits) of ``n``
-    samples (default ``evaluation.fid_samples``): the images in ``samples`` (a folder of PNGs or
-    npz shards), else seeds ``0 .. n-1`` generated into ``out/fid_samples_step<k>`` (resumable;
-    ``sampler`` as in :func:`run_sampler`). Reports the count and the network's name and SHA-256."""
+    samples: the first ``n`` images in ``samples`` (a folder of PNGs or npz shards; default all of
+    them), else seeds ``0 .. n-1`` (default ``evaluation.fid_samples``) generated into
+    ``out/fid_samples_step<k>`` (resumable; ``sampler`` as in :func:`run_sampler`). Reports the
+    count and the network's name and SHA-256."""
     from .. import metrics as M
 
     ev = run.config.evaluation
@@ -421,15 +422,17 @@ def inception_metrics(run: Run, names: Sequence[str], out: Path, *, ref: str | P
                          "(or evaluation.fid_ref)")
     reference = M.InceptionStats.load(ref) if "fid" in names else None  # a bad file fails before sampling
     net = M.load_inception(inception, run.device)
-    n, batch = n or ev.fid_samples, batch or ev.fid_batch
+    batch = batch or ev.fid_batch
     result: dict[str, Any] = {}
     if samples is None:
+        n = n or ev.fid_samples
         samples = out / f"fid_samples_step{run.step}"
         t0 = time.perf_counter()
         gen = generate_run(run, range(n), Path(samples), batch=batch, progress=progress, **sampler)
         result["generation"] = {"written": gen.written, "reused": gen.skipped, "nfe": gen.nfe,
                                 "seconds": round(time.perf_counter() - t0, 2)}
     source = D.image_source(samples, data_range=D.data_range(run.config.data.centered))
+    n = n or source.count
     if source.count < n:
         raise ValueError(f"{samples}: {source.count} images, fewer than the {n} asked for")
     stats, probs = M.inception_stats(net, source.batches(batch, limit=n), probabilities="is" in names,

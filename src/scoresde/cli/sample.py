@@ -12,7 +12,7 @@ from typing import Any
 from .. import data as D
 from .._io import write_json
 from ..images import read_array, save_npz, save_samples
-from ..sampling import METHODS, SCHEDULES
+from ..sampling import ALIASES, METHODS, SCHEDULES
 from .args import load, positive_int, run_options, sampler_options
 from .runs import METRICS, evaluate_run, generate_run, sample_run
 
@@ -51,7 +51,7 @@ def _boolean(text: str, flag: str) -> bool:
 def method_kwargs(args: argparse.Namespace, method: str) -> dict[str, Any]:
     """The options given on the command line, typed for ``method`` (a corrector is a name for
     ``pc`` and a switch for ``dpm-solver++``/``unipc``)."""
-    params = inspect.signature(METHODS[method].fn).parameters
+    params = inspect.signature(METHODS[ALIASES.get(method, method)].fn).parameters
     out: dict[str, Any] = {}
     for name in METHOD_OPTIONS:
         value = getattr(args, f"opt_{name}", None)
@@ -67,8 +67,8 @@ def method_kwargs(args: argparse.Namespace, method: str) -> dict[str, Any]:
 
 def _sampler(args: argparse.Namespace, run: Any) -> dict[str, Any]:
     method = args.method or run.config.sampling.method
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if ALIASES.get(method, method) not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join([*METHODS, *ALIASES])}")
     return {"method": method, "steps": args.steps, "nfe": args.nfe, "clip": args.clip_denoised,
             **method_kwargs(args, method)}
 
