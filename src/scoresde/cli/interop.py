@@ -1,5 +1,6 @@
-"""``import`` (``import score-sde``: official score_sde checkpoints) and ``export`` (EMA weights
-in one safetensors file): models trained elsewhere become run folders, and runs leave as files."""
+"""``import SOURCE`` (``score-sde``: official score_sde checkpoints; ``diffusers``: a diffusers
+pipeline folder) and ``export`` (EMA weights in one safetensors file): models trained elsewhere
+become run folders, and runs leave as files."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from ..interop import score_sde
 from ..interop.diffusers import import_pipeline
 from ..interop.export import export_run
 from ..runs import CONFIG_FILE, load_run
-from .args import common_options
 
 
 def _fresh(out: str) -> Path:
@@ -21,14 +21,19 @@ def _fresh(out: str) -> Path:
     return root
 
 
-def _cmd_import_score_sde(args: argparse.Namespace) -> int:
-    config = score_sde.read_config_json(args.config_json) if args.config_json else args.config
-    root = score_sde.import_checkpoint(args.checkpoint, _fresh(args.out), config)
+def _report(source: str, root: Path) -> int:
+    """Load the imported run (a check that it works) and print what it holds."""
     run = load_run(root)
     n = sum(v.numel() for v in run.model.state_dict().values())
-    print(f"imported {args.checkpoint} (step {run.step}, {n / 1e6:.2f} M parameters): "
-          f"{type(run.sde).__name__}, samples of shape {list(run.sample_shape)} -> {root}")
+    print(f"imported {source} (step {run.step}, {n / 1e6:.2f} M parameters): {type(run.sde).__name__}, "
+          f"{run.config.loss.options.get('parameterization', 'eps')} network, samples of shape "
+          f"{list(run.sample_shape)} -> {root}")
     return 0
+
+
+def _cmd_import_score_sde(args: argparse.Namespace) -> int:
+    config = score_sde.read_config_json(args.config_json) if args.config_json else args.config
+    return _report(args.checkpoint, score_sde.import_checkpoint(args.checkpoint, _fresh(args.out), config))
 
 
 def _add_score_sde(kinds: Any) -> None:
@@ -47,13 +52,7 @@ def _add_score_sde(kinds: Any) -> None:
 
 
 def _cmd_import_diffusers(args: argparse.Namespace) -> int:
-    root = import_pipeline(args.directory, _fresh(args.out))
-    run = load_run(root)
-    n = sum(v.numel() for v in run.model.state_dict().values())
-    print(f"imported {args.directory} ({n / 1e6:.2f} M parameters): {type(run.sde).__name__}, "
-          f"{run.config.loss.options.get('parameterization', 'eps')} network, samples of shape "
-          f"{list(run.sample_shape)} -> {root}")
-    return 0
+    return _report(args.directory, import_pipeline(args.directory, _fresh(args.out)))
 
 
 def _add_diffusers(kinds: Any) -> None:
@@ -71,18 +70,6 @@ def _add_diffusers(kinds: Any) -> None:
 IMPORTERS: list[Callable[[Any], None]] = [_add_score_sde, _add_diffusers]
 
 
-class _WithCommonOptions:
-    """``add_parser`` that also accepts ``--debug``, ``--device``, ... after the sub-sub-command."""
-
-    def __init__(self, action: Any) -> None:
-        self.action = action
-
-    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
-        p = self.action.add_parser(name, **kwargs)
-        common_options(p, argparse.SUPPRESS)
-        return p
-
-
 def _cmd_export(args: argparse.Namespace) -> int:
     path = export_run(args.run, args.out, checkpoint=args.checkpoint)
     print(f"exported the EMA weights of {args.run} -> {path} ({path.stat().st_size / 1e6:.1f} MB)")
@@ -91,8 +78,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: Any) -> None:
     """Register ``import SOURCE`` (one sub-command per entry of :data:`IMPORTERS`) and ``export``."""
-    p = sub.add_parser("import", help="a model trained elsewhere as a run folder (score-sde, ...)")
-    kinds = _WithCommonOptions(p.add_subparsers(dest="source", required=True, metavar="SOURCE"))
+    p = sub.add_parser("import", help="a model trained elsewhere as a run folder (score-sde, diffusers)")
+    # ``sub``'s own wrapper (cli/main.py), so that each source also takes --debug, --device, ...
+    kinds = type(sub)(p.add_subparsers(dest="source", required=True, metavar="SOURCE"))
     for add in IMPORTERS:
         add(kinds)
     p = sub.add_parser("export", help="the EMA weights of a run in one safetensors file (config in its header)")
