@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 from functools import partial
 from pathlib import Path
@@ -305,6 +306,10 @@ def test_evaluate_bpd_resumes_to_the_same_result(tmp_path):
         sd.evaluate_bpd(gmm.score_fn(sde), sde, batches, resume_path=path, **{**opts, "levels": 256})
     with pytest.raises(ValueError, match="resume_path"):  # other solver settings would mix two estimators
         sd.evaluate_bpd(gmm.score_fn(sde), sde, batches, resume_path=path, **{**opts, "rtol": 1e-3})
+    # the start is recorded resolved (the default 1e-5 here): the same run asked from eps = 1e-3 is refused
+    assert json.loads(path.read_text())["config"]["likelihood"]["eps"] == PAPER_EPS
+    with pytest.raises(ValueError, match="resume_path"):
+        sd.evaluate_bpd(gmm.score_fn(sde), sde, batches, resume_path=path, **{**opts, "eps": 1e-3})
 
 
 @pytest.mark.parametrize("method,gain", [("bosh3", 2.0), ("torchdiffeq:bosh3", 1.0)])

@@ -603,10 +603,12 @@ def evaluate_bpd(
     With ``resume_path`` the per-sample values, the NFE and the generator state are written to
     that JSON file (atomically) after every batch; a later call with the same file and
     settings (levels, range, draws and the likelihood options: solver, tolerances, divergence,
-    prior, ...) skips the batches already done and continues; other settings raise ``ValueError``.
+    prior, ``eps`` (recorded resolved, :func:`likelihood_eps` when not given), ...) skips the batches
+    already done and continues; other settings raise ``ValueError``.
     """
     if draws < 1:
         raise ValueError(f"draws must be >= 1, got {draws}")
+    likelihood_options.setdefault("eps", likelihood_eps(sde))  # the start is part of the estimator: recorded
     solver = {k: v for k, v in sorted(likelihood_options.items()) if isinstance(v, (str, int, float, bool))}
     config = {"levels": levels, "data_range": list(data_range), "draws": draws, "likelihood": solver}
     path = None if resume_path is None else Path(resume_path)
