@@ -160,3 +160,13 @@ def test_training_monitor_of_a_config(stand_in, tmp_path):
                          sd.VPSDE(), "eps", (1, 8, 8), torch.device("cpu"))
     monitor = training_monitor(cfg, sd.VPSDE(), "eps", (1, 8, 8), torch.device("cpu"))
     assert monitor.inception is None and monitor.levels == 17 and monitor.held_out.shape == (3, 1, 8, 8)
+
+
+def test_fid_stats_of_a_float_npz_in_its_range(stand_in, tmp_path):
+    x = torch.rand(30, 3, 5, 5, generator=torch.Generator().manual_seed(7))  # images in [0, 1]
+    np.savez(tmp_path / "floats.npz", x=x.numpy())
+    out = tmp_path / "s.npz"
+    assert run_cli("fid-stats", str(tmp_path / "floats.npz"), "--inception", str(stand_in), "--out", str(out),
+                   "--data-range", "0", "1") == 0
+    expected, _ = metrics.inception_stats(metrics.InceptionNet(stand_in), [to_uint8(x, (0.0, 1.0))])
+    assert np.array_equal(metrics.InceptionStats.load(out).mu, expected.mu)

@@ -139,7 +139,7 @@ def _cmd_fid_stats(args: argparse.Namespace) -> int:
     from .. import metrics as M
     from .args import device_of
 
-    source = D.image_source(args.data, args.split)
+    source = D.image_source(args.data, args.split, tuple(args.data_range))
     net = M.load_inception(args.inception, device_of(args.device))
     n = source.count if args.n is None else min(args.n, source.count)
     stats, _ = M.inception_stats(net, source.batches(args.batch, limit=n), total=n, progress=not args.quiet)
@@ -207,4 +207,6 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--split", choices=D.SPLITS, default="train", help="CIFAR-10 split (default train, as EDM's ref)")
     p.add_argument("--n", type=positive_int, help="first N images only (default all)")
     p.add_argument("--batch", type=positive_int, default=250, help="images per Inception batch (default 250)")
+    p.add_argument("--data-range", type=float, nargs=2, default=(-1.0, 1.0), metavar=("LO", "HI"),
+                   help="range of float images in a .npz (default -1 1); integer images are 0..255")
     p.set_defaults(func=_cmd_fid_stats)
