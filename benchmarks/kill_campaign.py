@@ -7,9 +7,16 @@ written, while a checkpoint's tensors or sidecar are written, in the middle of r
 through a log record, between checkpoints, or after a random delay. Recovery is ``train
 --resume``; when that says there is no run or no valid checkpoint to resume, ``train
 --resume-or-start``, as the message suggests. A recovery *worked* when it exits 0 and its final
-checkpoint is bit-identical to the uninterrupted run's, with the log holding each record once;
-a run is *stuck* when neither command gets it to that state. Steps lost = the optimizer step the
-killed process had reached minus the step the recovery resumed from.
+checkpoint is bit-identical to the uninterrupted run's; a run is *stuck* when neither command
+gets it there. A worked recovery is *clean* when, besides, the log holds each record once and no
+temporary file of the killed writes is left. Steps lost = the optimizer step the killed process
+had reached minus the step the recovery resumed from.
+
+Besides the kills, the faults of issue 17 that are not kills (``SCENARIOS``), each followed by
+the command a user would run next: a start that fails (``training.lr=.nan``, a batch larger than
+the data) then the corrected command on the same ``--out``; stray corrupt higher-numbered
+checkpoint files then ``--resume``; every checkpoint truncated then ``--resume`` (honest: a
+non-zero exit) and ``--resume-or-start``; a second trainer on a locked folder (refused).
 
     python benchmarks/kill_campaign.py [--preset toy-2d] [--per-moment 4] [--random 12] [--seed 0]
 
@@ -19,6 +26,7 @@ Prints one JSON document (per moment and in total).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -98,7 +106,60 @@ def one_kill(preset: str, root: Path, reference: Path, moment: str, nth: int = 1
             "exit": status, "reached_step": reached, "resumed_from": resumed_from,
             "steps_lost": max(reached - resumed_from, 0), "recovery": commands, "recovery_exit": code,
             "bit_identical": identical, "log_once": log_ok, "litter_left": litter,
-            "worked": code == 0 and identical and log_ok and not litter}
+            "worked": code == 0 and identical, "clean": code == 0 and identical and log_ok and not litter}
+
+
+def _truncate_all(out: Path) -> None:
+    for _, sidecar in checkpoint.list_checkpoints(out):
+        tensors = sidecar.with_suffix(".safetensors")
+        tensors.write_bytes(tensors.read_bytes()[:64])
+
+
+def _stray_files(out: Path) -> None:
+    for name in ("ckpt_00000900.json", "ckpt_00000901.json"):
+        (out / name).write_text("{torn")
+
+
+def scenario(preset: str, root: Path, reference: Path, name: str) -> dict:
+    """One non-kill fault of issue 17 and the command a user runs next; ``ok`` when it ends well."""
+    out = root / name
+    ref = _final(reference)
+
+    def finished() -> bool:
+        got = _final(out)
+        return got is not None and all(torch.equal(ref[k], got[k]) for k in ref) and _log_steps(out) == _log_steps(reference)
+
+    row: dict = {"scenario": name}
+    if name in ("failed-start-nan-lr", "failed-start-batch"):
+        bad = "training.lr=.nan" if name == "failed-start-nan-lr" else "training.batch_size=100000"
+        row["failed_exit"] = faults.run_cli(_argv(preset, out, bad))
+        row["next_exit"] = faults.run_cli(_argv(preset, out))
+        row["ok"] = row["failed_exit"] != 0 and row["next_exit"] == 0 and finished()
+    elif name == "stray-corrupt-files":
+        faults.run_cli(_argv(preset, out), "step", CKPT_EVERY + 2)
+        _stray_files(out)
+        row["next_exit"] = faults.run_cli(_argv(preset, out, "--resume"))
+        row["ok"] = row["next_exit"] == 0 and finished()
+    elif name == "no-valid-checkpoint":
+        faults.run_cli(_argv(preset, out), "step", 2 * CKPT_EVERY + 2)
+        _truncate_all(out)
+        row["resume_exit"] = faults.run_cli(_argv(preset, out, "--resume"))  # honest: non-zero
+        row["next_exit"] = faults.run_cli(_argv(preset, out, "--resume-or-start")) if row["resume_exit"] else None
+        row["ok"] = row["resume_exit"] != 0 and row["next_exit"] == 0 and finished()
+    elif name == "second-trainer":
+        import fcntl
+
+        faults.run_cli(_argv(preset, out), "step", CKPT_EVERY + 2)
+        with open(out / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a first trainer holds it
+            row["second_exit"] = faults.run_cli(_argv(preset, out, "--resume"))
+        row["ok"] = row["second_exit"] != 0
+    shutil.rmtree(out, ignore_errors=True)
+    return row
+
+
+SCENARIOS = ("failed-start-nan-lr", "failed-start-batch", "stray-corrupt-files", "no-valid-checkpoint",
+             "second-trainer")
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -108,6 +169,8 @@ def summarise(rows: list[dict]) -> dict:
             "resumed_with_resume": sum(r["worked"] and r["recovery"] == ["--resume"] for r in killed),
             "needed_resume_or_start": sum(r["worked"] and r["recovery"][-1:] == ["--resume-or-start"] for r in killed),
             "worked": sum(r["worked"] for r in killed), "stuck": sum(not r["worked"] for r in killed),
+            "clean": sum(r["clean"] for r in killed), "log_duplicated": sum(not r["log_once"] for r in killed),
+            "litter_left": sum(bool(r["litter_left"]) for r in killed),
             "steps_lost_max": max(lost, default=0), "steps_lost_mean": round(sum(lost) / len(lost), 2) if lost else 0}
 
 
@@ -123,8 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         reference = root / "reference"
         t0 = time.perf_counter()
-        if cli.main(["--quiet", *_argv(args.preset, reference)]) != 0:  # in this process: warms the imports
-            raise SystemExit("the uninterrupted run failed")
+        with contextlib.redirect_stdout(sys.stderr):  # stdout is the JSON document alone
+            if cli.main(["--quiet", *_argv(args.preset, reference)]) != 0:  # in this process: warms the imports
+                raise SystemExit("the uninterrupted run failed")
         t1 = time.perf_counter()
         if faults.run_cli(_argv(args.preset, root / "timed")) != 0:  # how long one forked run takes
             raise SystemExit("the timed run failed")
@@ -135,10 +199,12 @@ def main(argv: list[str] | None = None) -> int:
         rows += [one_kill(args.preset, root, reference, "random", kill_after=rng.uniform(0.05, 0.95) * run_s)
                  for _ in range(args.random)]
         by_moment = {m: summarise([r for r in rows if r["moment"] == m]) for m in (*faults.MOMENTS, "random")}
+        scenarios = [scenario(args.preset, root, reference, name) for name in SCENARIOS]
         print(json.dumps({"preset": args.preset, "steps": STEPS, "checkpoint_every": CKPT_EVERY,
                           "log_every": LOG_EVERY, "keep": KEEP, "forked_run_s": round(run_s, 3),
                           "reference_s": round(t1 - t0, 1), "total": summarise(rows), "by_moment": by_moment,
-                          "failures": [r for r in rows if r["killed"] and not r["worked"]]}, indent=1))
+                          "scenarios": scenarios, "scenarios_stuck": sum(not r["ok"] for r in scenarios),
+                          "not_clean": [r for r in rows if r["killed"] and not r["clean"]]}, indent=1))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return 0

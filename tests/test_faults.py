@@ -212,3 +212,15 @@ def test_bad_command_line_inputs_are_one_line_errors(reference, tmp_path, capsys
 def test_device_cuda_on_a_cpu_build(reference, capsys):
     assert run("sample", str(reference), "--device", "cuda") == 2
     assert "no usable CUDA" in capsys.readouterr().err
+
+
+def test_an_empty_config_yaml_is_named_as_such(reference, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    (out / "config.yaml").write_bytes(b"")  # what a non-atomic write killed at the wrong moment left
+    for argv in (["sample", str(out), "-n", "4"], ["train", "toy-2d", *TINY, "--out", str(out), "--resume"]):
+        assert run(*argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "config.yaml: empty file" in err and "\n" not in err

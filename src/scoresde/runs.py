@@ -65,6 +65,8 @@ def read_config(directory: str | Path) -> C.Config:
     if not path.is_file():
         raise FileNotFoundError(f"{directory}: not a run folder (no {CONFIG_FILE}; made by `scoresde train` "
                                 "or `scoresde import`)")
+    if path.stat().st_size == 0:  # only a write not made through scoresde._io can leave this
+        raise ValueError(f"{path}: empty file (a write was interrupted); restore it or start another --out")
     try:
         return C.load_config(str(path))
     except (yaml.YAMLError, ValueError, TypeError) as err:
