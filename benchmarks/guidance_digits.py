@@ -26,7 +26,7 @@ import torch
 
 from scoresde import cli
 from scoresde import config as C
-from scoresde.guidance import LabelDropout
+from scoresde.losses import LabelDropout
 from scoresde.cli.runs import train_classifier
 from scoresde.runs import CONFIG_FILE
 from scoresde.metrics import digits_classifier

@@ -18,9 +18,7 @@ import scoresde as sd
 from scoresde.guidance import (
     AveragePool,
     CircularBlur,
-    LabelDropout,
     Mask,
-    NoisyClassifierLoss,
     cfg_score,
     cfg_score_from_model,
     classifier_guided_score,
@@ -33,6 +31,7 @@ from scoresde.guidance import (
     solve_inverse_problem,
     to_gray,
 )
+from scoresde.losses import LabelDropout, NoisyClassifierLoss
 from scoresde.metrics import sliced_wasserstein
 
 SDE = sd.VPSDE()

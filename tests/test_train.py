@@ -9,7 +9,7 @@ import torch
 
 from scoresde import checkpoint
 from scoresde._tensor import append_dims
-from scoresde.guidance import LabelDropout
+from scoresde.losses import LabelDropout
 from scoresde.nets import MLP, NCSNpp
 from scoresde.train import Trainer, sample_grid_fn
 

@@ -10,10 +10,8 @@ from .guidance import (
     CircularBlur,
     ConditionalInfo,
     Grayscale,
-    LabelDropout,
     LinearOperator,
     Mask,
-    NoisyClassifierLoss,
     cfg_score,
     cfg_score_from_model,
     classifier_guided_score,
@@ -24,7 +22,16 @@ from .guidance import (
 )
 from .interop.diffusers import from_diffusers
 from .likelihood import BPDResult, LikelihoodInfo, bits_per_dim, evaluate_bpd, log_likelihood
-from .losses import DDPMLoss, DSMLoss, FlowMatchingLoss, SlicedScoreMatchingLoss, SMLDLoss, loss_from_name
+from .losses import (
+    DDPMLoss,
+    DSMLoss,
+    FlowMatchingLoss,
+    LabelDropout,
+    NoisyClassifierLoss,
+    SlicedScoreMatchingLoss,
+    SMLDLoss,
+    loss_from_name,
+)
 from .nets import MLP, MLPClassifier, NCSNpp, UNetClassifier, build_preset
 from .reflow import Couplings, ReflowLoss, draw_couplings, euler_flow, straightness, velocity_fn_from_score
 from .runs import Run, load_run

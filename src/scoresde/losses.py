@@ -23,9 +23,21 @@ from abc import ABC, abstractmethod
 from typing import Callable, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from ._tensor import append_dims, as_batch_time, batch_mean, batch_sum, check_batch, check_choice, check_time, rand, randn_like
+from ._tensor import (
+    append_dims,
+    as_batch_time,
+    batch_mean,
+    batch_sum,
+    check_batch,
+    check_choice,
+    check_labels,
+    check_time,
+    rand,
+    randn_like,
+)
 from .score import Parameterization
 from .sde import SDE, LinearSDE, VESDE, VPSDE, ddpm_alphas_cumprod, ddpm_betas, smld_sigmas
 
@@ -483,3 +495,56 @@ def loss_from_name(name: str, sde: SDE, **kwargs) -> DSMLoss | FlowMatchingLoss 
     if not isinstance(sde, VESDE):
         raise ValueError(f"sde must be a VESDE for the smld loss, got {type(sde).__name__}")
     return SMLDLoss(sigma_min=sde.sigma_min, sigma_max=sde.sigma_max, **kwargs)
+
+
+# -- classifier guidance objectives ----------------------------------------------------------
+class NoisyClassifierLoss:
+    """Cross-entropy of a noise-conditional classifier on perturbed data:
+    ``E_{t ~ U[eps, T], eps ~ N(0, I)} [-log softmax(clf(alpha(t) x_0 + sigma(t) eps, t))[y]]``.
+
+    Callable as ``loss(model, x0, labels, generator=None) -> scalar`` (the Trainer's contract);
+    ``model(x, t) -> logits``. ``parameterization`` is ``None``: a classifier is not a score model.
+    """
+
+    parameterization = None
+
+    def __init__(self, sde: LinearSDE, eps: float | None = None) -> None:
+        if not isinstance(sde, LinearSDE):
+            raise ValueError("sde must be a LinearSDE (the perturbation kernel is sampled exactly)")
+        self.sde = sde
+        self.eps = sde.eps if eps is None else float(eps)
+        check_time(self.eps, sde.T, "eps")
+
+    def __call__(
+        self, model: Callable[..., Tensor], x0: Tensor, labels: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        if labels is None:
+            raise ValueError("labels are required to train a classifier")
+        t = self.eps + (self.sde.T - self.eps) * rand(x0.shape[0], x0, generator)
+        x_t = self.sde.marginal(x0, t, randn_like(x0, generator))
+        return F.cross_entropy(model(x_t, t), labels.long())
+
+
+class LabelDropout:
+    """Wrap a conditional score loss for classifier-free guidance: each label is replaced by
+    ``null_label`` with probability ``p_uncond`` before calling ``loss(model, x0, labels, generator)``,
+    so one network learns both ``s(x, t, y)`` and ``s(x, t) = s(x, t, null)``."""
+
+    def __init__(self, loss: Callable[..., Tensor], null_label: int, p_uncond: float = 0.1) -> None:
+        if not 0.0 <= p_uncond <= 1.0:
+            raise ValueError(f"p_uncond must lie in [0, 1], got {p_uncond}")
+        if null_label < 1:
+            raise ValueError(f"null_label must be >= 1, got {null_label}")
+        self.loss, self.null_label, self.p_uncond = loss, int(null_label), float(p_uncond)
+        self.parameterization = getattr(loss, "parameterization", None)
+
+    def __call__(
+        self, model: Callable[..., Tensor], x0: Tensor, labels: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        if labels is None:
+            raise ValueError("labels are required for label dropout")
+        labels = check_labels(labels, x0.shape[0], self.null_label, x0.device)
+        drop = rand(labels.shape[0], x0, generator) < self.p_uncond
+        return self.loss(model, x0, torch.where(drop, torch.full_like(labels, self.null_label), labels), generator)

@@ -28,7 +28,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import scipy.linalg
@@ -36,8 +36,9 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from scoresde._tensor import check_positive
+from scoresde._tensor import check_positive, check_time, randn_like
 from scoresde.images import save_npz, to_uint8
+from scoresde.sde import LinearSDE
 from scoresde.likelihood import bits_per_dim  # noqa: F401  (re-exported: every metric in one module)
 
 # --------------------------------------------------------------------------- distances on samples
@@ -461,3 +462,24 @@ def inception_score(
     if not 1 <= splits <= x.shape[0]:
         raise ValueError(f"splits must lie in [1, {x.shape[0]}], got {splits}")
     return inception_score_of(net.probabilities(x, data_range, progress=progress), splits)
+
+
+# --------------------------------------------------------------------------- classifiers under noise
+@torch.no_grad()
+def classifier_accuracy(
+    clf: Callable[[Tensor, Tensor], Tensor],
+    sde: LinearSDE,
+    x0: Tensor,
+    labels: Tensor,
+    times: list[float],
+    generator: torch.Generator | None = None,
+) -> dict[float, float]:
+    """Top-1 accuracy of a noise-conditional classifier on ``x_t = alpha x_0 + sigma eps`` at each
+    time in ``times`` (one noise draw per sample and time)."""
+    acc = {}
+    for t in times:
+        check_time(t, sde.T)
+        tt = torch.full((x0.shape[0],), float(t), dtype=x0.dtype, device=x0.device)
+        pred = clf(sde.marginal(x0, tt, randn_like(x0, generator)), tt).argmax(dim=1)
+        acc[float(t)] = float((pred == labels.to(pred.device)).float().mean())
+    return acc

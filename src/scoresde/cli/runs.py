@@ -264,12 +264,12 @@ ACCURACY_TIMES = (0.01, 0.1, 0.25, 0.5, 0.75, 1.0)
 def train_classifier(cfg: C.Config, out: Path, steps: int, *, progress: bool = True,
                      device: torch.device | None = None, **network: Any) -> dict[float, float]:
     """Train ``p_t(y | x_t)`` on the run's data and SDE with
-    :class:`~scoresde.guidance.NoisyClassifierLoss` and the run's training section; writes
+    :class:`~scoresde.losses.NoisyClassifierLoss` and the run's training section; writes
     ``config.yaml``, ``classifier.json`` and checkpoints to ``out``. Returns the test accuracy at
     :data:`ACCURACY_TIMES` (also in ``accuracy.json``)."""
     from .. import NoisyClassifierLoss
     from .._io import write_json
-    from ..guidance import classifier_accuracy
+    from ..metrics import classifier_accuracy
     from ..runs import CLASSIFIER_FILE
 
     train = C.build_dataset(cfg, "train")

@@ -3,16 +3,7 @@ given linear measurements (inpainting, colorization, super-resolution, deblurrin
 inverse problem, exact or noisy) by particles (the default) or by replacement. Guidance yields a
 plain ``score_fn`` that works with each sampler of :func:`scoresde.sample`."""
 
-from .conditional import (
-    LabelDropout,
-    NoisyClassifierLoss,
-    cfg_score,
-    cfg_score_from_model,
-    classifier_accuracy,
-    classifier_guided_score,
-    grad_log_prob,
-    mixture_log_posterior,
-)
+from .conditional import cfg_score, cfg_score_from_model, classifier_guided_score, grad_log_prob, mixture_log_posterior
 from .inverse import (
     colorize,
     inpaint,
@@ -37,14 +28,11 @@ __all__ = [
     "CircularBlur",
     "ConditionalInfo",
     "Grayscale",
-    "LabelDropout",
     "LinearOperator",
     "Mask",
-    "NoisyClassifierLoss",
     "Spectrum",
     "cfg_score",
     "cfg_score_from_model",
-    "classifier_accuracy",
     "classifier_guided_score",
     "colorize",
     "decoupling_matrix",

@@ -17,23 +17,22 @@ The guidance gradient is computed inside ``torch.inference_mode(False)`` and
 ``torch.enable_grad()`` on a detached copy of ``x``, so a guided score works under a caller's
 ``torch.no_grad()`` *and* ``torch.inference_mode()``; the returned score carries no graph.
 
-:class:`NoisyClassifierLoss` trains ``p_t(y | x_t)``: cross-entropy on ``x_t = alpha(t) x_0 +
-sigma(t) eps`` with ``t ~ U[eps, T]``, with the Trainer's loss signature.
+Their training objectives live with the other losses (:class:`scoresde.losses.NoisyClassifierLoss`,
+:class:`scoresde.losses.LabelDropout`); a classifier's accuracy under noise is
+:func:`scoresde.metrics.classifier_accuracy`.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from .._tensor import as_batch_time, check_time
+from .._tensor import as_batch_time, check_labels
 from ..mixture import GaussianMixture
 from ..score import Parameterization, ScoreFn
 from ..sde import LinearSDE
-from .._tensor import check_labels, rand, randn_like
 
 LogProbFn = Callable[[Tensor, Tensor], Tensor]
 """``log_prob_fn(x, t) -> (B, K)`` logits or log-probabilities of ``p_t(y | x_t)``."""
@@ -169,76 +168,3 @@ def cfg_score_from_model(
         return cfg_combine(cond, uncond, scale)
 
     return guided
-
-
-# -- training objectives --------------------------------------------------------------------------
-class NoisyClassifierLoss:
-    """Cross-entropy of a noise-conditional classifier on perturbed data:
-    ``E_{t ~ U[eps, T], eps ~ N(0, I)} [-log softmax(clf(alpha(t) x_0 + sigma(t) eps, t))[y]]``.
-
-    Callable as ``loss(model, x0, labels, generator=None) -> scalar`` (the Trainer's contract);
-    ``model(x, t) -> logits``. ``parameterization`` is ``None``: a classifier is not a score model.
-    """
-
-    parameterization = None
-
-    def __init__(self, sde: LinearSDE, eps: float | None = None) -> None:
-        if not isinstance(sde, LinearSDE):
-            raise ValueError("sde must be a LinearSDE (the perturbation kernel is sampled exactly)")
-        self.sde = sde
-        self.eps = sde.eps if eps is None else float(eps)
-        check_time(self.eps, sde.T, "eps")
-
-    def __call__(
-        self, model: Callable[..., Tensor], x0: Tensor, labels: Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        if labels is None:
-            raise ValueError("labels are required to train a classifier")
-        t = self.eps + (self.sde.T - self.eps) * rand(x0.shape[0], x0, generator)
-        x_t = self.sde.marginal(x0, t, randn_like(x0, generator))
-        return F.cross_entropy(model(x_t, t), labels.long())
-
-
-class LabelDropout:
-    """Wrap a conditional score loss for classifier-free guidance: each label is replaced by
-    ``null_label`` with probability ``p_uncond`` before calling ``loss(model, x0, labels, generator)``,
-    so one network learns both ``s(x, t, y)`` and ``s(x, t) = s(x, t, null)``."""
-
-    def __init__(self, loss: Callable[..., Tensor], null_label: int, p_uncond: float = 0.1) -> None:
-        if not 0.0 <= p_uncond <= 1.0:
-            raise ValueError(f"p_uncond must lie in [0, 1], got {p_uncond}")
-        if null_label < 1:
-            raise ValueError(f"null_label must be >= 1, got {null_label}")
-        self.loss, self.null_label, self.p_uncond = loss, int(null_label), float(p_uncond)
-        self.parameterization = getattr(loss, "parameterization", None)
-
-    def __call__(
-        self, model: Callable[..., Tensor], x0: Tensor, labels: Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        if labels is None:
-            raise ValueError("labels are required for label dropout")
-        labels = check_labels(labels, x0.shape[0], self.null_label, x0.device)
-        drop = rand(labels.shape[0], x0, generator) < self.p_uncond
-        return self.loss(model, x0, torch.where(drop, torch.full_like(labels, self.null_label), labels), generator)
-
-
-@torch.no_grad()
-def classifier_accuracy(
-    clf: Callable[[Tensor, Tensor], Tensor],
-    sde: LinearSDE,
-    x0: Tensor,
-    labels: Tensor,
-    times: list[float],
-    generator: torch.Generator | None = None,
-) -> dict[float, float]:
-    """Top-1 accuracy of a noise-conditional classifier on ``x_t = alpha x_0 + sigma eps`` at each
-    time in ``times`` (one noise draw per sample and time)."""
-    acc = {}
-    for t in times:
-        check_time(t, sde.T)
-        tt = torch.full((x0.shape[0],), float(t), dtype=x0.dtype, device=x0.device)
-        pred = clf(sde.marginal(x0, tt, randn_like(x0, generator)), tt).argmax(dim=1)
-        acc[float(t)] = float((pred == labels.to(pred.device)).float().mean())
-    return acc
