@@ -125,11 +125,12 @@ def test_classifiers_give_logits():
 
 def test_sinusoidal_embedding_closed_form():
     s = torch.tensor([0.0, 3.0, 250.0])
-    e = sinusoidal_embedding(s, 8, max_period=10000.0)
-    # The official DDPM / score_sde spacing w_i = max_period^(-i / (half - 1)): the first and the
-    # last frequency are exactly 1 and 1 / max_period (was i / half before official weights loaded).
-    w = 10000.0 ** (-torch.arange(4) / 3)
-    torch.testing.assert_close(e, torch.cat([torch.sin(s[:, None] * w), torch.cos(s[:, None] * w)], 1))
+    for shift in (0, 1):
+        e = sinusoidal_embedding(s, 8, max_period=10000.0, freq_shift=shift)
+        # w_i = max_period^(-i / (half - shift)); shift 1 is the official DDPM / score_sde spacing,
+        # whose first and last frequencies are exactly 1 and 1 / max_period.
+        w = 10000.0 ** (-torch.arange(4) / (4 - shift))
+        torch.testing.assert_close(e, torch.cat([torch.sin(s[:, None] * w), torch.cos(s[:, None] * w)], 1))
 
 
 @pytest.mark.parametrize("embedding", ["positional", "fourier"])

@@ -4,9 +4,10 @@ Networks receive the continuous diffusion time ``t`` of shape ``(B,)`` in ``[0, 
 ``s = time_scale * t``:
 
 - ``"positional"``: the sinusoidal embedding of the Transformer / DDPM,
-  ``e_i = sin(s w_i)``, ``e_{i + d/2} = cos(s w_i)``, ``w_i = max_period^{-i / (d/2 - 1)}``
-  (DDPM's and the official score_sde spacing: the lowest frequency is exactly ``1/max_period``),
-  whose frequencies were designed for integer step indices in ``[0, 1000]``; hence the
+  ``e_i = sin(s w_i)``, ``e_{i + d/2} = cos(s w_i)``, ``w_i = max_period^{-i / (d/2 - shift)}``
+  with ``freq_shift`` 0 (the Transformer's spacing, this library's default) or 1 (DDPM's and the
+  official score_sde spacing, diffusers' ``downscale_freq_shift=1``: the lowest frequency is
+  exactly ``1/max_period``; :class:`~scoresde.nets.OfficialScoreModel` uses it), whose frequencies were designed for integer step indices in ``[0, 1000]``; hence the
   documented default ``time_scale = 1000`` resolves ``t`` in ``[0, 1]``.
 - ``"fourier"``: random Gaussian-Fourier features ``[sin(2 pi s W), cos(2 pi s W)]`` with fixed
   ``W ~ N(0, fourier_scale^2)``. NCSN++ embeds ``log sigma``; for the VE SDE
@@ -29,17 +30,20 @@ from .._tensor import check_choice, check_positive
 EMBEDDINGS = ("positional", "fourier")
 
 
-def sinusoidal_embedding(s: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """Sinusoidal embedding ``[sin(s w), cos(s w)]`` with ``w_i = max_period^{-i/(dim/2 - 1)}``,
-    ``i = 0 .. dim/2 - 1`` (official ``get_timestep_embedding``).
+def sinusoidal_embedding(s: Tensor, dim: int, max_period: float = 10000.0, freq_shift: int = 0) -> Tensor:
+    """Sinusoidal embedding ``[sin(s w), cos(s w)]`` with ``w_i = max_period^{-i/(dim/2 - freq_shift)}``,
+    ``i = 0 .. dim/2 - 1`` (``freq_shift=1``: the official ``get_timestep_embedding``).
 
     ``s`` has shape ``(B,)``; the result has shape ``(B, dim)`` (``dim`` even, at least 4).
     """
     if dim % 2 or dim < 4:
         raise ValueError(f"dim must be even and >= 4, got {dim}")
+    if freq_shift not in (0, 1):
+        raise ValueError(f"freq_shift must be 0 or 1, got {freq_shift}")
     half = dim // 2
     # The official operation order, so that imported networks agree to float32 rounding.
-    freqs = torch.exp(torch.arange(half, device=s.device, dtype=torch.float32) * -(math.log(max_period) / (half - 1)))
+    freqs = torch.exp(torch.arange(half, device=s.device, dtype=torch.float32)
+                      * -(math.log(max_period) / (half - freq_shift)))
     args = s.float()[:, None] * freqs[None, :]
     return torch.cat([args.sin(), args.cos()], dim=1)
 
@@ -66,7 +70,8 @@ class TimeEmbedding(nn.Module):
     """Embed ``(t, labels)`` into a vector of size ``out_dim`` for the residual blocks.
 
     ``temb = Dense_1(SiLU(Dense_0(e(time_scale * t) + E[label])))`` where ``e`` is the positional
-    or Gaussian-Fourier embedding of width ``dim`` and ``E`` a learned class table. With
+    (frequency spacing ``freq_shift``) or Gaussian-Fourier embedding of width ``dim`` and ``E`` a
+    learned class table. With
     ``null_label=True`` the table has one extra row, index ``num_classes``, used when
     ``labels is None`` (classifier-free guidance trains it by label dropout).
     """
@@ -78,6 +83,7 @@ class TimeEmbedding(nn.Module):
         *,
         embedding: str = "positional",
         time_scale: float | None = None,
+        freq_shift: int = 0,
         fourier_scale: float = 16.0,
         num_classes: int | None = None,
         null_label: bool = False,
@@ -85,7 +91,7 @@ class TimeEmbedding(nn.Module):
         super().__init__()
         check_choice(embedding, EMBEDDINGS, "embedding")
         self.embedding = embedding
-        self.dim = dim
+        self.dim, self.freq_shift = dim, freq_shift
         default_scale = 1000.0 if embedding == "positional" else 1.0
         self.time_scale = check_positive(default_scale if time_scale is None else time_scale, "time_scale")
         self.fourier = GaussianFourierEmbedding(dim, fourier_scale) if embedding == "fourier" else None
@@ -100,7 +106,9 @@ class TimeEmbedding(nn.Module):
     def raw(self, t: Tensor) -> Tensor:
         """The un-projected embedding ``e(time_scale * t)`` of shape ``(B, dim)``."""
         s = t * self.time_scale
-        return self.fourier(s) if self.fourier is not None else sinusoidal_embedding(s, self.dim)
+        if self.fourier is not None:
+            return self.fourier(s)
+        return sinusoidal_embedding(s, self.dim, freq_shift=self.freq_shift)
 
     def forward(self, t: Tensor, labels: Tensor | None = None) -> Tensor:
         e = self.raw(t)

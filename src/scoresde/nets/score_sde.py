@@ -19,7 +19,8 @@ products over ``beta_i = linspace(beta_min / N, beta_max / N, N)`` and ``sigmas`
 levels from ``sigma_max`` down to ``sigma_min``. Data in ``[0, 1]`` (``centered=False``) enter the
 network as ``2 x - 1``. :class:`OfficialScoreModel` does exactly this around an
 :class:`~scoresde.nets.NCSNpp` that embeds the label itself (``time_scale = 1``), with the
-official float32 formulas (not this library's more accurate ones) so that imported weights give
+official float32 formulas (not this library's more accurate ones) and the official sinusoidal
+spacing (``freq_shift=1``) so that imported weights give
 the official scores to rounding. Trained here with the ``score`` parameterization and the
 ``sigma2`` weighting, the DSM loss is the official one.
 """
@@ -68,8 +69,8 @@ class OfficialScoreModel(nn.Module):
             raise ValueError("scale_by_sigma applies to VE models only (VP scores are -h / std)")
         if preset is not None and preset not in PRESETS:
             raise ValueError(f"preset must be one of {', '.join(sorted(PRESETS))}, got {preset!r}")
-        options = {**(PRESETS[preset] if preset else {}), **network, "time_scale": 1.0}
-        options.pop("time_shift", None)
+        # The network embeds the official label itself, with the official sinusoidal spacing.
+        options = {**(PRESETS[preset] if preset else {}), **network, "time_scale": 1.0, "freq_shift": 1}
         self.net = NCSNpp(**options)
         self.config: dict[str, Any] = {"continuous": continuous, "num_scales": num_scales, "centered": centered,
                                        "scale_by_sigma": scale_by_sigma, "preset": preset, **network}
@@ -124,7 +125,7 @@ class OfficialScoreModel(nn.Module):
 def unet_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
     """The :class:`~scoresde.nets.NCSNpp` keyword arguments of a config's ``model`` section: a
     :data:`~scoresde.nets.PRESETS` name with its options, ``unet``, or ``score_sde`` (its
-    network's options, the wrapper's own and the embedding's ``time_scale`` removed)."""
+    network's options without the wrapper's own)."""
     if name == "score_sde":
         preset = options.get("preset")
         rest = {k: v for k, v in options.items() if k not in OWN_OPTIONS}

@@ -235,7 +235,8 @@ class UNetConfig:
         attn_resolutions: resolutions with self-attention.
         dropout: dropout rate inside residual blocks.
         resblock: ``"ddpm"`` (resampling by separate layers) or ``"biggan"`` (inside blocks).
-        embedding, time_scale, fourier_scale: see :mod:`scoresde.nets.embeddings`.
+        embedding, time_scale, freq_shift, fourier_scale: see :mod:`scoresde.nets.embeddings`
+            (``freq_shift=1``: the official sinusoidal spacing).
         progressive_input: ``"none" | "input_skip" | "residual"`` image pyramid into the encoder.
         progressive: output path ``"none" | "output_skip" | "residual"``.
         skip_rescale: divide every residual sum by ``sqrt(2)``.
@@ -258,6 +259,7 @@ class UNetConfig:
     resblock: str = "biggan"
     embedding: str = "positional"
     time_scale: float | None = None
+    freq_shift: int = 0
     fourier_scale: float = 16.0
     progressive_input: str = "none"
     progressive: str = "none"
@@ -293,7 +295,7 @@ class UNetConfig:
         """``TimeEmbedding`` of width ``nf`` (positional) or ``2 nf`` (Fourier) into ``4 nf``."""
         return TimeEmbedding(2 * self.nf if self.embedding == "fourier" else self.nf, 4 * self.nf,
                              embedding=self.embedding, time_scale=self.time_scale,
-                             fourier_scale=self.fourier_scale,
+                             freq_shift=self.freq_shift, fourier_scale=self.fourier_scale,
                              num_classes=self.num_classes if with_labels else None,
                              null_label=self.null_label)
 
