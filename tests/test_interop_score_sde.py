@@ -2,7 +2,9 @@
 EMA score stored beside each fixture (tests/fixtures/score_sde/README.md), hostile pickles are
 refused unexecuted, and the official configs build networks of the official sizes."""
 
+import pickle
 import stat
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +69,24 @@ def test_keys_without_the_dataparallel_prefix_are_accepted(tmp_path):
     io = load_file(FIXTURES / f"{name}.io.safetensors")
     run = sd.load_run(_import(name, tmp_path / "run", tmp_path / "plain.pth"))
     assert _relative_error(run.score_fn(io["x"], io["t"]), io["score"]).max() < 1e-5  # as above
+
+
+def test_numpy_scalars_of_numpy_1_and_2_checkpoints_are_allowed(tmp_path):
+    # The official checkpoints were written under NumPy 1 (module numpy.core.multiarray), the
+    # fixtures under NumPy 2 (numpy._core.multiarray); plain weights_only loading refuses both.
+    src = FIXTURES / "vp_ddpmpp_continuous.pth"
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(src, weights_only=True)
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(tmp_path / "numpy1.pth", "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            if info.filename.endswith("data.pkl"):
+                assert data.count(b"cnumpy._core.multiarray\nscalar\n") == 1
+                data = data.replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+            zout.writestr(info, data)
+    for path in (src, tmp_path / "numpy1.pth"):
+        lr = I.read_checkpoint(path)["optimizer"]["param_groups"][0]["lr"]
+        assert isinstance(lr, np.float64) and lr == pytest.approx(4.936e-05)
 
 
 class _RunsCode:
