@@ -8,7 +8,8 @@
   (w = 0, 1, 3) on ring2d and mix64: share in the chosen component and sliced-W2 to it.
 * inpaint64 / colorize: mix64 with half the coordinates observed (replacement through several
   samplers); the 3-component pixel mixture colorized by replacement and by SMC (rate of samples
-  whose colors come from another mode than the exact conditional's).
+  whose colors come from another mode than the exact conditional's). The comparison of every
+  conditional method with the exact posterior against its cost is benchmarks/conditional.py.
 
 Usage: ``python benchmarks/guidance.py [--quick] [--figure docs/guidance_ring_inpainting.png]``
 """
@@ -55,10 +56,10 @@ def ring_benchmark(m: int, values: list[float]) -> dict:
     score = gmm.score_fn(SDE)
 
     def smc(particles: int):
-        return lambda x_obs, g: inpaint(score, SDE, x_obs, mask, method="smc", particles=particles, steps=100, generator=g)
+        return lambda x_obs, g: inpaint(score, SDE, x_obs, mask, particles=particles, steps=100, generator=g)
 
     methods = {  # name -> (run(x_obs, generator) -> (x, info), particles per sample)
-        "replacement (pc, 200 steps)": (lambda x_obs, g: inpaint(score, SDE, x_obs, mask, method="pc", steps=200, generator=g), 1),
+        "replacement (pc, 200 steps)": (lambda x_obs, g: inpaint(score, SDE, x_obs, mask, method="replacement", steps=200, generator=g), 1),
         "reconstruction guidance (em, 200 steps)": (lambda x_obs, g: sample(
             reconstruction_guided_score(score, SDE, Mask(mask)(x_obs), Mask(mask), 1.0, data_std=0.2), SDE,
             x_T=SDE.prior_sample(tuple(x_obs.shape), generator=g), method="euler-maruyama", steps=200, generator=g), 1),
@@ -75,7 +76,7 @@ def ring_benchmark(m: int, values: list[float]) -> dict:
             x[:, 0] = v
             tvs.append(mode_tv(x, gmm, gmm.conditional_weights(x_obs[:1, :1].double(), [0])[0]))
         out["tv"][name] = tvs
-        out["nfe_per_sample"][name] = info.nfe * particles
+        out["nfe_per_sample"][name] = info.nfe
         out["seconds"][name] = round(time.perf_counter() - t0, 2)
     floor = []
     for i, v in enumerate(values):
@@ -115,8 +116,9 @@ def inpaint64_benchmark(n: int) -> dict:
     expected = gmm.conditional_weights(x_true[:, obs].double(), obs).mean(0)
     res = {"sw2_floor": round(sliced_wasserstein(gmm.sample_conditional(x_true[:, obs], obs, generator=gen(7)), ref, generator=gen(6)), 4)}
     for method, steps, opts in (("pc", 200, {}), ("euler-maruyama", 200, {}), ("ddim", 100, {"eta": 1.0}),
-                                ("ddim", 50, {}), ("ddim", 50, {"noise": "fixed"}), ("dpm-solver++", 25, {"noise": "fixed"})):
-        x, info = inpaint(gmm.score_fn(SDE), SDE, x_true, mask, method=method, steps=steps, generator=gen(4), **opts)
+                                ("ddim", 50, {}), ("ddim", 50, {"fixed_noise": True}), ("dpm-solver++", 25, {"fixed_noise": True})):
+        x, info = inpaint(gmm.score_fn(SDE), SDE, x_true, mask, method="replacement", sampler=method, steps=steps,
+                          generator=gen(4), **opts)
         shares = torch.bincount(gmm.assign(x), minlength=10).double() / n
         res[f"{method} {steps} {opts}"] = {"nfe": info.nfe, "sw2": round(sliced_wasserstein(x[:, miss], ref, generator=gen(6)), 4),
                                            "max_share_error": round(float((shares - expected).abs().max()), 4)}
@@ -136,7 +138,7 @@ def colorize_benchmark(n: int) -> dict:
     u_obs = (math.sqrt(3) * gray).reshape(n, 4).double()
     best = rotated.conditional_weights(u_obs, list(range(4))).argmax(1)
     res = {}
-    for label, opts in (("replacement pc 200", {"method": "pc", "steps": 200}),
+    for label, opts in (("replacement pc 200", {"method": "replacement", "steps": 200}),
                         ("smc 32 particles 100 steps", {"method": "smc", "particles": 32, "steps": 100})):
         x, _ = colorize(gmm.score_fn(SDE), SDE, gray, generator=gen(2), **opts)
         u = torch.einsum("ij,bjhw->bihw", M.float(), x).reshape(n, -1).double()

@@ -7,7 +7,7 @@
    with its test accuracy at several t;
 3. the figures, made by the CLI commands printed in the JSON: class-conditional grids by
    classifier-free and classifier guidance (one row per class), and inpainted test digits
-   (replacement and SMC), each with the share of images an independent digits CNN assigns to the
+   (replacement and SMC, the default), each with the share of images an independent digits CNN assigns to the
    intended class. Trained runs in ``OUT`` are reused.
 
 Usage: ``python benchmarks/guidance_digits.py [--steps 600] [--clf-steps 2000] [--out runs/guidance-digits] [--docs docs]``
@@ -90,8 +90,10 @@ def main() -> None:
     commands = {name: ["guide", score, *opts, "-n", "100", "--out", str(docs / f"guidance_digits_{name.replace(' w=', '_w')}.png")]
                 for name, opts in guides.items()}
     for mask in ("half", "box"):
-        commands[f"inpaint {mask}"] = ["inpaint", score, "--mask", mask, "-n", "36", "--out", str(docs / f"guidance_digits_inpaint_{mask}.png")]
-    commands["inpaint half smc"] = ["inpaint", score, "--mask", "half", "--smc", "--particles", "16", "-n", "36",
+        commands[f"inpaint {mask} replacement"] = ["inpaint", score, "--mask", mask, "--method", "replacement", "--sampler",
+                                                   "euler-maruyama", "--steps", "200", "-n", "36",
+                                                   "--out", str(docs / f"guidance_digits_inpaint_{mask}.png")]
+    commands["inpaint half smc"] = ["inpaint", score, "--mask", "half", "--particles", "16", "-n", "36",
                                     "--out", str(docs / "guidance_digits_inpaint_half_smc.png")]
     report["commands"] = {}
     for name, argv in commands.items():

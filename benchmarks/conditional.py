@@ -1,0 +1,167 @@
+"""Conditional sampling against the exact conditional of the Gaussian-mixture oracle; prints JSON.
+
+Tasks (a Gaussian-mixture prior with the exact score; the exact posterior in closed form by
+``GaussianMixture.linear_gaussian_posterior``):
+
+* ``inpaint``: ring2d with ``x_1 = 2`` observed (the right mode holds 0.88, its heavier
+  neighbours the rest);
+* ``colorize``: three colour modes on (3, 2, 2) images, a gray image where two modes balance;
+* ``superres``: mix16 as (1, 4, 4) images, 2x2 average pooling of the midpoint of two modes;
+* ``noisy-blur``: the same images, a 3x3 binomial circular blur and noise ``sigma_y = 0.05``.
+
+Each method draws ``n`` samples (one per row, all rows with the same ``y``); its distance to the
+exact conditional is the sampler benchmark's pair: sliced-W2 ``sw`` to a fresh exact set of the
+same size and the total variation ``tv`` of the component shares, each with its floor (mean and
+std over pairs of exact sets). A run is *at the floor* when ``sw <= floor + 3 std`` and
+``tv <= floor + 3 std``. Cost: score evaluations per output sample (``info.nfe``, all particles).
+
+Usage: ``python benchmarks/conditional.py [--quick] [--figure docs/conditional_cost.png]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+
+import torch
+
+import scoresde as sd
+from scoresde._io import atomic_write
+from scoresde.guidance import AveragePool, CircularBlur, Grayscale, LinearOperator, Mask, solve_inverse_problem, to_gray
+from scoresde.metrics import sliced_wasserstein
+
+SDE = sd.VPSDE()
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def dense(op: LinearOperator, shape: tuple[int, ...]) -> torch.Tensor:
+    d = math.prod(shape)
+    return op(torch.eye(d, dtype=torch.float64).reshape(d, *shape)).reshape(d, -1).T
+
+
+def pixel_mixture() -> sd.GaussianMixture:
+    g = gen(0)
+    stds = (0.15 + 0.2 * torch.rand(3, 1, 2, 2, generator=g, dtype=torch.float64)).expand(3, 3, 2, 2).reshape(3, -1)
+    means = torch.randn(3, 3, 2, 2, generator=g, dtype=torch.float64)
+    return sd.GaussianMixture(torch.arange(1, 4, dtype=torch.float64), means.reshape(3, -1), stds)
+
+
+def tasks() -> dict:
+    """name -> (mixture, operator, sample shape, y of one row, sigma_y)."""
+    ring = sd.GaussianMixture.named("ring2d")
+    pix = pixel_mixture()
+    means = pix.means.reshape(3, 3, 2, 2).float()
+    A = dense(Grayscale(3), (3, 2, 2))
+    grays = [to_gray(means[:1] + u * (means[1:2] - means[:1])) for u in torch.linspace(0, 1, 41).tolist()]
+    balance = [float((lambda w: (w[0] - w[1]).abs())(pix.linear_gaussian_posterior(A, g.reshape(1, -1).double()).weights[0]))
+               for g in grays]
+    gray = grays[min(range(41), key=balance.__getitem__)]
+    mix = sd.GaussianMixture.named("mix16")
+    imgs = mix.means.reshape(4, 1, 4, 4).float()
+    mid = 0.5 * (imgs[:1] + imgs[1:2])
+    blur = CircularBlur(torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16, tol=1e-6)
+    noisy = blur(mid) + 0.05 * torch.randn(1, 1, 4, 4, generator=gen(1))
+    return {
+        "inpaint": (ring, Mask(torch.tensor([True, False])), (2,), torch.tensor([[2.0, 0.0]]), 0.0),
+        "colorize": (pix, Grayscale(3), (3, 2, 2), gray, 0.0),
+        "superres": (mix, AveragePool(2), (1, 4, 4), AveragePool(2)(mid), 0.0),
+        "noisy-blur": (mix, blur, (1, 4, 4), noisy, 0.05),
+    }
+
+
+def shares(x: torch.Tensor, gmm: sd.GaussianMixture) -> torch.Tensor:
+    return torch.bincount(gmm.assign(x.reshape(x.shape[0], -1).double()), minlength=gmm.num_components).double() / x.shape[0]
+
+
+def floors(post, gmm, n: int, pairs: int) -> dict:
+    sws, tvs = [], []
+    for r in range(pairs):
+        a, _ = post.sample(gen(100 + r), repeats=n)
+        b, _ = post.sample(gen(200 + r), repeats=n)
+        sws.append(sliced_wasserstein(a, b, generator=gen(r)))
+        tvs.append(0.5 * float((shares(a, gmm) - shares(b, gmm)).abs().sum()))
+    sw, tv = torch.tensor(sws), torch.tensor(tvs)
+    return {"sw": float(sw.mean()), "sw_std": float(sw.std()), "tv": float(tv.mean()), "tv_std": float(tv.std())}
+
+
+def methods(quick: bool) -> dict:
+    smc = [(16, 100), (64, 100), (64, 200)] if quick else [(8, 50), (16, 100), (32, 100), (64, 100), (64, 200), (128, 200)]
+    out = {f"smc {p}x{s}": {"method": "smc", "particles": p, "steps": s} for p, s in smc}
+    out["replacement pc 200"] = {"method": "replacement", "sampler": "pc", "steps": 200}
+    out["replacement euler-maruyama 1000"] = {"method": "replacement", "sampler": "euler-maruyama", "steps": 1000}
+    return out
+
+
+def run(n: int, quick: bool) -> dict:
+    report = {}
+    for name, (gmm, op, shape, y, sigma_y) in tasks().items():
+        post = gmm.linear_gaussian_posterior(dense(op, shape), y.reshape(1, -1).double(), sigma_y)
+        floor = floors(post, gmm, n, 6 if quick else 12)
+        ref, _ = post.sample(gen(7), repeats=n)
+        exact_shares = shares(post.sample(gen(8), repeats=20000)[0], gmm)
+        rows = {}
+        for label, opts in methods(quick).items():
+            t0 = time.perf_counter()
+            x, info = solve_inverse_problem(gmm.score_fn(SDE), SDE, y.expand(n, *y.shape[1:]), op, (n, *shape),
+                                            sigma_y=sigma_y, generator=gen(3), **opts)
+            flat = x.reshape(n, -1).double()
+            sw = sliced_wasserstein(flat, ref, generator=gen(9))
+            tv = 0.5 * float((shares(flat, gmm) - exact_shares).abs().sum())
+            rows[label] = {"nfe_per_sample": info.nfe, "sw": round(sw, 4), "tv": round(tv, 4),
+                           "at_floor": sw <= floor["sw"] + 3 * floor["sw_std"] and tv <= floor["tv"] + 3 * floor["tv_std"],
+                           "seconds": round(time.perf_counter() - t0, 1)}
+            if sigma_y > 0:
+                rows[label]["residual_rms_over_sigma_y"] = round(float((y - op(x)).pow(2).mean().sqrt()) / sigma_y, 3)
+            print(name, label, rows[label], flush=True, file=sys.stderr)
+        report[name] = {"floor": {k: round(v, 4) for k, v in floor.items()}, "exact_shares": [round(float(s), 3) for s in exact_shares],
+                        "methods": rows}
+    return report
+
+
+def plot(report: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(report), figsize=(4 * len(report), 3.4))
+    for ax, (name, task) in zip(axes, report.items()):
+        f = task["floor"]
+        for label, r in task["methods"].items():
+            smc = label.startswith("smc")
+            ax.scatter(r["nfe_per_sample"], r["sw"], marker="o" if smc else "s", facecolors="C0" if smc else "C3",
+                       edgecolors="k" if r["at_floor"] else "none", s=40)
+            ax.annotate(label.replace("replacement ", "repl. ").replace("euler-maruyama", "EM"), (r["nfe_per_sample"], r["sw"]),
+                        fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.axhline(f["sw"] + 3 * f["sw_std"], color="gray", ls=":", lw=1)
+        ax.set_xscale("log")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("score evaluations per sample")
+    axes[0].set_ylabel("sliced-W2 to the exact conditional")
+    fig.suptitle("SMC (circles) and replacement (squares); dotted: floor + 3 sd; black edge: at the floor", fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer methods and floor pairs")
+    parser.add_argument("-n", type=int, default=500, help="samples per method (default 500)")
+    parser.add_argument("--figure", default=None, help="PNG path for the figure")
+    args = parser.parse_args()
+    t0 = time.perf_counter()
+    report = run(args.n, args.quick)
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    if args.figure:
+        plot({k: v for k, v in report.items() if k != "seconds"}, args.figure)
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
