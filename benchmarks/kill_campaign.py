@@ -77,6 +77,8 @@ def _occurrences(moment: str, k: int) -> list[int]:
              "rotation": STEPS // CKPT_EVERY - KEEP, "log": STEPS // LOG_EVERY, "step": STEPS - 1}[moment]
     if count <= k:
         return list(range(1, count + 1))
+    if k == 1:
+        return [1 + (count - 1) // 2]
     return sorted({1 + round(i * (count - 1) / (k - 1)) for i in range(k)})
 
 
