@@ -122,7 +122,8 @@ def load_pipeline(directory: str | Path) -> tuple[nn.Module, Any]:
     if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
         raise ValueError(f"{root / 'scheduler'}: {sched_class!r} is not a diffusers scheduler")
     try:
-        unet = diffusers.UNet2DModel.from_pretrained(str(root / "unet"), use_safetensors=True, local_files_only=True)
+        unet = diffusers.UNet2DModel.from_pretrained(str(root / "unet"), use_safetensors=True, local_files_only=True,
+                                                     low_cpu_mem_usage=False)
     except OSError as err:
         raise ValueError(f"{root / 'unet'}: no readable safetensors weights (a .bin file is a pickle, which "
                          f"scoresde does not load; convert it to safetensors first): {err}") from err
