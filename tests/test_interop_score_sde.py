@@ -137,6 +137,13 @@ def test_hostile_checkpoint_is_refused_without_running(payload, tmp_path):
 
 
 def test_not_a_checkpoint_is_one_clear_error(tmp_path):
+    good = (FIXTURES / "vp_ddpmpp_continuous.pth").read_bytes()
+    (tmp_path / "truncated.pth").write_bytes(good[: len(good) // 3])
+    (tmp_path / "junk.pth").write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        I.read_checkpoint(tmp_path / "truncated.pth")
+    with pytest.raises(ValueError, match="not a torch checkpoint"):
+        I.read_checkpoint(tmp_path / "junk.pth")
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pth")
     with pytest.raises(ValueError, match="not an official score_sde checkpoint"):
         I.read_checkpoint(tmp_path / "other.pth")

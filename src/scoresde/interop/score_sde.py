@@ -57,8 +57,15 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         with torch.serialization.safe_globals(_numpy_globals()):
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        reason = next((ln.strip() for ln in str(err).splitlines() if "Unsupported" in ln), "not a weights-only file")
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()] or ["unreadable"]
+        reason = next((ln for ln in lines if "Unsupported global" in ln), None)
+        if reason is None:
+            detail = next((ln for ln in lines if "Unsupported" in ln), lines[0])
+            raise ValueError(f"{path}: not a torch checkpoint ({detail[:120]})") from None
         raise ValueError(f"{path}: refused to load (it pickles more than tensors and NumPy scalars): {reason}") from None
+    except RuntimeError as err:  # torch's zip reader: a truncated or corrupt file
+        raise ValueError(f"{path}: not a readable torch checkpoint (truncated or corrupt?): "
+                         f"{str(err).strip().splitlines()[0][:120]}") from None
     if not isinstance(state, dict) or not {"model", "ema"} <= set(state):
         raise ValueError(f"{path}: not an official score_sde checkpoint (needs the keys 'model' and 'ema')")
     if not isinstance(state["ema"], dict) or "shadow_params" not in state["ema"]:
