@@ -32,7 +32,7 @@ import torch
 
 import scoresde as sd
 from scoresde.metrics import sliced_wasserstein
-from scoresde.sampling import make_grid
+from scoresde.sampling import METHODS, make_grid, steps_for_nfe
 
 PROJECTION_SEED = 1234
 PROJECTIONS = 64  # the same 64 directions for every figure (sorting dominates the cost)
@@ -186,6 +186,31 @@ MIXTURES = {
 }
 
 
+def ring(num: int = 8, radius: float = 4.0, width: float = 0.25) -> sd.GaussianMixture:
+    """``num`` modes on a circle of ``radius``, std ``width``, weights proportional to 1..num."""
+    angles = torch.arange(num, dtype=torch.float64) * (2 * math.pi / num)
+    means = radius * torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
+    return sd.GaussianMixture(torch.arange(1, num + 1, dtype=torch.float64), means, torch.full((num, 2), width))
+
+
+def uniform_means(num: int, dim: int, seed: int, widths: tuple[float, float], half_range: float) -> sd.GaussianMixture:
+    """Means uniform on ``[-half_range, half_range]^dim``, per-axis stds log-uniform in ``widths``."""
+    gen = torch.Generator().manual_seed(seed)
+    means = half_range * (2 * torch.rand(num, dim, generator=gen, dtype=torch.float64) - 1)
+    stds = _log_uniform(gen, (num, dim), *widths)
+    return sd.GaussianMixture(0.5 + torch.rand(num, generator=gen, dtype=torch.float64), means, stds)
+
+
+# measured only after the defaults were chosen: the cases issue 20 reports, rebuilt from its words
+UNSEEN = {
+    "ring8r4": ring,
+    "u64": lambda: uniform_means(10, 64, seed=6410, widths=(0.05, 0.3), half_range=0.8),
+    "ms16b": lambda: multiscale(6, 16, seed=1616, per_dim=False),
+    "ms256b": lambda: multiscale(4, 256, seed=2560, per_dim=False),
+}
+MIXTURES.update(UNSEEN)
+
+
 def mixture(name: str) -> sd.GaussianMixture:
     """A benchmark mixture by name: :data:`MIXTURES` or :meth:`sd.GaussianMixture.named`."""
     return MIXTURES[name]() if name in MIXTURES else sd.GaussianMixture.named(name)
@@ -247,6 +272,88 @@ def nfe_to_floor(rows: list[dict]) -> dict:
         first = next((r["nfe"] for r in mine if r["at_floor"]), None)
         out[method] = {"first": first, "stable": stable}
     return out
+
+
+# -- the fast solvers on the hard mixtures (issue 20): NFE to the floor, peers on the same rows ---------
+HARD_NFE = (8, 10, 12, 15, 20, 25, 30, 40, 50)
+HARD_METHODS = ("ddim", "dpm-solver++2m", "dpm-solver++3m", "unipc", "heun")
+DIFFUSERS_KINDS = ("dpm++2m-karras", "dpm++3m", "unipc-3")  # their defaults with the grids they recommend
+
+
+def hard_sde(name: str) -> sd.LinearSDE:
+    """The SDE of a hard row; VP ends at diffusers' last level (``alphas_cumprod[0]``), so that our
+    runs and diffusers' schedulers (VP rows) end at one noise level."""
+    if name == "vp":
+        from peers import discrete_eps
+
+        return sd.VPSDE(eps=discrete_eps())
+    return sd.sde_from_name(name)
+
+
+def prior_check(ref: Reference, sde: sd.LinearSDE, n: int, seed: int = 1) -> dict:
+    """The adaptive ODE (rtol = atol = 1e-5) from the SDE's prior and from the true ``p_T``: where
+    the first is off the floor and the second at it, the row's prior is off (the SDE's, not a solver's)."""
+    out = {}
+    true_T = ref.gmm.diffused(sde, sd.sampling.make_grid(sde, 1, "log-snr")[0].item())
+    for start in ("prior", "true_pT"):
+        gen = torch.Generator().manual_seed(seed)
+        x_T = None if start == "prior" else true_T.sample(n, generator=gen)[0]
+        x, info = sd.sample(matmul_score_fn(ref.gmm, sde), sde, (n, ref.gmm.dim), x_T=x_T, method="ode",
+                            rtol=1e-5, atol=1e-5, generator=gen)
+        out[start] = {"nfe": info.nfe, **evaluate(ref, x)}
+    out["prior_off"] = not out["prior"]["at_floor"] and out["true_pT"]["at_floor"]
+    return out
+
+
+def diffusers_rows(ref: Reference, sde: sd.VPSDE, n: int, seed: int = 1) -> list[dict]:
+    """diffusers' schedulers (``benchmarks/peers.py``: their own loop on the exact eps) at ``HARD_NFE``."""
+    from peers import diffusers_run
+
+    z = torch.randn(n, ref.gmm.dim, generator=torch.Generator().manual_seed(seed))
+    rows = []
+    for kind in DIFFUSERS_KINDS:
+        run = diffusers_run(lambda s: matmul_score_fn(ref.gmm, s), sde, z, kind)
+        for nfe in HARD_NFE:
+            x, calls = run(nfe)
+            rows.append({"method": f"diffusers {kind}", "steps": nfe, "nfe": calls, **evaluate(ref, x)})
+    return rows
+
+
+def hard(mixtures: list[str], sdes: list[str], n: int, pairs: int, peers: bool) -> dict:
+    """Per mixture and SDE: each fast method at its defaults over ``HARD_NFE``, its NFE to the floor
+    (``first`` / ``stable``), the prior check, and (VP) diffusers' schedulers on the same reference."""
+    results: dict = {}
+    for mix in mixtures:
+        gmm = mixture(mix)
+        for sde_name in sdes:
+            sde = hard_sde(sde_name)
+            ref = reference(gmm, sde, n, pairs=pairs)
+            rows = [run_one(ref, sde, method, n, steps=steps_for_nfe(method, nfe))
+                    for method in HARD_METHODS for nfe in HARD_NFE if nfe >= METHODS[method].nfe_per_step({})]
+            if peers and sde_name == "vp":
+                rows += diffusers_rows(ref, sde, n)
+            entry = {"n": n, "floor": ref.floor, "prior": prior_check(ref, sde, n), "nfe_to_floor": nfe_to_floor(rows),
+                     "runs": rows}
+            results.setdefault(mix, {})[sde_name] = entry
+            print(json.dumps({mix: {sde_name: {"nfe_to_floor": entry["nfe_to_floor"],
+                                               "prior_off": entry["prior"]["prior_off"]}}}), file=sys.stderr, flush=True)
+    return results
+
+
+def hard_markdown(results: dict) -> str:
+    """One row per mixture and SDE: each method's NFE to the floor (``first`` or ``first / stable``)."""
+    methods = sorted({m for per in results.values() for e in per.values() for m in e["nfe_to_floor"]})
+    lines = ["| mixture | SDE | prior off | " + " | ".join(methods) + " |", "|---|---|---|" + "---|" * len(methods)]
+    for mix, per in results.items():
+        for sde_name, e in per.items():
+            cells = []
+            for m in methods:
+                entry = e["nfe_to_floor"].get(m)
+                first, stable = (entry or {}).get("first"), (entry or {}).get("stable")
+                cells.append("" if entry is None else "-" if first is None else f"{first}" if first == stable
+                             else f"{first} / {stable or '-'}")
+            lines.append(f"| {mix} | {sde_name} | {'yes' if e['prior']['prior_off'] else ''} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def plot(results: dict, path: str) -> None:
@@ -368,7 +475,19 @@ def main() -> None:
                         help="steps of every stochastic method (default 100 300 1000, fewer for some)")
     parser.add_argument("--schedule", default=None, help="grid of every fixed-grid method (default: each method's own)")
     parser.add_argument("--only", default=None, help="run only the planned runs whose name contains one of these (comma-separated)")
+    parser.add_argument("--hard", action="store_true", help="only the fast solvers on the hard mixtures (NFE to the floor)")
+    parser.add_argument("--n", type=int, default=4000, help="samples per run with --hard")
+    parser.add_argument("--no-peers", action="store_true", help="with --hard: without diffusers' schedulers")
     args = parser.parse_args()
+    if args.hard:
+        torch.set_num_threads(1)
+        names = [m for m in MIXTURES if m not in UNSEEN] if args.mixtures == "ring2d,mix64" else args.mixtures.split(",")
+        results = hard(names, args.sdes.split(",") if args.sdes != "vp,subvp,ve" else ["vp", "subvp", "ve", "rf"],
+                       args.n, args.pairs, not args.no_peers)
+        print(json.dumps({"meta": {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "n": args.n},
+                          "results": results}, default=float))
+        print(hard_markdown(results))
+        return
     if args.ancestral_theory:
         print(json.dumps(ancestral_theory()))
         return

@@ -160,10 +160,10 @@ def test_steps_for_nfe_refuses_adaptive_methods_and_tiny_budgets():
 
 
 def test_dpm_solver_pp_names_its_order():
-    """``"dpm-solver++"`` is the 2M row: the same samples, and ``info.method`` says which."""
+    """``"dpm-solver++"`` is the 3M row: the same samples, and ``info.method`` says which."""
     a, info = sd.sample(gaussian_score(SDE), SDE, (4, 2), method="dpm-solver++", generator=torch.Generator().manual_seed(0))
-    b, _ = sd.sample(gaussian_score(SDE), SDE, (4, 2), method="dpm-solver++2m", generator=torch.Generator().manual_seed(0))
-    assert info.method == "dpm-solver++2m" and torch.equal(a, b)
+    b, _ = sd.sample(gaussian_score(SDE), SDE, (4, 2), method="dpm-solver++3m", generator=torch.Generator().manual_seed(0))
+    assert info.method == "dpm-solver++3m" and torch.equal(a, b)
 
 
 ZERO_SDES = [sd.VPSDE(), sd.SubVPSDE(), sd.CosineVPSDE(), sd.RectifiedFlow()]  # sigma(0) = 0: lambda(0) = inf
