@@ -92,6 +92,16 @@ def test_schedule_derivatives_equal_central_differences(sde):
         torch.testing.assert_close(derivative(t), central, rtol=1e-7, atol=1e-9)
 
 
+@pytest.mark.parametrize("sde", [c[0] for c in CLOSED_FORMS[:5]], ids=IDS[:5])
+def test_builtin_closed_form_coefficients_equal_the_derivation_from_the_kernel(sde):
+    """The built-in SDEs' own ``f`` and ``g^2`` (closed forms, cheap per sampling step) equal the base
+    class's derivation ``f = alpha'/alpha``, ``g^2 = (sigma^2)' - 2 f sigma^2`` from their kernels."""
+    t = TS * min(sde.T, 0.99)
+    torch.testing.assert_close(sde.f(t), sd.LinearSDE.f(sde, t), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(sde.g2(t), sd.LinearSDE.g2(sde, t), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(sde.g(t), sd.LinearSDE.g2(sde, t).sqrt(), rtol=1e-9, atol=1e-12)
+
+
 def test_custom_schedule_reproduces_vp_from_two_functions():
     vp = sd.VPSDE()
     custom = sd.LinearSDE(alpha=vp.alpha, sigma=vp.sigma, eps=vp.eps)

@@ -12,7 +12,9 @@ Two levels:
       f(t)   = d log alpha / dt
       g(t)^2 = d sigma^2 / dt - 2 f(t) sigma(t)^2
 
-  so a new SDE is two functions.  Derivatives are taken by autograd when not supplied.
+  so a new SDE is two functions.  Derivatives are taken by autograd when not supplied.  The
+  built-in SDEs also state ``f`` and ``g^2`` in closed form (a few operations per call instead of
+  the chain through the kernel; a test holds each to the derivation).
 
 VE convention: ``sigma(t) = sigma_min (sigma_max / sigma_min)^t`` is the *total* standard
 deviation of the kernel from clean data, so ``x(0)`` is the data smoothed by ``sigma_min`` (as in
@@ -80,6 +82,10 @@ class SDE(ABC):
     def prior_std(self) -> float:
         """Standard deviation of the Gaussian prior used at ``T``."""
 
+    def g2(self, t: Tensor | float) -> Tensor:
+        """``g(t)^2`` (subclasses with a cheaper closed form override it)."""
+        return self.g(t) ** 2
+
     # -- prior --------------------------------------------------------------------------------
     def prior_sample(
         self,
@@ -129,7 +135,7 @@ class SDE(ABC):
         """
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
-        g2 = append_dims(self.g(t) ** 2, x.ndim)
+        g2 = append_dims(self.g2(t), x.ndim)
         return self.drift(x, t) - 0.5 * (1.0 + eta**2) * g2 * score
 
     def probability_flow_drift(self, x: Tensor, t: Tensor, score: Tensor) -> Tensor:
@@ -212,13 +218,13 @@ class LinearSDE(SDE):
         return self.dalpha(t) / self.alpha(t)
 
     def g2(self, t: Tensor | float) -> Tensor:
-        """Squared diffusion ``g(t)^2 = d sigma^2/dt - 2 f(t) sigma(t)^2``."""
+        """Squared diffusion ``g(t)^2 = d sigma^2/dt - 2 f(t) sigma(t)^2`` (rounding below zero clamped)."""
         t = _as_time(t)
-        return self.dvar(t) - 2 * self.f(t) * self.sigma(t) ** 2
+        return (self.dvar(t) - 2 * self.f(t) * self.sigma(t) ** 2).clamp_min(0)
 
     def g(self, t: Tensor | float) -> Tensor:
-        """Diffusion ``g(t) = sqrt(g(t)^2)`` (rounding below zero is clamped)."""
-        return self.g2(t).clamp_min(0).sqrt()
+        """Diffusion ``g(t) = sqrt(g(t)^2)``."""
+        return self.g2(t).sqrt()
 
     def drift(self, x: Tensor, t: Tensor) -> Tensor:
         """``f(x, t) = f(t) x``."""
@@ -299,6 +305,12 @@ class VESDE(LinearSDE):
     def dsigma(self, t):
         return self.sigma(t) * self._log_ratio / self.T
 
+    def f(self, t):
+        return torch.zeros_like(_as_time(t))
+
+    def g2(self, t):
+        return 2 * self._log_ratio / self.T * self.sigma(t) ** 2
+
     def t_of_log_snr(self, lam):
         """Closed form: ``t = T (-lambda - log sigma_min) / log(sigma_max / sigma_min)``."""
         return self.T * (-_as_time(lam) - math.log(self.sigma_min)) / self._log_ratio
@@ -340,6 +352,12 @@ class VPSDE(LinearSDE):
     def dvar(self, t):
         return self.beta(t) * torch.exp(-self.int_beta(t))
 
+    def f(self, t):
+        return -0.5 * self.beta(t)
+
+    def g2(self, t):
+        return self.beta(t)
+
     def log_snr(self, t):
         """``lambda = -log(expm1(B(t))) / 2`` (stable form of ``log(alpha / sigma)``)."""
         return -0.5 * torch.log(torch.expm1(self.int_beta(t)))
@@ -367,6 +385,9 @@ class SubVPSDE(VPSDE):
 
     def dvar(self, t):
         return 2 * self.sigma(t) * self.dsigma(t)
+
+    def g2(self, t):
+        return self.beta(t) * -torch.expm1(-2 * self.int_beta(t))
 
     def log_snr(self, t):
         return LinearSDE.log_snr(self, t)
@@ -405,6 +426,12 @@ class CosineVPSDE(LinearSDE):
     def dvar(self, t):
         return -2 * self.alpha(t) * self.dalpha(t)
 
+    def f(self, t):
+        return -0.5 * math.pi / (1 + self.s) * torch.tan(self._phase(t))
+
+    def g2(self, t):
+        return -2 * self.f(t)
+
     def t_of_log_snr(self, lam):
         """Closed form: ``alpha^2 = sigmoid(2 lambda)``, ``t = (2/pi)(1+s) arccos(alpha c0) - s``."""
         a = torch.sigmoid(2 * _as_time(lam)).sqrt()
@@ -432,6 +459,13 @@ class RectifiedFlow(LinearSDE):
 
     def dsigma(self, t):
         return torch.ones_like(_as_time(t))
+
+    def f(self, t):
+        return -1 / (1 - _as_time(t))
+
+    def g2(self, t):
+        t = _as_time(t)
+        return 2 * t / (1 - t)
 
     def t_of_log_snr(self, lam):
         """Closed form: ``t = 1 / (1 + exp(lambda)) = sigmoid(-lambda)``."""

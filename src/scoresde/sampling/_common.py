@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..sde import LinearSDE
 from ..score import tweedie
+from ..sde import LinearSDE
 
 Callback = Callable[[int, Tensor, Tensor], "Tensor | None"]
 
