@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from .._tensor import append_dims, as_batch_time, randn_like
-from ..score import ScoreFn
+from ..score import ScoreFn, tweedie
 from ..sde import LinearSDE
 from .conditional import check_scale
 from .operators import Grayscale, LinearOperator, Mask
@@ -186,7 +186,7 @@ def reconstruction_guided_score(
             tg = as_batch_time(t, x).detach().clone()
             a, s = append_dims(sde.alpha(tg), x.ndim), append_dims(sde.sigma(tg), x.ndim)
             score = score_fn(xg, tg)
-            x0 = (xg + s**2 * score) / a
+            x0 = tweedie(xg, score, a, s)
             var = sigma_y**2 + c2 * s**2 / (a**2 * c2 + s**2)
             log_lik = -0.5 * ((y.detach().clone() - op(x0)) ** 2 / var).sum()
             (grad,) = torch.autograd.grad(log_lik, xg)
