@@ -187,7 +187,9 @@ def test_import_refuses_what_it_cannot_read(tmp_path):
 
 def test_wrapper_rejects_unknown_time_input():
     with pytest.raises(ValueError, match="time_input"):
-        DiffusersUNet(tiny_unet(), time_input="t")
+        DiffusersUNet(sd.VESDE(), tiny_unet(), time_input="t")
+    with pytest.raises(ValueError, match="discrete chain"):
+        DiffusersUNet(sd.VPSDE(), tiny_unet(), time_input="timestep")
 
 
 def test_cli_import_then_sample(tmp_path, capsys):

@@ -46,12 +46,12 @@ PIPELINES = ("DDPMPipeline", "DDIMPipeline", "ScoreSdeVePipeline")
 @dataclass(frozen=True)
 class SchedulerMap:
     """What a diffusers scheduler means in scoresde: the SDE (its config name and options), the
-    parameterization of the network's output and the :class:`DiffusersUNet` time options."""
+    parameterization of the network's output and the :class:`DiffusersUNet` time input."""
 
     sde_name: str
     sde_options: dict
     parameterization: str
-    time_options: dict
+    time_input: str
     clip_sample: bool = False
 
     def build_sde(self) -> LinearSDE:
@@ -66,8 +66,7 @@ def map_scheduler(scheduler: Any) -> SchedulerMap:
     if name == "ScoreSdeVeScheduler":
         sigma_min, sigma_max = check_positive(cfg.sigma_min, "sigma_min"), check_positive(cfg.sigma_max, "sigma_max")
         return SchedulerMap("ve", {"sigma_min": float(sigma_min), "sigma_max": float(sigma_max),
-                                   "eps": float(cfg.sampling_eps)}, "score",
-                            {"time_input": "sigma", "sigma_min": float(sigma_min), "sigma_max": float(sigma_max)})
+                                   "eps": float(cfg.sampling_eps)}, "score", "sigma")
     abar = getattr(scheduler, "alphas_cumprod", None)
     if abar is None:
         raise ValueError(f"scheduler {name} has neither alphas_cumprod (a discrete VP chain) nor is it a "
@@ -76,8 +75,7 @@ def map_scheduler(scheduler: Any) -> SchedulerMap:
     if kind not in PREDICTION_TYPES:
         raise ValueError(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {kind!r}")
     abar = torch.as_tensor(abar).to(torch.float64).tolist()
-    return SchedulerMap(SDE_NAME, {"alphas_cumprod": abar}, PREDICTION_TYPES[kind],
-                        {"time_input": "timestep", "num_train_timesteps": len(abar)},
+    return SchedulerMap(SDE_NAME, {"alphas_cumprod": abar}, PREDICTION_TYPES[kind], "timestep",
                         clip_sample=bool(getattr(cfg, "clip_sample", False)))
 
 
@@ -87,7 +85,7 @@ def from_diffusers(unet: nn.Module, scheduler: Any) -> tuple[ScoreFn, LinearSDE]
     ``sd.log_likelihood`` and guidance.  The network is used as given (device, dtype, mode)."""
     spec = map_scheduler(scheduler)
     sde = spec.build_sde()
-    return score_fn_from_model(DiffusersUNet(unet, **spec.time_options), sde, spec.parameterization), sde
+    return score_fn_from_model(DiffusersUNet(sde, unet, spec.time_input), sde, spec.parameterization), sde
 
 
 # -- a save_pretrained folder -> a run folder ------------------------------------------------------
@@ -147,7 +145,7 @@ def run_config(unet: nn.Module, spec: SchedulerMap, description: str = "") -> di
         "description": description,
         "data": data,
         "sde": {"name": spec.sde_name, **spec.sde_options},
-        "model": {"name": MODEL_NAME, "unet": ucfg, **spec.time_options},
+        "model": {"name": MODEL_NAME, "unet": ucfg, "time_input": spec.time_input},
         "loss": {"name": "dsm", "parameterization": spec.parameterization},
         "sampling": {"denoise": spec.sde_name == SDE_NAME, "clip_denoised": spec.clip_sample},
     }
@@ -165,6 +163,6 @@ def import_pipeline(directory: str | Path, out: str | Path) -> Path:
     spec = map_scheduler(scheduler)
     desc = f"diffusers {type(unet).__name__} + {type(scheduler).__name__} imported from {Path(directory).resolve()}"
     cfg = C.load_config(run_config(unet, spec, desc))
-    model = DiffusersUNet(unet, **spec.time_options)
+    model = DiffusersUNet(spec.build_sde(), unet, spec.time_input)
     meta = {"source": "diffusers", "scheduler": type(scheduler).__name__, "directory": str(Path(directory).resolve())}
     return write_run(target, cfg, model.state_dict(), meta=meta)

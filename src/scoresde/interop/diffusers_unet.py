@@ -8,7 +8,8 @@ import json
 from torch import Tensor, nn
 
 from .._tensor import check_choice
-from ..sde import VESDE
+from ..sde import LinearSDE
+from .discrete_vp import SDE_NAME, DiscreteVPSDE
 
 MODEL_NAME = "diffusers-unet2d"  # its name in a config's model section
 TIME_INPUTS = ("timestep", "sigma")
@@ -35,31 +36,32 @@ def unet_config(unet: nn.Module) -> dict:
 
 class DiffusersUNet(nn.Module):
     """A diffusers ``UNet2DModel`` called as scoresde networks are, ``model(x, t, labels=None)``
-    with the scoresde time ``t``; it hands the network its own time input:
+    with the scoresde time ``t`` of the run's SDE ``sde``; it hands the network its own time input:
 
-    * ``time_input="timestep"``: the continuous timestep ``t (N - 1)``, ``N = num_train_timesteps``
-      (step ``n`` at ``t = n / (N - 1)``, :class:`~.discrete_vp.DiscreteVPSDE`);
-    * ``time_input="sigma"``: the VE marginal ``sigma(t) = sigma_min (sigma_max / sigma_min)^t``
-      (:class:`~scoresde.sde.VESDE`), the noise level NCSN++ models take.
+    * ``time_input="timestep"``: the continuous timestep ``t (N - 1) / T`` of a
+      :class:`~.discrete_vp.DiscreteVPSDE` of ``N`` steps (step ``n`` at ``t = n (T / (N - 1))``);
+    * ``time_input="sigma"``: the marginal ``sigma(t)`` (for :class:`~scoresde.sde.VESDE`
+      ``sigma_min (sigma_max / sigma_min)^t``), the noise level NCSN++ models take.
 
     ``unet`` is a ``UNet2DModel`` or its config dict; its tensors sit under ``unet.``.
     """
 
-    def __init__(self, unet: nn.Module | dict, time_input: str = "timestep", num_train_timesteps: int = 1000,
-                 sigma_min: float = 0.01, sigma_max: float = 1348.0) -> None:
+    needs_sde = True  # scoresde.config.build_model passes the run's SDE first
+
+    def __init__(self, sde: LinearSDE, unet: nn.Module | dict, time_input: str = "timestep") -> None:
         super().__init__()
-        self.unet = unet_from_config(unet) if isinstance(unet, dict) else unet
         self.time_input = check_choice(time_input, TIME_INPUTS, "time_input")
-        if int(num_train_timesteps) < 2:
-            raise ValueError(f"num_train_timesteps must be >= 2, got {num_train_timesteps}")
-        self.time_scale = int(num_train_timesteps) - 1
-        self._ve = VESDE(sigma_min, sigma_max) if time_input == "sigma" else None
+        if time_input == "timestep" and not isinstance(sde, DiscreteVPSDE):
+            raise ValueError(f"time_input 'timestep' needs the SDE of a discrete chain ({SDE_NAME}), "
+                             f"got {type(sde).__name__}")
+        self.sde = sde
+        self.unet = unet_from_config(unet) if isinstance(unet, dict) else unet
 
     def network_time(self, t: Tensor) -> Tensor:
         """The network's time input at scoresde time ``t``."""
-        return self._ve.sigma(t) if self._ve is not None else t * self.time_scale
+        if self.time_input == "sigma":
+            return self.sde.sigma(t)
+        return t * ((self.sde.steps - 1) / self.sde.T)
 
     def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
         return self.unet(x, self.network_time(t), class_labels=labels).sample
-
-
