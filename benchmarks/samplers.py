@@ -275,7 +275,7 @@ def nfe_to_floor(rows: list[dict]) -> dict:
 
 
 # -- the fast solvers on the hard mixtures (issue 20): NFE to the floor, peers on the same rows ---------
-HARD_NFE = (8, 10, 12, 15, 20, 25, 30, 40, 50)
+HARD_NFE = (10, 12, 15, 20, 25, 30, 40)
 HARD_METHODS = ("ddim", "dpm-solver++2m", "dpm-solver++3m", "unipc", "heun")
 DIFFUSERS_KINDS = ("dpm++2m-karras", "dpm++3m", "unipc-3")  # their defaults with the grids they recommend
 
@@ -291,7 +291,7 @@ def hard_sde(name: str) -> sd.LinearSDE:
 
 
 def prior_check(ref: Reference, sde: sd.LinearSDE, n: int, seed: int = 1) -> dict:
-    """The adaptive ODE (rtol = atol = 1e-5) from the SDE's prior and from the true ``p_T``: where
+    """The adaptive ODE (rtol = atol = 1e-4) from the SDE's prior and from the true ``p_T``: where
     the first is off the floor and the second at it, the row's prior is off (the SDE's, not a solver's)."""
     out = {}
     true_T = ref.gmm.diffused(sde, sd.sampling.make_grid(sde, 1, "log-snr")[0].item())
@@ -299,7 +299,7 @@ def prior_check(ref: Reference, sde: sd.LinearSDE, n: int, seed: int = 1) -> dic
         gen = torch.Generator().manual_seed(seed)
         x_T = None if start == "prior" else true_T.sample(n, generator=gen)[0]
         x, info = sd.sample(matmul_score_fn(ref.gmm, sde), sde, (n, ref.gmm.dim), x_T=x_T, method="ode",
-                            rtol=1e-5, atol=1e-5, generator=gen)
+                            rtol=1e-4, atol=1e-4, generator=gen)
         out[start] = {"nfe": info.nfe, **evaluate(ref, x)}
     out["prior_off"] = not out["prior"]["at_floor"] and out["true_pT"]["at_floor"]
     return out

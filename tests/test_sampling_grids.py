@@ -80,16 +80,16 @@ def test_bad_schedule_arguments():
 
 
 @pytest.mark.parametrize("sde", SDES, ids=lambda s: type(s).__name__)
-def test_fine_grid_is_uniform_from_minus_three_to_six_and_sparse_outside(sde):
-    """``log-snr-fine``: equal log-SNR steps inside ``[-3, 6]`` and steps ``1 / tail_density = 5``
+def test_fine_grid_is_uniform_from_minus_three_to_five_and_sparse_outside(sde):
+    """``log-snr-fine``: equal log-SNR steps inside ``[-3, 5]`` and steps ``1 / tail_density = 5``
     times longer outside (the two steps that straddle a window edge excepted)."""
     h = torch.diff(lam(sde, grids.make_grid(sde, 40, "log-snr-fine")))
     mids = lam(sde, grids.make_grid(sde, 40, "log-snr-fine"))[:-1] + h / 2
     lo, hi = float(lam(sde, grids.default_t_max(sde))), float(lam(sde, sde.eps))
-    inside_total = min(hi, 6.0) - max(lo, -3.0)
-    total = inside_total + 0.2 * (max(-3.0 - lo, 0.0) + max(hi - 6.0, 0.0))
+    inside_total = min(hi, 5.0) - max(lo, -3.0)
+    total = inside_total + 0.2 * (max(-3.0 - lo, 0.0) + max(hi - 5.0, 0.0))
     step = total / 40  # a step's length inside the window
-    inside = (mids > -3 + step) & (mids < 6 - step)
-    outside = (mids < -3 - 5 * step) | (mids > 6 + 5 * step)
+    inside = (mids > -3 + step) & (mids < 5 - step)
+    outside = (mids < -3 - 5 * step) | (mids > 5 + 5 * step)
     assert torch.allclose(h[inside], torch.full_like(h[inside], step), rtol=1e-9)
     assert torch.allclose(h[outside], torch.full_like(h[outside], 5 * step), rtol=1e-9)
