@@ -303,8 +303,9 @@ def resume_point(directory: str | Path, check: Callable[[Checkpoint], None] | No
 def lock_directory(directory: str | Path) -> Iterator[Path]:
     """Hold an exclusive advisory ``fcntl`` lock on ``directory/.lock`` for the ``with`` block
     (the directory must exist). A second holder gets :class:`LockedError` at once, naming the
-    pid written in the lock file. The lock dies with the process, so a kill never leaves it
-    stuck. (No-op where ``fcntl`` is missing, i.e. Windows.)"""
+    pid that last took the lock (written in the file as a note; the lock itself is the flock).
+    The lock dies with the process, so a kill never leaves it stuck. (No-op where ``fcntl`` is
+    missing, i.e. Windows.)"""
     try:
         import fcntl
     except ImportError:  # Windows: no advisory locks
@@ -317,7 +318,8 @@ def lock_directory(directory: str | Path) -> Iterator[Path]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise LockedError(f"{directory} is in use by another trainer (pid {holder} holds {path})") from None
+            raise LockedError(f"{directory} is in use by another trainer (it holds {path}, last taken by pid "
+                              f"{holder})") from None
         # the pid is a note for the refusal above, not data: the lock itself is the flock
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
