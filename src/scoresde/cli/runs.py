@@ -368,15 +368,17 @@ def likelihood_over_split(run: Run, split: str, limit: int | None, batch: int, r
     if levels:
         res = L.evaluate_bpd(run.score_fn, run.sde, batches, levels=levels, data_range=D.data_range(cfg.data.centered),
                              generator=generator, resume_path=results, progress=progress, **options)
-        values, nfe, unit = res.values, res.nfe, "bits/dim"
+        values, nfe, unit, error_max = res.values, res.nfe, "bits/dim", res.error_max
     else:
-        values, nfe, unit = [], 0, "nats/dim"
+        values, nfe, unit, error_max = [], 0, "nats/dim", None
         for x in tqdm(batches, desc=f"likelihood ({split})", unit="batch", disable=not progress):
             logp, info = L.log_likelihood(run.score_fn, run.sde, x, generator=generator, **options)
             values += (-logp / x[0].numel()).tolist()
             nfe += info.nfe
+            if info.error_estimate is not None:  # the worst sample's error indicator, nats/dim
+                error_max = max(error_max or 0.0, float(info.error_estimate.max()) / x[0].numel())
     vals = np.asarray(values)
-    return {"unit": unit, "levels": levels, "eps": eps, "mean": float(vals.mean()),
+    return {"unit": unit, "levels": levels, "eps": eps, "error_max": error_max, "mean": float(vals.mean()),
             "stderr": float(vals.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan"),
             "n": n, "nfe_per_batch": nfe / len(batches)}
 

@@ -28,9 +28,10 @@ from torch import Tensor, nn
 
 from .._tensor import as_batch_time, check_choice
 from .embeddings import TimeEmbedding
-from .layers import AttnBlock, Resample, ResBlock, conv, fir_kernel, group_norm, resample2x
+from .layers import AttnBlock, Resample, ResBlock, conv, fir_kernel, group_norm, resample2x, scaled_init_
 
 RESBLOCKS = ("ddpm", "biggan")
+INITS = ("pytorch", "ddpm")
 PROGRESSIVE_INPUT = ("none", "input_skip", "residual")
 PROGRESSIVE_OUTPUT = ("none", "output_skip", "residual")
 
@@ -211,6 +212,28 @@ class UNetEncoder(nn.Module):
         return hs
 
 
+def ddpm_init_(net: nn.Module, nin_shortcuts: bool) -> None:
+    """The official initialisation (``layers.default_init``: variance scaling, ``fan_avg``,
+    uniform) of every convolution and Linear layer of ``net`` with scale 1 and zero biases,
+    except: attention ``q``, ``k``, ``v`` and DDPM blocks' 1x1 shortcuts (the official ``NIN``
+    layers) with scale 0.1, and the last layer of each residual branch and of the output, which
+    keep their ``init_scale`` initialisation."""
+    last = {id(m.conv1) for m in net.modules() if isinstance(m, ResBlock)}
+    last |= {id(m.out) for m in net.modules() if isinstance(m, AttnBlock)}
+    last |= {id(m.conv) for m in net.modules() if isinstance(m, _OutputSkip)}
+    last |= {id(getattr(net, "conv_out", None))}
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and id(m) not in last:
+            scaled_init_(m.weight, 1.0)
+            nn.init.zeros_(m.bias)
+    for m in net.modules():  # after the pass above, which visits these layers after their blocks
+        if isinstance(m, AttnBlock):
+            for w in m.qkv.weight.data.chunk(3):
+                scaled_init_(w, 0.1)
+        if isinstance(m, ResBlock) and nin_shortcuts and m.skip is not None and m.resample is None:
+            scaled_init_(m.skip.weight, 0.1)
+
+
 def check_image(x: Tensor, in_channels: int, levels: int) -> None:
     """Raise ``ValueError`` naming ``x`` unless it is ``(B, in_channels, H, W)`` with ``H, W``
     multiples of ``2^(levels - 1)``."""
@@ -247,6 +270,8 @@ class UNetConfig:
         conditional: False drops the time embedding (the official unconditional DDPM; its
             blocks keep their unused time projections so that the weights still map).
         init_scale: initial scale of the last layer of every residual branch (0: zeros).
+        init: ``"pytorch"`` (PyTorch's default initialisation elsewhere) or ``"ddpm"`` (the
+            official ``default_init`` everywhere, see :func:`ddpm_init_`).
     """
 
     in_channels: int = 3
@@ -272,9 +297,11 @@ class UNetConfig:
     norm_groups: int | None = None
     conditional: bool = True
     init_scale: float = 0.0
+    init: str = "pytorch"
 
     def __post_init__(self):
         check_choice(self.resblock, RESBLOCKS, "resblock")
+        check_choice(self.init, INITS, "init")
         check_choice(self.progressive_input, PROGRESSIVE_INPUT, "progressive_input")
         check_choice(self.progressive, PROGRESSIVE_OUTPUT, "progressive")
         for name in ("in_channels", "image_size", "nf", "num_res_blocks"):
@@ -353,6 +380,8 @@ class NCSNpp(nn.Module):
         if not self.output_skip:
             self.norm_out = factory.norm(ch)
             self.conv_out = conv(ch, cfg.in_channels, init_scale=cfg.init_scale)
+        if cfg.init == "ddpm":
+            ddpm_init_(self, nin_shortcuts=cfg.resblock == "ddpm")
 
     @property
     def null_label(self) -> int | None:
