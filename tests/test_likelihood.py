@@ -285,6 +285,7 @@ def test_evaluate_bpd_resumes_to_the_same_result(tmp_path):
 
     full = sd.evaluate_bpd(gmm.score_fn(sde), sde, batches, generator=torch.Generator().manual_seed(3), **opts)
     assert len(full.values) == 12 and full.stderr > 0 and full.nfe > 0
+    assert 0 < full.error_max < 1e-2  # the worst solve's error indicator, bits/dim (tolerance 1e-4)
 
     path = tmp_path / "partial.json"
     g = torch.Generator().manual_seed(3)

@@ -542,12 +542,15 @@ def bits_per_dim(
 
 @dataclass
 class BPDResult:
-    """Mean bits/dim over a dataset split, its standard error, per-sample values and NFE spent."""
+    """Mean bits/dim over a dataset split, its standard error, per-sample values and NFE spent;
+    ``error_max``: the largest per-sample ``info.error_estimate`` of the solves, in bits/dim
+    (``None`` for solvers that do not report it)."""
 
     mean: float
     stderr: float
     values: list[float]
     nfe: int
+    error_max: float | None = None
 
 
 def _first_tensor(batch) -> Tensor:
@@ -612,7 +615,7 @@ def evaluate_bpd(
     solver = {k: v for k, v in sorted(likelihood_options.items()) if isinstance(v, (str, int, float, bool))}
     config = {"levels": levels, "data_range": list(data_range), "draws": draws, "likelihood": solver}
     path = None if resume_path is None else Path(resume_path)
-    state = {"config": config, "batches": 0, "values": [], "nfe": 0, "generator": None}
+    state = {"config": config, "batches": 0, "values": [], "nfe": 0, "error_max": None, "generator": None}
     if path is not None and path.exists():
         state = _load_partial(path, config)
         _set_generator_state(generator, state["generator"])
@@ -627,6 +630,9 @@ def evaluate_bpd(
             logp, info = log_likelihood(score_fn, sde, y, generator=generator, **likelihood_options)
             bpd += bits_per_dim(logp, y, data_range, levels).double().cpu() / draws
             state["nfe"] += info.nfe
+            if info.error_estimate is not None:
+                worst = float(info.error_estimate.max()) / (y[0].numel() * math.log(2))
+                state["error_max"] = max(worst, state.get("error_max") or 0.0)
         state["values"] += bpd.tolist()
         state["batches"] = index + 1
         state["generator"] = _generator_state(generator)
@@ -639,4 +645,5 @@ def evaluate_bpd(
     if values.numel() == 0:
         raise ValueError("batches yielded no data")
     stderr = float(values.std() / math.sqrt(values.numel())) if values.numel() > 1 else float("nan")
-    return BPDResult(mean=float(values.mean()), stderr=stderr, values=state["values"], nfe=state["nfe"])
+    return BPDResult(mean=float(values.mean()), stderr=stderr, values=state["values"], nfe=state["nfe"],
+                     error_max=state.get("error_max"))

@@ -25,9 +25,10 @@ def _cmd_likelihood(args: argparse.Namespace) -> int:
                                 prior_reference=ev.prior_reference if args.prior_reference is None else args.prior_reference,
                                 eps=args.eps or ev.likelihood_eps,
                                 **{k: v for k in ("prior", "error_norm") if (v := getattr(args, k)) is not None})
+    indicator = "" if res["error_max"] is None else f"; solver error indicator <= {res['error_max']:.1e} {res['unit']}"
     print(f"{args.split}: {res['mean']:.4f} ± {res['stderr']:.4f} {res['unit']} over {res['n']} items "
           f"(levels: {res['levels'] or 'continuous, no dequantization'}; eps={res['eps']:g}, "
-          f"{res['nfe_per_batch']:.0f} NFE per batch) -> {results}")
+          f"{res['nfe_per_batch']:.0f} NFE per batch{indicator}) -> {results}")
     return 0
 
 
