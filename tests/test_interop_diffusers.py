@@ -34,9 +34,21 @@ def save_pipeline(tmp_path, unet, scheduler, cls=None):
     return folder
 
 
+def in_float64(scheduler):
+    """The scheduler with its coefficient tensors (the same float32 values) in float64, so that its
+    step does float64 arithmetic on float64 states (diffusers keeps them in float32 otherwise)."""
+    for name in ("betas", "alphas", "alphas_cumprod", "final_alpha_cumprod"):
+        if isinstance(getattr(scheduler, name, None), torch.Tensor):
+            setattr(scheduler, name, getattr(scheduler, name).double())
+    return scheduler
+
+
 def diffusers_ddim(unet, scheduler, x_T: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """diffusers' own DDIM loop (eta = 0, no clipping) from ``x_T``; returns ``(x_0, timesteps)``."""
+    """diffusers' own DDIM loop (eta = 0, no clipping) from ``x_T``, with float64 coefficients for
+    float64 states; returns ``(x_0, timesteps)``."""
     ddim = diffusers.DDIMScheduler.from_config(scheduler.config, clip_sample=False)
+    if x_T.dtype == torch.float64:
+        in_float64(ddim)
     ddim.set_timesteps(steps)
     x = x_T
     with torch.no_grad():
@@ -89,13 +101,34 @@ def test_ddim_matches_diffusers_loop(tmp_path, prediction, dtype):
     got, info = sd.sample(run.score_fn, run.sde, x_T=x_T, grid=run.sde.step_time(timesteps), method="ddim",
                           denoise=True)
     assert info.nfe == len(timesteps) == 10
-    # Same arithmetic up to rounding: diffusers takes sqrt(abar) in float32 even on float64 states
-    # (relative 6e-8 per coefficient) and scoresde in float64, and in float32 the time n / 999
-    # reaches the network as n +- 6e-5.  Observed at most 7e-8 (float64) and 1e-6 (float32) of
-    # max|x| over the three parameterizations; the bounds 1e-6 / 4e-6 are still 1e3 below what a
-    # wrong time map does (timestep t N instead of t (N - 1): 3e-3 to 2e-2 of max|x|).
-    tol = (1e-6 if dtype == torch.float64 else 4e-6) * want.abs().max().item()
+    # The same arithmetic: in float64 the two agree to rounding (observed 1e-15 of max|x|; the
+    # time n / 999 reaches the embedding, computed in float32, as exactly n).  In float32 diffusers
+    # keeps its coefficients in float32 and the time reaches the network as n +- 6e-5: observed at
+    # most 1e-6 of max|x|, and the bound 4e-6 is still 1e3 below what a wrong time map does
+    # (timestep t N instead of t (N - 1): 3e-3 to 2e-2 of max|x|).
+    tol = (1e-12 if dtype == torch.float64 else 4e-6) * want.abs().max().item()
     torch.testing.assert_close(got, want, rtol=0, atol=tol)
+
+
+def test_ancestral_matches_ddpm_loop():
+    """DDPM's own sampler (DDPMScheduler.step, posterior variance, every step of a 50-step chain)
+    is scoresde's ancestral method (DDIM at eta = 1, the exact posterior) on the grid of its steps
+    with the final Tweedie step, noise drawn in the same order from the same generator."""
+    dtype = torch.float64
+    scheduler = in_float64(diffusers.DDPMScheduler(num_train_timesteps=50, clip_sample=False))
+    unet = tiny_unet().to(dtype)
+    x_T = torch.randn((2, *SHAPE), generator=torch.Generator().manual_seed(1), dtype=dtype)
+    scheduler.set_timesteps(50)
+    x, gen = x_T, torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for n in scheduler.timesteps:
+            x = scheduler.step(unet(x, n).sample, n, x, generator=gen).prev_sample
+    score_fn, sde = sd.from_diffusers(unet, scheduler)
+    got, info = sd.sample(score_fn, sde, x_T=x_T, grid=sde.step_time(scheduler.timesteps), method="ancestral",
+                          denoise=True, generator=torch.Generator().manual_seed(7))
+    assert info.nfe == 50
+    # float64 rounding over 50 steps (observed 2e-14 of max|x|)
+    torch.testing.assert_close(got, x, rtol=0, atol=1e-12 * x.abs().max().item())
 
 
 def test_timestep_input_is_t_times_n_minus_1():
