@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import scoresde as sd
+from scoresde.score import clip_denoised
 from scoresde.interop.diffusers import DiffusersUNet, DiscreteVPSDE, import_pipeline, map_scheduler
 
 diffusers = pytest.importorskip("diffusers")
@@ -110,12 +111,15 @@ def test_ddim_matches_diffusers_loop(tmp_path, prediction, dtype):
     torch.testing.assert_close(got, want, rtol=0, atol=tol)
 
 
-def test_ancestral_matches_ddpm_loop():
+@pytest.mark.parametrize("clip", [False, True])
+def test_ancestral_matches_ddpm_loop(clip):
     """DDPM's own sampler (DDPMScheduler.step, posterior variance, every step of a 50-step chain)
     is scoresde's ancestral method (DDIM at eta = 1, the exact posterior) on the grid of its steps
-    with the final Tweedie step, noise drawn in the same order from the same generator."""
+    with the final Tweedie step, noise drawn in the same order from the same generator; diffusers'
+    ``clip_sample`` (the imported run's ``sampling.clip_denoised``) is scoresde's clipped score."""
     dtype = torch.float64
-    scheduler = in_float64(diffusers.DDPMScheduler(num_train_timesteps=50, clip_sample=False))
+    scheduler = in_float64(diffusers.DDPMScheduler(num_train_timesteps=50, clip_sample=clip))
+    assert map_scheduler(scheduler).clip_sample == clip
     unet = tiny_unet().to(dtype)
     x_T = torch.randn((2, *SHAPE), generator=torch.Generator().manual_seed(1), dtype=dtype)
     scheduler.set_timesteps(50)
@@ -124,6 +128,8 @@ def test_ancestral_matches_ddpm_loop():
         for n in scheduler.timesteps:
             x = scheduler.step(unet(x, n).sample, n, x, generator=gen).prev_sample
     score_fn, sde = sd.from_diffusers(unet, scheduler)
+    if clip:  # the random net's x0 predictions leave [-1, 1] at most steps: the clip is exercised
+        score_fn = clip_denoised(score_fn, sde, (-1.0, 1.0))
     got, info = sd.sample(score_fn, sde, x_T=x_T, grid=sde.step_time(scheduler.timesteps), method="ancestral",
                           denoise=True, generator=torch.Generator().manual_seed(7))
     assert info.nfe == 50
