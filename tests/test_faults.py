@@ -157,7 +157,8 @@ def test_a_checkpoint_that_does_not_fit_is_skipped_on_resume(reference, tmp_path
     assert killed_train(out, "step", 10) == "killed"  # checkpoints 4 and 8
     assert run("train", "toy-2d", *TINY, "model.width=4", "training.steps=4", "--out", str(other)) == 0
     foreign = checkpoint.load(other / "ckpt_00000004.json")  # valid, but another network's shapes
-    checkpoint.save(out, 9, foreign.tensors, foreign.meta)
+    meta = {k: v for k, v in foreign.meta.items() if k != "config"}  # else refused as another run's
+    checkpoint.save(out, 9, foreign.tensors, meta)
     with pytest.warns(UserWarning, match=r"ckpt_00000009.safetensors: tensor \S+ has shape"):
         assert train(out, "--resume") == 0  # falls back to ckpt_8
     assert_same_as(reference, out)
@@ -224,3 +225,15 @@ def test_an_empty_config_yaml_is_named_as_such(reference, tmp_path, capsys):
         assert run(*argv) == 2
         err = capsys.readouterr().err.strip()
         assert "config.yaml: empty file" in err and "\n" not in err
+
+
+def test_resume_refuses_weights_trained_for_another_sde(reference, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    text = (out / "config.yaml").read_text()
+    (out / "config.yaml").write_text(text.replace("beta_max: 20.0", "beta_max: 10.0"))  # edited by hand
+    assert train(out, "sde.beta_max=10", "training.steps=16", "--resume") == 2
+    err = capsys.readouterr().err.strip()
+    assert "config.yaml no longer matches" in err and "ckpt_00000014.json" in err and "\n" not in err

@@ -2,7 +2,7 @@
 
 Sub-commands, one module per family (``scoresde COMMAND --help`` explains each)::
 
-    presets | train | run                         cli/train.py
+    presets | config | train | run                cli/train.py
     sample | eval | encode | decode               cli/sample.py
     likelihood                                    cli/likelihood.py
     train-classifier | guide | inpaint | colorize cli/guidance.py

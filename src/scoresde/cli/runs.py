@@ -126,6 +126,8 @@ def _prepare_training(cfg: C.Config, out: Path, resume: bool | str, world: int) 
                                 f"{', '.join(found[:5]) or 'nothing'}); drop --resume to start one")
     if holds and not same_run(read_config(out), cfg):
         raise ValueError(f"{out} holds a run of another configuration; choose another --out")
+    if holds and resume is not False:
+        _check_newest_sidecar(out, cfg)
     for name in cfg.evaluation.metrics:
         check_choice(name, METRICS, "evaluation.metrics entry")
     torch.manual_seed(cfg.training.seed)  # network initialisation
@@ -144,6 +146,26 @@ def _prepare_training(cfg: C.Config, out: Path, resume: bool | str, world: int) 
         latest = [s for s, _ in checkpoint.list_checkpoints(out)]
         start_step = latest[-1] if latest else 0  # an upper bound: checkpoints above it are this start's
     return {"holds": holds, "sde": sde, "model": model, "loss": loss, "dataset": dataset, "start_step": start_step}
+
+
+def _check_newest_sidecar(out: Path, cfg: C.Config) -> None:
+    """The newest checkpoint's recorded config (its sidecar only: no tensor is read) must have the
+    SDE, model and loss of ``cfg``: a hand-edited ``config.yaml`` must not silently continue
+    weights trained for another SDE (:func:`scoresde.runs.check_trained_with`)."""
+    import json
+
+    from .. import checkpoint
+    from ..runs import check_trained_with
+
+    found = checkpoint.list_checkpoints(out)
+    if not found:
+        return
+    step, sidecar = found[-1]
+    try:
+        meta = json.loads(sidecar.read_text())["meta"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # a corrupt sidecar: the resume quarantines it and tries the previous one
+    check_trained_with(checkpoint.Checkpoint(step, {}, meta, sidecar), cfg, out / CONFIG_FILE)
 
 
 def _try_loss(model: torch.nn.Module, loss: Callable[..., Tensor], dataset: D.ArrayDataset) -> None:
