@@ -62,27 +62,65 @@ class DiscreteVPSDE(LinearSDE):
         self._slope = _pchip_slopes(self._lam)
         super().__init__(T=1.0, eps=eps)
 
-    def _nodes(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """``(lam_k, lam_{k+1}, m_k, m_{k+1}, s, work t)`` for the interval ``k`` holding each
-        time, ``s`` the offset in it (in steps)."""
+    def _work(self, x: Tensor) -> tuple[Tensor, Tensor, torch.dtype]:
+        """The node values and slopes on ``x``'s device in the working dtype."""
+        work = torch.float32 if x.device.type == "mps" else torch.float64
+        return self._lam.to(x.device, work), self._slope.to(x.device, work), work
+
+    def _interval(self, k: Tensor, lam: Tensor, slope: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(lam_k, lam_{k+1}, m_k, m_{k+1})`` of interval ``k``."""
+        return lam[k], lam[k + 1], slope[k], slope[k + 1]
+
+    def _nodes(self, t: Tensor) -> tuple[tuple[Tensor, Tensor, Tensor, Tensor], Tensor, Tensor]:
+        """The interval ``k`` holding each time (:meth:`_interval`), the offset ``s`` in it (in
+        steps) and ``t`` as a tensor."""
         t = _as_time(t)
-        work = torch.float32 if t.device.type == "mps" else torch.float64
-        lam, slope = self._lam.to(t.device, work), self._slope.to(t.device, work)
+        lam, slope, work = self._work(t)
         u = t.to(work) * (self.steps - 1) / self.T
         k = u.floor().clamp(0, self.steps - 2).long()
-        return lam[k], lam[k + 1], slope[k], slope[k + 1], u - k, t
+        return self._interval(k, lam, slope), u - k, t
+
+    @staticmethod
+    def _hermite(c: tuple[Tensor, Tensor, Tensor, Tensor], s: Tensor) -> Tensor:
+        """The cubic Hermite ``h00 lam_k + h10 m_k + h01 lam_{k+1} + h11 m_{k+1}`` at offset ``s``."""
+        l0, l1, m0, m1 = c
+        return (1 + 2 * s) * (1 - s) ** 2 * l0 + s * (1 - s) ** 2 * m0 + s**2 * (3 - 2 * s) * l1 + s**2 * (s - 1) * m1
+
+    @staticmethod
+    def _dhermite(c: tuple[Tensor, Tensor, Tensor, Tensor], s: Tensor) -> Tensor:
+        """``d/ds`` of :meth:`_hermite`."""
+        l0, l1, m0, m1 = c
+        return 6 * s * (s - 1) * (l0 - l1) + (3 * s**2 - 4 * s + 1) * m0 + (3 * s**2 - 2 * s) * m1
 
     def log_snr(self, t: Tensor | float) -> Tensor:
-        """``lambda(t)``: the cubic Hermite ``h00 lam_k + h10 m_k + h01 lam_{k+1} + h11 m_{k+1}``."""
-        l0, l1, m0, m1, s, t = self._nodes(t)
-        lam = (1 + 2 * s) * (1 - s) ** 2 * l0 + s * (1 - s) ** 2 * m0 + s**2 * (3 - 2 * s) * l1 + s**2 * (s - 1) * m1
-        return lam.to(t.dtype)
+        """``lambda(t)``, the monotone cubic through the steps' log-SNRs."""
+        c, s, t = self._nodes(t)
+        return self._hermite(c, s).to(t.dtype)
 
     def dlog_snr(self, t: Tensor | float) -> Tensor:
         """``d lambda / dt`` (the derivative of the Hermite basis, times ``(N - 1) / T``)."""
-        l0, l1, m0, m1, s, t = self._nodes(t)
-        du = 6 * s * (s - 1) * (l0 - l1) + (3 * s**2 - 4 * s + 1) * m0 + (3 * s**2 - 2 * s) * m1
-        return (du * (self.steps - 1) / self.T).to(t.dtype)
+        c, s, t = self._nodes(t)
+        return (self._dhermite(c, s) * (self.steps - 1) / self.T).to(t.dtype)
+
+    def t_of_log_snr(self, lam: Tensor | float) -> Tensor:
+        """Inverse of :meth:`log_snr` on ``[0, T]``: the interval by binary search over the steps'
+        log-SNRs, then the cubic's root by Newton's method from the secant's guess, safeguarded by
+        bisection of the bracket (8 iterations; Newton converges quadratically, 4 reach float64
+        rounding on the diffusers schedules)."""
+        lam = _as_time(lam)
+        nodes, slope, work = self._work(lam)
+        target = lam.to(work)
+        k = (torch.searchsorted(-nodes, -target.contiguous()) - 1).clamp(0, self.steps - 2)
+        c = self._interval(k, nodes, slope)
+        lo, hi = torch.zeros_like(target), torch.ones_like(target)
+        s = ((target - c[0]) / (c[1] - c[0])).clamp(0, 1)
+        for _ in range(8):
+            f = self._hermite(c, s) - target
+            right = f > 0  # lambda decreases: the root lies beyond s
+            lo, hi = torch.where(right, s, lo), torch.where(right, hi, s)
+            newton = s - f / self._dhermite(c, s)
+            s = torch.where((newton >= lo) & (newton <= hi), newton, 0.5 * (lo + hi))
+        return ((k + s) * self.T / (self.steps - 1)).to(lam.dtype)
 
     def alpha(self, t):
         return torch.sigmoid(2 * self.log_snr(t)).sqrt()
