@@ -202,3 +202,176 @@ def test_a_learning_rate_beyond_float32_is_a_clear_non_finite_error():
     with pytest.raises(FloatingPointError, match="lr"):
         for _ in range(3):
             trainer.train_step()
+
+
+# ---------------------------------------------------------------- speed options (issue 18)
+
+def _unet(seed):
+    torch.manual_seed(seed)
+    return NCSNpp(in_channels=1, image_size=8, nf=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
+                  dropout=0.1)
+
+
+_IMAGES = torch.randn(32, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+_POINTS = torch.randn(32, 2, generator=torch.Generator().manual_seed(0))
+
+
+def _mlp(seed):
+    torch.manual_seed(seed)
+    return MLP(2, width=16, depth=1, emb_dim=8, dropout=0.2)
+
+
+def _aot_eager(monkeypatch):
+    """torch.compile through dynamo and AOT autograd with eager kernels: the Trainer's compile
+    path in a second, where inductor's C++ code generation takes minutes on this CPU."""
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: compile_(module, backend="aot_eager", **kw))
+
+
+def _speed_trainer(model, out_dir, **options):
+    data = _IMAGES if isinstance(model, NCSNpp) else _POINTS
+    return Trainer(model, TinyDSM(), data, batch_size=8, lr=1e-3, ckpt_every=2, keep_last=5, seed=3,
+                   progress=False, out_dir=out_dir, **options)
+
+
+def _copy_checkpoint(src, dst, step):
+    dst.mkdir()
+    for path in src.glob(f"ckpt_{step:08d}*"):
+        (dst / path.name).write_bytes(path.read_bytes())
+
+
+# Tolerances on the losses of 4 steps. fused / foreach Adam and NHWC convolutions reorder float32
+# sums (relative rounding ~1e-7 per operation, amplified by the optimiser over a few steps): 1e-4.
+# bf16 keeps 8 mantissa bits (relative rounding 2^-9 ~ 0.2 % per matmul / conv input); the loss is a
+# mean over many outputs whose rounding errors partly cancel: 5e-3. The steps' losses differ from
+# each other by more than 3x that (asserted below), so a step that trains on other data, noise or
+# weights fails every tolerance. compile runs on the tiny MLP (dynamo traces a U-Net for ~20 s here).
+SPEED_OPTIONS = {
+    "for-loop Adam": (dict(optimizer_impl="for-loop"), 1e-4, _unet),
+    "foreach Adam": (dict(optimizer_impl="foreach"), 1e-4, _unet),
+    "channels_last": (dict(channels_last=True), 1e-4, _unet),
+    "bf16 autocast": (dict(amp="bf16"), 5e-3, _unet),
+    "compile": (dict(compile=True), 1e-4, _mlp),
+}
+
+
+@pytest.mark.parametrize("name", list(SPEED_OPTIONS))
+def test_speed_option_gives_the_plain_losses_and_resumes_its_checkpoints(tmp_path, monkeypatch, name):
+    options, rtol, net = SPEED_OPTIONS[name]
+    if name == "compile":
+        _aot_eager(monkeypatch)
+    plain = _speed_trainer(net(0), tmp_path / "plain")
+    reference = [r["loss"] for r in plain.fit(4)]
+    assert min(abs(a / b - 1) for a in reference for b in reference if a != b) > 3 * rtol
+    fast = _speed_trainer(net(0), tmp_path / "fast", **options)
+    assert fast.compiled == (name == "compile")
+    losses = [r["loss"] for r in fast.fit(4)]
+    torch.testing.assert_close(losses, reference, rtol=rtol, atol=0)
+    # every checkpoint holds the plain network's names (no "_orig_mod." of a compiled module)
+    assert checkpoint.load(checkpoint.list_checkpoints(tmp_path / "fast")[-1][1]).tensors.keys() == \
+        checkpoint.load(checkpoint.list_checkpoints(tmp_path / "plain")[-1][1]).tensors.keys()
+    # each resumes the other's checkpoint of step 2 and continues its run
+    _copy_checkpoint(tmp_path / "plain", tmp_path / "fast_from_plain", 2)
+    _copy_checkpoint(tmp_path / "fast", tmp_path / "plain_from_fast", 2)
+    resumed = _speed_trainer(net(1), tmp_path / "fast_from_plain", resume=True, **options)
+    torch.testing.assert_close([r["loss"] for r in resumed.fit(4)], reference[2:], rtol=rtol, atol=0)
+    resumed = _speed_trainer(net(1), tmp_path / "plain_from_fast", resume=True)
+    torch.testing.assert_close([r["loss"] for r in resumed.fit(4)], losses[2:], rtol=rtol, atol=0)
+
+
+def test_grad_accum_matches_one_batch_of_the_same_items():
+    # A noise-free loss without dropout: two micro-batches of 4 (consecutive slices of the same
+    # permutation) average to the gradient of one batch of 8; only float32 summation order differs.
+    def regression(model, x0, labels=None, generator=None):
+        return (model(x0, torch.full((x0.shape[0],), 0.5)) - 0.5 * x0).square().mean()
+
+    data = torch.randn(48, 2, generator=torch.Generator().manual_seed(0))
+    runs = []
+    for batch, accum in ((8, 1), (4, 2)):
+        torch.manual_seed(0)
+        trainer = Trainer(MLP(2, width=16, depth=1, emb_dim=8), regression, data, batch_size=batch,
+                          grad_accum=accum, lr=1e-2, progress=False)
+        runs.append([r["loss"] for r in trainer.fit(5)])
+    torch.testing.assert_close(runs[1], runs[0], rtol=1e-5, atol=0)
+
+
+def test_a_failing_compile_warns_once_and_continues_eagerly(tmp_path, monkeypatch):
+    def broken_backend(graph, inputs):
+        raise RuntimeError("no C++ compiler here")
+
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: compile_(module, backend=broken_backend))
+    reference = [r["loss"] for r in _speed_trainer(_mlp(0), None).fit(3)]
+    trainer = _speed_trainer(_mlp(0), None, compile=True)
+    with pytest.warns(UserWarning, match="torch.compile failed") as caught:
+        losses = [r["loss"] for r in trainer.fit(3)]
+    assert len([w for w in caught if "torch.compile" in str(w.message)]) == 1 and not trainer.compiled
+    assert losses == reference  # the failed step was redone eagerly from the same batch and seeds
+
+
+def test_compile_auto_decides_at_fit_from_device_steps_and_cache(tmp_path, monkeypatch):
+    from scoresde import train
+
+    assert not train.compile_pays(torch.device("cpu"), 10**9, warm=True)  # never paid on CPU
+    assert not train.compile_pays(torch.device("cuda"), train.AUTO_COMPILE_MIN_STEPS - 1, warm=False)
+    assert train.compile_pays(torch.device("cuda"), train.AUTO_COMPILE_MIN_STEPS, warm=False)
+    assert train.compile_pays(torch.device("cuda"), 10, warm=True)
+    _aot_eager(monkeypatch)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(train, "compile_pays", lambda device, steps_left, warm: steps_left >= 3 or warm)
+    trainer = _speed_trainer(_mlp(0), None, compile="auto")
+    trainer.fit(2)
+    assert not trainer.compiled  # 2 steps left: not worth it
+    trainer = _speed_trainer(_mlp(0), None, compile="auto")
+    trainer.fit(3)
+    assert trainer.compiled and trainer._compile_marker().is_file()  # a successful compile marks the cache warm
+    trainer = _speed_trainer(_mlp(0), None, compile="auto")
+    trainer.fit(1)
+    assert trainer.compiled  # a warm cache: compiling costs seconds, so even a short run compiles
+    with pytest.raises(ValueError, match="compile"):
+        _speed_trainer(_mlp(0), None, compile="yes")
+
+
+def test_a_compiled_model_given_to_the_trainer_keeps_plain_checkpoint_names(tmp_path, monkeypatch):
+    _aot_eager(monkeypatch)
+    model = _mlp(0)
+    trainer = _speed_trainer(torch.compile(model), tmp_path)
+    assert trainer.model is model and not any("_orig_mod" in k for k, _ in trainer.state()[0].items())
+
+
+def test_eval_fn_figures_join_the_records_and_the_log(tmp_path):
+    calls = []
+
+    def eval_fn(model, step):
+        calls.append((step, model.training))
+        return {"fid": 10.0 / step}
+
+    trainer = _trainer(_model(0), TinyDSM(), tmp_path, grad_accum=1, log_every=4, eval_every=3, eval_fn=eval_fn)
+    history = trainer.fit(6)
+    assert calls == [(3, False), (6, False)]  # the EMA model, in eval mode
+    assert [r.get("fid") for r in history] == [None, None, 10 / 3, None, None, 10 / 6]
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    # an evaluation step writes a record even off the log period, so no figure is lost
+    assert [(r["step"], r.get("fid")) for r in records] == [(3, 10 / 3), (4, None), (6, 10 / 6)]
+    with pytest.raises(ValueError, match="reserved"):
+        _trainer(_model(0), TinyDSM(), None, eval_every=1, eval_fn=lambda m, s: {"loss": 1.0}).fit(1)
+    with pytest.raises(ValueError, match="eval_every"):
+        _trainer(_model(0), TinyDSM(), None, eval_fn=eval_fn)
+
+
+def test_speed_keys_of_the_config_reach_the_trainer_and_are_validated(tmp_path):
+    from scoresde import config
+    from scoresde.cli.runs import build_trainer, same_run
+
+    keys = ["training.amp=bf16", "training.compile=auto", "training.grad_accum=2", "training.channels_last=true"]
+    cfg = config.load_config("toy-2d", keys)
+    trainer = build_trainer(cfg, MLP(2, width=8, depth=1), TinyDSM(), torch.randn(512, 2), tmp_path, progress=False)
+    assert (trainer.autocast_dtype, trainer.compile_mode, trainer.grad_accum, trainer.memory_format) == \
+        (torch.bfloat16, "auto", 2, torch.channels_last)
+    plain = config.load_config("toy-2d")
+    assert same_run(plain, config.load_config("toy-2d", keys[:2] + keys[3:]))  # speed options resume each other
+    assert not same_run(plain, cfg)  # grad_accum changes the batch of a step
+    for bad in ("training.amp=fp16", "training.compile=maybe", "training.compile=1", "training.grad_accum=0",
+                "training.channels_last=3"):
+        with pytest.raises(ValueError, match=bad.split("=")[0]):
+            config.load_config("toy-2d", [bad])

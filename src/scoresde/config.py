@@ -148,7 +148,15 @@ class TrainingConfig:
     sample_every: int | None = _field(None, ge=1, doc="steps between sample grids samples/step_<n>.png drawn "
                                       "with the sampling section (at most 256 samples; None: off)")
     eval_every: int | None = _field(None, ge=1, doc="steps between evaluation losses of the EMA model on the "
-                                    "first 1000 items of evaluation.split (log.jsonl eval_loss; None: off)")
+                                    "first 1000 items of evaluation.split (log.jsonl eval_loss; None: off); with "
+                                    "evaluation.inception and fid_ref also its FID of evaluation.fid_samples samples "
+                                    "and bits/dim (scoresde.monitor)")
+    grad_accum: int = _field(1, ge=1, doc="micro-batches of batch_size averaged per optimiser step")
+    amp: str = _field("auto", choices=("auto", "bf16", "none"), doc="bf16 autocast of the forward pass "
+                      "(auto: off until bf16 is measured not to change the loss curve)")
+    compile: bool | str = _field(False, choices=(False, True, "auto"), doc="torch.compile the network (auto: "
+                                 "on CUDA with a warm cache or >= 50 000 steps left; a failure falls back to eager)")
+    channels_last: bool = _field(False, doc="NHWC memory layout of weights and image batches")
 
 
 @dataclass

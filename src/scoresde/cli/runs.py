@@ -39,7 +39,8 @@ def build_trainer(cfg: C.Config, model: torch.nn.Module, loss: Callable[..., Ten
         batch_size=t.batch_size, lr=t.lr, warmup_steps=t.warmup, grad_clip=t.grad_clip, ema_decay=t.ema_decay,
         ema_warmup=t.ema_warmup, weight_decay=t.weight_decay, seed=t.seed, out_dir=out, log_every=t.log_every,
         ckpt_every=t.checkpoint_every, keep_last=t.keep, resume=resume, progress=progress,
-        config=cfg.to_dict() if config is None else config, device=device)
+        config=cfg.to_dict() if config is None else config, device=device, grad_accum=t.grad_accum, amp=t.amp,
+        compile=t.compile, channels_last=t.channels_last)
     return Trainer(model, loss, data, **{**kwargs, **overrides})
 
 
@@ -52,7 +53,9 @@ def train_run(cfg: C.Config, out: Path, resume: bool | str = False, progress: bo
               device: torch.device | None = None) -> Path:
     """Train ``cfg`` into the run folder ``out``: ``config.yaml``, the checkpoints
     ``ckpt_<step>.*`` and the logs ``log.jsonl`` / ``log.csv`` of :class:`scoresde.train.Trainer`
-    (``samples/`` with ``training.sample_every``, ``eval_loss`` records with ``training.eval_every``).
+    (``samples/`` with ``training.sample_every``, ``eval_loss`` records with ``training.eval_every``,
+    and ``fid`` / ``bpd`` records of :func:`training_monitor` when ``evaluation.inception`` and
+    ``evaluation.fid_ref`` are set too).
 
     ``resume``: ``False`` starts a new run (``out`` must not hold one); ``True`` continues the run
     in ``out`` from its newest valid checkpoint (:func:`scoresde.checkpoint.resume_point`; none
@@ -204,6 +207,10 @@ def _fit(cfg: C.Config, out: Path, prepared: dict[str, Any], resume: bool | str,
         held_out = C.build_dataset(cfg, cfg.evaluation.split)
         eval_data = held_out.x[:1000] if held_out.labels is None else (held_out.x[:1000], held_out.labels[:1000])
         extras.update(eval_every=t.eval_every, eval_data=eval_data)
+        ev = cfg.evaluation
+        if rank == 0 and ev.inception is not None and ev.fid_ref is not None:  # FID (and bits/dim) while training
+            extras["eval_fn"] = training_monitor(cfg, sde, loss.parameterization, tuple(prepared["dataset"].sample_shape),
+                                                 device)
     trainer = build_trainer(cfg, model, loss, batches, out, resume=resume, progress=progress, device=device,
                             **extras)
     trainer.fit(t.steps)
@@ -240,10 +247,12 @@ def with_label_dropout(loss: Callable[..., Tensor], model: torch.nn.Module, p: f
 
 def same_run(a: C.Config, b: C.Config) -> bool:
     """Whether ``b`` continues the training of ``a``: the same data, SDE, model, loss and
-    training section up to ``training.steps`` (sampling and evaluation may change)."""
+    training section up to ``training.steps`` and the speed options (``amp``, ``compile``,
+    ``channels_last``: each resumes the others' checkpoints); sampling and evaluation may change."""
     da, db = a.to_dict(), b.to_dict()
     for d in (da, db):
-        d["training"].pop("steps")
+        for key in ("steps", "amp", "compile", "channels_last"):
+            d["training"].pop(key, None)
     return all(da[k] == db[k] for k in ("data", "sde", "model", "loss", "training"))
 
 
