@@ -34,7 +34,7 @@ from scoresde.train import Trainer
 
 
 def train_score(out: Path, steps: int) -> float:
-    cfg = C.load_config("digits-vp", ["model.num_classes=10", "model.null_label=true", f"training.steps={steps}",
+    cfg = C.load_config("digits-vp", ["model.num_classes=10", "model.null_class=true", f"training.steps={steps}",
                                       "training.lr=1e-3", "training.warmup=50", "training.ema_decay=0.99"])
     out.mkdir(parents=True, exist_ok=True)
     C.save_config(cfg, out / CONFIG_FILE)

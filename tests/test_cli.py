@@ -206,7 +206,7 @@ def test_clip_denoised_on_the_oracle():
 
 def test_label_dropout_trains_class_conditional_digits(tmp_path):
     out = tmp_path / "cfg"
-    options = ["model.num_classes=10", "model.null_label=true", "training.label_dropout=0.2"]
+    options = ["model.num_classes=10", "model.null_class=true", "training.label_dropout=0.2"]
     assert run_cli("train", "digits-vp", *TINY_DIGITS, *options, "--out", str(out)) == 0
     assert json.loads((out / "log.jsonl").read_text().splitlines()[-1])["step"] == 4
     with pytest.raises(ValueError, match=r"training\.label_dropout"):

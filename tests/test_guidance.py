@@ -366,7 +366,7 @@ def test_cli_commands_end_to_end(tmp_path):
 
     run, clf = str(tmp_path / "run"), str(tmp_path / "clf")
     tiny = ["model.nf=8", "training.steps=2", "training.batch_size=8", "training.checkpoint_every=2"]
-    assert cli.main(["train", "digits-vp", *tiny, "model.num_classes=10", "model.null_label=true", "--out", run, "--quiet"]) == 0
+    assert cli.main(["train", "digits-vp", *tiny, "model.num_classes=10", "model.null_class=true", "--out", run, "--quiet"]) == 0
     assert cli.main(["train-classifier", "digits-vp", *tiny, "--steps", "2", "--nf", "8", "--out", clf, "--quiet"]) == 0
     assert (tmp_path / "clf" / "accuracy.json").is_file()
     for kind in (["--cfg"], ["--classifier", clf]):

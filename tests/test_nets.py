@@ -87,7 +87,7 @@ def test_unet_rejects_bad_images():
 
 
 def test_class_conditional_unet_and_null_label():
-    model = NCSNpp(**TINY, in_channels=1, num_classes=3, null_label=True)
+    model = NCSNpp(**TINY, in_channels=1, num_classes=3, null_class=True)
     _randomize(model)
     assert model.null_label == 3
     x, t = torch.randn(2, 1, 8, 8), torch.rand(2)
@@ -102,7 +102,7 @@ def test_class_conditional_unet_and_null_label():
 
 
 def test_mlp_shapes_and_labels():
-    model = MLP(5, width=32, depth=2, num_classes=4, null_label=True, embedding="fourier")
+    model = MLP(5, width=32, depth=2, num_classes=4, null_class=True, embedding="fourier")
     _randomize(model)
     x, t = torch.randn(7, 5), torch.rand(7)
     labels = torch.randint(0, 4, (7,))

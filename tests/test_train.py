@@ -44,7 +44,7 @@ def _data(n=48, seed=0):
 
 def _model(seed):
     torch.manual_seed(seed)
-    return MLP(2, width=16, depth=1, emb_dim=8, dropout=0.2, num_classes=3, null_label=True)
+    return MLP(2, width=16, depth=1, emb_dim=8, dropout=0.2, num_classes=3, null_class=True)
 
 
 def _trainer(model, loss, out_dir, **kw):

@@ -144,7 +144,7 @@ class TrainingConfig:
     checkpoint_every: int = _field(1000, ge=1, doc="steps between checkpoints")
     keep: int = _field(2, ge=1, doc="checkpoints kept")
     label_dropout: float = _field(0.0, ge=0, lt=1, doc="classifier-free guidance: probability of training "
-                                  "on the null label (needs model.num_classes and model.null_label)")
+                                  "on the null label (needs model.num_classes and model.null_class=true)")
     sample_every: int | None = _field(None, ge=1, doc="steps between sample grids samples/step_<n>.png drawn "
                                       "with the sampling section (at most 256 samples; None: off)")
     eval_every: int | None = _field(None, ge=1, doc="steps between evaluation losses of the EMA model on the "

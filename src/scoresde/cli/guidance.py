@@ -43,7 +43,7 @@ def guided_score(run: Run, labels: Tensor | int, scale: float, classifier: nn.Mo
         return classifier_guided_score(run.score_fn, classifier, labels, scale)
     null = getattr(run.model, "null_label", None)
     if null is None:
-        raise ValueError("classifier-free guidance needs a run trained with a null label (model.null_label=true)")
+        raise ValueError("classifier-free guidance needs a run trained with a null label (model.null_class=true)")
     return cfg_score_from_model(run.model, run.sde, labels, scale, null, run.loss.parameterization)
 
 
@@ -247,7 +247,7 @@ def add_parsers(sub: Any) -> None:
                        help="smc: particles with the observed path, asymptotically exact (default); "
                             "replacement: the paper's projection, fast and biased")
         p.add_argument("--particles", type=positive_int, default=16, help="SMC particles per item (default 16)")
-        p.add_argument("--steps", type=positive_int, help="time steps (default: 200 for smc, the sampler's for replacement)")
+        p.add_argument("--steps", type=positive_int, help="time steps (default: 100 for smc, the sampler's for replacement)")
         p.add_argument("--sampler", default="pc", help="the replacement method's sampler (default pc)")
         p.add_argument("--noise", type=float, default=0.0, help="measurement noise sigma_y (default 0: exact)")
         p.add_argument("-n", type=positive_int, default=16, help="number of items (default 16)")

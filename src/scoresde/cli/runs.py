@@ -241,7 +241,7 @@ def with_label_dropout(loss: Callable[..., Tensor], model: torch.nn.Module, p: f
     null = getattr(model, "null_label", None)
     if null is None:
         raise ValueError("training.label_dropout > 0 needs a class-conditional model with a null label "
-                         "(set model.num_classes and model.null_label=true)")
+                         "(set model.num_classes and model.null_class=true)")
     return LabelDropout(loss, null, p)
 
 
@@ -285,7 +285,7 @@ def classifier_for(cfg: C.Config, num_classes: int, **options: Any) -> torch.nn.
     if len(shape) == 1:
         return MLPClassifier(shape[0], num_classes, **options)
     base = unet_options(cfg.model.name, cfg.model.options)
-    base = {k: v for k, v in base.items() if k not in ("progressive", "num_classes", "null_label")}
+    base = {k: v for k, v in base.items() if k not in ("progressive", "num_classes", "null_class")}
     return UNetClassifier(num_classes, **{**base, **options})
 
 

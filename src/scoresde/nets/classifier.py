@@ -34,7 +34,7 @@ class UNetClassifier(nn.Module):
 
     def __init__(self, num_classes: int, **options: Any):
         super().__init__()
-        for name in ("progressive", "num_classes", "null_label"):
+        for name in ("progressive", "num_classes", "null_class"):
             if name in options:
                 raise ValueError(f"{name} does not apply to a classifier")
         cfg = UNetConfig(**options)
@@ -57,7 +57,7 @@ class MLPClassifier(nn.Module):
 
     def __init__(self, dim: int, num_classes: int, **options: Any):
         super().__init__()
-        if "num_classes" in options or "null_label" in options:
+        if "num_classes" in options or "null_class" in options:
             raise ValueError("class conditioning does not apply to a classifier")
         self.config: dict[str, Any] = {"dim": dim, "num_classes": num_classes, **options}
         self.trunk = MLPTrunk(dim, **options)

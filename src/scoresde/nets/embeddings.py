@@ -72,7 +72,7 @@ class TimeEmbedding(nn.Module):
     ``temb = Dense_1(SiLU(Dense_0(e(time_scale * t) + E[label])))`` where ``e`` is the positional
     (frequency spacing ``freq_shift``) or Gaussian-Fourier embedding of width ``dim`` and ``E`` a
     learned class table. With
-    ``null_label=True`` the table has one extra row, index ``num_classes``, used when
+    ``null_class=True`` the table has one extra row, the null label ``num_classes``, used when
     ``labels is None`` (classifier-free guidance trains it by label dropout).
     """
 
@@ -86,7 +86,7 @@ class TimeEmbedding(nn.Module):
         freq_shift: int = 0,
         fourier_scale: float = 16.0,
         num_classes: int | None = None,
-        null_label: bool = False,
+        null_class: bool = False,
     ):
         super().__init__()
         check_choice(embedding, EMBEDDINGS, "embedding")
@@ -96,11 +96,11 @@ class TimeEmbedding(nn.Module):
         self.time_scale = check_positive(default_scale if time_scale is None else time_scale, "time_scale")
         self.fourier = GaussianFourierEmbedding(dim, fourier_scale) if embedding == "fourier" else None
         self.num_classes = num_classes
-        self.null_label = num_classes if (num_classes and null_label) else None
+        self.null_label = num_classes if (num_classes and null_class) else None
         if num_classes is not None:
             if num_classes < 1:
                 raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-            self.label_embed = nn.Embedding(num_classes + int(null_label), dim)
+            self.label_embed = nn.Embedding(num_classes + int(null_class), dim)
         self.mlp = nn.Sequential(nn.Linear(dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
 
     def raw(self, t: Tensor) -> Tensor:

@@ -41,7 +41,7 @@ class MLPTrunk(nn.Module):
 
     def __init__(self, dim: int, *, width: int = 256, depth: int = 3, emb_dim: int = 64,
                  embedding: str = "positional", time_scale: float | None = None,
-                 fourier_scale: float = 16.0, num_classes: int | None = None, null_label: bool = False,
+                 fourier_scale: float = 16.0, num_classes: int | None = None, null_class: bool = False,
                  dropout: float = 0.0):
         super().__init__()
         for name, v in (("dim", dim), ("width", width), ("depth", depth), ("emb_dim", emb_dim)):
@@ -49,7 +49,7 @@ class MLPTrunk(nn.Module):
                 raise ValueError(f"{name} must be >= 1, got {v}")
         self.dim = dim
         self.embed = TimeEmbedding(emb_dim, width, embedding=embedding, time_scale=time_scale,
-                                   fourier_scale=fourier_scale, num_classes=num_classes, null_label=null_label)
+                                   fourier_scale=fourier_scale, num_classes=num_classes, null_class=null_class)
         self.inp = nn.Linear(dim, width)
         self.blocks = nn.ModuleList(MLPBlock(width, width, dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(width)

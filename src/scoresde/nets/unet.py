@@ -265,7 +265,7 @@ class UNetConfig:
         skip_rescale: divide every residual sum by ``sqrt(2)``.
         fir, fir_kernel: FIR resampling with these taps; otherwise nearest / average pooling.
         resamp_with_conv: DDPM blocks only, resampling layers carry a 3x3 convolution.
-        num_classes, null_label: class conditioning (see ``TimeEmbedding``).
+        num_classes, null_class: class conditioning (see ``TimeEmbedding``).
         norm_groups: groups of every GroupNorm (None: ``min(channels // 4, 32)``; DDPM: 32).
         conditional: False drops the time embedding (the official unconditional DDPM; its
             blocks keep their unused time projections so that the weights still map).
@@ -293,7 +293,7 @@ class UNetConfig:
     fir_kernel: tuple[float, ...] = (1, 3, 3, 1)
     resamp_with_conv: bool = True
     num_classes: int | None = None
-    null_label: bool = False
+    null_class: bool = False
     norm_groups: int | None = None
     conditional: bool = True
     init_scale: float = 0.0
@@ -324,7 +324,7 @@ class UNetConfig:
                              embedding=self.embedding, time_scale=self.time_scale,
                              freq_shift=self.freq_shift, fourier_scale=self.fourier_scale,
                              num_classes=self.num_classes if with_labels else None,
-                             null_label=self.null_label)
+                             null_class=self.null_class)
 
     def factory(self) -> _BlockFactory:
         return _BlockFactory(temb_dim=4 * self.nf, dropout=self.dropout, resblock=self.resblock,
