@@ -237,3 +237,8 @@ def test_resume_refuses_weights_trained_for_another_sde(reference, tmp_path, cap
     assert train(out, "sde.beta_max=10", "training.steps=16", "--resume") == 2
     err = capsys.readouterr().err.strip()
     assert "config.yaml no longer matches" in err and "ckpt_00000014.json" in err and "\n" not in err
+
+
+def test_negative_counts_where_zero_means_off(reference, capsys):
+    assert run("likelihood", str(reference), "--prior-reference", "-3") == 2
+    assert "argument --prior-reference: must be a non-negative integer, got -3" in capsys.readouterr().err

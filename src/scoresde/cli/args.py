@@ -10,15 +10,24 @@ import torch
 from ..runs import Run, load_run
 
 
-def positive_int(text: str) -> int:
-    """An argparse ``type``: an integer >= 1 (an explicit 0 is refused, never read as "default")."""
+def _int_at_least(text: str, low: int, kind: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"must be a {kind} integer, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be a {kind} integer, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type``: an integer >= 1 (an explicit 0 is refused, never read as "default")."""
+    return _int_at_least(text, 1, "positive")
+
+
+def nonnegative_int(text: str) -> int:
+    """An argparse ``type``: an integer >= 0 (a class index, a count where 0 means off)."""
+    return _int_at_least(text, 0, "non-negative")
 
 
 def device_of(name: str | None) -> torch.device:

@@ -31,7 +31,7 @@ from ..images import read_array, save_samples, side_by_side
 from ..runs import Run, load_classifier
 from ..sampling import steps_for_nfe
 from ..score import ScoreFn
-from .args import device_of, load, positive_int, run_options, sampler_options
+from .args import device_of, load, nonnegative_int, positive_int, run_options, sampler_options
 from .runs import train_classifier
 
 
@@ -233,7 +233,7 @@ def add_parsers(sub: Any) -> None:
     g.add_argument("--classifier", help="folder written by train-classifier (classifier guidance)")
     g.add_argument("--cfg", action="store_true", help="classifier-free guidance with the run's null label")
     p.add_argument("--scale", type=float, default=1.0, help="guidance scale w >= 0 (default 1)")
-    p.add_argument("--label", type=int, help="class to draw (default: every class in turn)")
+    p.add_argument("--label", type=nonnegative_int, help="class to draw (default: every class in turn)")
     p.add_argument("-n", type=positive_int, default=80, help="number of samples (default 80)")
     p.add_argument("--out", required=True, help="output PNG (array beside it as .npz)")
     p.set_defaults(func=_cmd_guide)

@@ -9,7 +9,7 @@ from typing import Any
 from .. import data as D
 from .. import likelihood as L
 from ..rk import NORMS
-from .args import load, positive_int, run_options
+from .args import load, nonnegative_int, positive_int, run_options
 from .runs import likelihood_over_split
 
 
@@ -47,7 +47,7 @@ def add_parsers(sub: Any) -> None:
                    help="prior term of log p (default: scoresde.likelihood.log_likelihood's)")
     p.add_argument("--eps", type=float, help="start time of the ODE (default: evaluation.likelihood_eps, else the "
                                              "paper's 1e-5 for VP, sub-VP and VE and the SDE's eps otherwise)")
-    p.add_argument("--prior-reference", type=int, metavar="N",
+    p.add_argument("--prior-reference", type=nonnegative_int, metavar="N",
                    help="estimate the prior constant C0 from the first N training items (0: off; "
                         "default: evaluation.prior_reference)")
     p.add_argument("--error-norm", choices=NORMS,
