@@ -9,7 +9,8 @@ A sampler is a plain function ``(score_fn, sde, x_T, grid, *, generator, callbac
 * :mod:`.ode` -- the probability-flow ODE (adaptive with PI step control or torchdiffeq, fixed Euler/Heun/midpoint/RK4), encode/decode;
 * :mod:`.fast` -- DDIM and the eta family, DPM-Solver++ multistep (2M, 3M, UniPC-style corrector),
   EDM Heun;
-* :mod:`.grids` -- time-uniform, log-SNR-uniform and Karras schedules.
+* :mod:`.grids` -- time-uniform, log-SNR-uniform, log-SNR windows (``log-snr-fine``: the fast
+  solvers' default) and Karras schedules.
 
 Sampling runs under ``torch.no_grad()`` (not ``inference_mode``), so a score function that needs
 autograd inside (classifier guidance) may use ``torch.enable_grad()`` itself.
@@ -94,6 +95,9 @@ METHODS: dict[str, Method] = {
                                   nfe_per_step=_pc_nfe),
     "ode": Method(ode_adaptive, 1, "time-uniform", linear_only=False, nfe_per_step=None),
     **{f"ode-{scheme}": _ode(scheme) for scheme in ("euler", "heun", "midpoint", "rk4")},
+    # the fast solvers on the log-snr-fine grid (window [-3, 5]: the data's finest widths live near
+    # eps); NFE at the floor on multi-scale / rare-mode / 256-D mixtures (BENCHMARKS.md, samplers, and
+    # tests/test_sampling_solvers.py): unipc and 3M 20 (sub-VP/RF up to 25), 2M 30, ddim 100, heun 50 (VP, VE)
     "ddim": Method(ddim, 50, "log-snr-fine"),
     "heun": Method(edm_heun, 18, "karras", nfe_per_step=lambda options: 2),
     "dpm-solver++2m": Method(dpm_solver_pp, 20, "log-snr-fine", {"order": 2}),
