@@ -319,7 +319,8 @@ def diffusers_rows(ref: Reference, sde: sd.VPSDE, n: int, seed: int = 1) -> list
     return rows
 
 
-def hard(mixtures: list[str], sdes: list[str], n: int, pairs: int, peers: bool) -> dict:
+def hard(mixtures: list[str], sdes: list[str], n: int, pairs: int, peers: bool,
+         methods: tuple[str, ...] = HARD_METHODS) -> dict:
     """Per mixture and SDE: each fast method at its defaults over ``HARD_NFE``, its NFE to the floor
     (``first`` / ``stable``), the prior check, and (VP) diffusers' schedulers on the same reference."""
     results: dict = {}
@@ -329,7 +330,7 @@ def hard(mixtures: list[str], sdes: list[str], n: int, pairs: int, peers: bool) 
             sde = hard_sde(sde_name)
             ref = reference(gmm, sde, n, pairs=pairs)
             rows = [run_one(ref, sde, method, n, steps=steps_for_nfe(method, nfe))
-                    for method in HARD_METHODS for nfe in HARD_NFE if nfe >= METHODS[method].nfe_per_step({})]
+                    for method in methods for nfe in HARD_NFE if nfe >= METHODS[method].nfe_per_step({})]
             if peers and sde_name == "vp":
                 rows += diffusers_rows(ref, sde, n)
             entry = {"n": n, "floor": ref.floor, "prior": prior_check(ref, sde, n), "nfe_to_floor": nfe_to_floor(rows),
@@ -478,12 +479,13 @@ def main() -> None:
     parser.add_argument("--hard", action="store_true", help="only the fast solvers on the hard mixtures (NFE to the floor)")
     parser.add_argument("--n", type=int, default=4000, help="samples per run with --hard")
     parser.add_argument("--no-peers", action="store_true", help="with --hard: without diffusers' schedulers")
+    parser.add_argument("--hard-methods", default=",".join(HARD_METHODS), help="with --hard: our methods")
     args = parser.parse_args()
     if args.hard:
         torch.set_num_threads(1)
         names = [m for m in MIXTURES if m not in UNSEEN] if args.mixtures == "ring2d,mix64" else args.mixtures.split(",")
         results = hard(names, args.sdes.split(",") if args.sdes != "vp,subvp,ve" else ["vp", "subvp", "ve", "rf"],
-                       args.n, args.pairs, not args.no_peers)
+                       args.n, args.pairs, not args.no_peers, tuple(args.hard_methods.split(",")))
         print(json.dumps({"meta": {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "n": args.n},
                           "results": results}, default=float))
         print(hard_markdown(results))
