@@ -176,12 +176,16 @@ def _try_loss(model: torch.nn.Module, loss: Callable[..., Tensor], dataset: D.Ar
     (``model.dim``, channels, image size, classes) fails before the run folder is touched."""
     conditional = getattr(model, "config", {}).get("num_classes") is not None
     labels = dataset.labels[:2] if conditional and dataset.labels is not None else None
+    training = model.training
+    model.eval()  # no dropout draw, no running statistic touched: the dry run leaves the network as built
     try:
         with torch.no_grad():
             value = loss(model, dataset.x[:2], labels=labels, generator=torch.Generator().manual_seed(0))
     except (RuntimeError, IndexError, TypeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"the network does not fit the data of shape {tuple(dataset.sample_shape)}: {first}") from err
+    finally:
+        model.train(training)
     if value.ndim != 0:
         raise ValueError(f"the loss must return a scalar, got shape {tuple(value.shape)}")
 
