@@ -305,6 +305,20 @@ def prior_check(ref: Reference, sde: sd.LinearSDE, n: int, seed: int = 1) -> dic
     return out
 
 
+def true_start_rows(ref: Reference, sde: sd.LinearSDE, n: int, methods: tuple[str, ...], seed: int = 1) -> list[dict]:
+    """Each method over ``HARD_NFE`` from one draw of the true ``p_T`` (at the grid's first time)."""
+    t0 = sd.sampling.make_grid(sde, 1, "log-snr")[0].item()
+    x_T = ref.gmm.diffused(sde, t0).sample(n, generator=torch.Generator().manual_seed(seed))[0]
+    rows = []
+    for method in methods:
+        for nfe in HARD_NFE:
+            if nfe >= METHODS[method].nfe_per_step({}):
+                x, info = sd.sample(matmul_score_fn(ref.gmm, sde), sde, x_T=x_T, method=method,
+                                    steps=steps_for_nfe(method, nfe), generator=torch.Generator().manual_seed(seed))
+                rows.append({"method": method, "nfe": info.nfe, **evaluate(ref, x)})
+    return rows
+
+
 def diffusers_rows(ref: Reference, sde: sd.VPSDE, n: int, seed: int = 1) -> list[dict]:
     """diffusers' schedulers (``benchmarks/peers.py``: their own loop on the exact eps) at ``HARD_NFE``."""
     from peers import diffusers_run
@@ -335,6 +349,9 @@ def hard(mixtures: list[str], sdes: list[str], n: int, pairs: int, peers: bool,
                 rows += diffusers_rows(ref, sde, n)
             entry = {"n": n, "floor": ref.floor, "prior": prior_check(ref, sde, n), "nfe_to_floor": nfe_to_floor(rows),
                      "runs": rows}
+            if entry["prior"]["prior_off"]:  # the solvers from the true p_T: what they do where the prior is right
+                entry["true_pT_runs"] = true_start_rows(ref, sde, n, methods)
+                entry["nfe_to_floor_true_pT"] = nfe_to_floor(entry["true_pT_runs"])
             results.setdefault(mix, {})[sde_name] = entry
             print(json.dumps({mix: {sde_name: {"nfe_to_floor": entry["nfe_to_floor"],
                                                "prior_off": entry["prior"]["prior_off"]}}}), file=sys.stderr, flush=True)
