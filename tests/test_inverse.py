@@ -143,7 +143,7 @@ def test_default_inpaint_reproduces_the_exact_conditional(x1):
     x_obs[:, 0] = x1
     mask = torch.tensor([True, False])
     x, info = inpaint(gmm.score_fn(SDE), SDE, x_obs, mask, generator=gen(1))
-    assert torch.equal(x[:, 0], x_obs[:, 0]) and info.method == "smc" and info.nfe == info.particles * 200 + 1
+    assert torch.equal(x[:, 0], x_obs[:, 0]) and info.method == "smc" and info.nfe == info.particles * 100 + 1
     post = gmm.linear_gaussian_posterior(dense(Mask(mask), (2,)), Mask(mask)(x_obs[:1]).double())
     assert_matches_posterior(x, post, gmm)
 
@@ -170,7 +170,7 @@ def test_default_colorize_reproduces_the_exact_conditional(between):
     else:
         gray = to_gray(means[2:3])
     n = 300
-    x, info = colorize(gmm.score_fn(SDE), SDE, gray.expand(n, 1, 2, 2), particles=32, generator=gen(2))
+    x, info = colorize(gmm.score_fn(SDE), SDE, gray.expand(n, 1, 2, 2), generator=gen(2))
     torch.testing.assert_close(to_gray(x), gray.expand(n, 1, 2, 2), rtol=1e-5, atol=1e-5)
     post = gmm.linear_gaussian_posterior(A, gray.reshape(1, -1).double())
     if between:

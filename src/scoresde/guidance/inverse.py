@@ -46,7 +46,7 @@ from .smc import ConditionalInfo, smc_inverse
 Callback = Callable[[int, Tensor, Tensor], Tensor]
 METHODS = ("smc", "replacement")
 DEFAULT_PARTICLES = 64
-DEFAULT_STEPS = 200
+DEFAULT_STEPS = 100
 
 
 # -- the projection (replacement) method ----------------------------------------------------------
@@ -115,7 +115,7 @@ def solve_inverse_problem(
     per row of ``y``. Returns ``(x, ConditionalInfo)`` (``info.nfe``: score evaluations per sample).
 
     ``method="smc"`` (default; module doc): ``particles`` per row, ``steps`` time-uniform steps
-    (default 200) or an explicit descending ``grid``, resampling below ``ess_threshold``; exact
+    (default 100) or an explicit descending ``grid``, resampling below ``ess_threshold``; exact
     as particles and steps grow. ``method="replacement"``: the projection method through the
     sampler ``sampler`` of :func:`scoresde.sample` (default ``"pc"``; ``steps`` or that
     sampler's default, ``grid``, ``fixed_noise``, and ``sample_options`` such as ``callback``

@@ -179,7 +179,7 @@ def smc_inverse(
     *,
     sigma_y: float = 0.0,
     particles: int = 64,
-    steps: int = 200,
+    steps: int = 100,
     grid: Tensor | None = None,
     ess_threshold: float = 0.5,
     generator: torch.Generator | None = None,
@@ -194,7 +194,7 @@ def smc_inverse(
     sigma_y = float(sigma_y)
     if not (math.isfinite(sigma_y) and sigma_y >= 0):
         raise ValueError(f"sigma_y must be a finite number >= 0, got {sigma_y}")
-    grid = make_grid(sde, steps) if grid is None else check_grid(grid, sde)
+    grid = make_grid(sde, steps, "log-snr") if grid is None else check_grid(grid, sde)
     if float(grid[-1]) <= 0:
         raise ValueError("the SMC grid must end at a time > 0 (the ancestral kernel has no noise at t = 0)")
     probe = torch.zeros(shape, dtype=y.dtype, device=y.device)
