@@ -13,8 +13,9 @@ reduction, t ~ U[1e-5, 1]), backward, gradient clipping at 1, Adam, EMA update.
 The official networks are built from the official code with the official config fields (DDPM++
 needs none of its CUDA ops: the ``op`` package is replaced by a stub that refuses to be called).
 Without ``--official`` only scoresde's variants run. ``--variants`` picks scoresde's Trainer
-options (``default``, ``compile``, ``channels_last``, ``bf16``); ``compile_s`` is the time of the
-first compiled step, reported apart from the steady-state rate.
+options (``VARIANTS``; ``for-loop_adam`` is the default step with torch's for-loop Adam, as the
+official code's); ``first_step_s`` is the time of the first step (the compilation, for the
+compile variants), reported apart from the steady-state rate. ``--quick``: ``QUICK``'s settings.
 
 Prints one JSON object: per case and side, steps/s (median over rounds), CPU seconds per step,
 peak RSS (or GPU memory), and the ratio ours/official of steps/s in the same run.
@@ -49,7 +50,13 @@ CASES: dict[str, dict[str, Any]] = {
     "cifar10": dict(preset="ddpmpp_cifar10", batch=8, shape=(3, 32, 32), ema=0.9999, model=_DDPMPP),
 }
 VARIANTS = {"default": {}, "compile": {"compile": True}, "channels_last": {"channels_last": True},
-            "bf16": {"amp": "bf16"}}
+            "bf16": {"amp": "bf16"}, "bf16_compile": {"amp": "bf16", "compile": True},
+            "bf16_channels_last": {"amp": "bf16", "channels_last": True},
+            "for-loop_adam": {"optimizer_impl": "for-loop"}}
+#: ``--quick``: both cases, the official code beside the default and the eager options, short rounds
+#: (about 5 minutes on 2 idle cores; compile is left out: its cold compile alone takes minutes)
+QUICK = {"cases": ["digits", "cifar10"], "variants": ["default", "for-loop_adam", "bf16", "channels_last"],
+         "rounds": 4, "steps": 3, "warmup": 1}
 
 
 def _namespace(d: dict) -> types.SimpleNamespace:
@@ -188,6 +195,7 @@ def measure(case: str, sides: list[str], args: argparse.Namespace) -> dict[str, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="QUICK's cases, variants and rounds (~5 min)")
     parser.add_argument("--cases", nargs="+", default=["digits"], choices=sorted(CASES))
     parser.add_argument("--official", help="path of a score_sde_pytorch checkout (omit: scoresde only)")
     parser.add_argument("--variants", nargs="+", default=["default"], choices=sorted(VARIANTS))
@@ -198,6 +206,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="steps per round and side")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after the first")
     args = parser.parse_args()
+    if args.quick:
+        given = {a.lstrip("-").split("=")[0].replace("-", "_") for a in sys.argv[1:] if a.startswith("--")}
+        for key, value in QUICK.items():
+            if key not in given:
+                setattr(args, key, value)
     sides = (["official"] if args.official else []) + args.variants
     results = [measure(case, sides, args) for case in args.cases]
     print(json.dumps(dict(machine=f"{platform.machine()} {os.cpu_count()} cores", python=platform.python_version(),

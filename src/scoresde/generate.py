@@ -152,6 +152,8 @@ def generate(
     device: torch.device | str = "cpu",
     progress: bool = True,
     settings: dict | None = None,
+    rank: int = 0,
+    world_size: int = 1,
     **sample_options,
 ) -> GenerateResult:
     """Draw one sample per seed with :func:`scoresde.sample` (per-seed generators) and write it to
@@ -160,7 +162,14 @@ def generate(
     ``sample_options`` go to :func:`scoresde.sample` (``steps``, ``schedule``, ``denoise``,
     method options such as ``eta``, ``order``, ``snr``, ``churn``, ``rtol``); ``settings``: more
     JSON-safe facts recorded with them (:func:`check_settings`).
+
+    ``rank`` / ``world_size`` shard the work over processes (e.g. ``RANK`` / ``WORLD_SIZE`` of
+    ``torchrun``, one GPU each): the seeds are cut into groups of ``batch`` and group ``i`` is rank
+    ``i % world_size``'s, from the seed list alone, so ranks need no communication, every shard
+    file holds one group's seeds, and a sharded run resumes under any number of ranks.
     """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must lie in [0, world_size={world_size}), got {rank}")
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if batch < 1:
@@ -175,6 +184,8 @@ def generate(
     check_settings(outdir, {"method": method, "format": fmt, "shape": list(sample_shape), **sample_options,
                             **(settings or {})})
     done = seeds_on_disk(outdir, fmt)
+    if world_size > 1:
+        seeds = [s for i, group in enumerate(_batches(seeds, batch)) if i % world_size == rank for s in group]
     todo = [s for s in seeds if s not in done]
     nfe = 0
     with tqdm(total=len(todo), disable=not progress, desc="generate", unit="img") as bar:

@@ -105,8 +105,8 @@ def train_run(cfg: C.Config, out: Path, resume: bool | str = False, progress: bo
                 dist.barrier()
             _fit(cfg, out, prepared, resume, rank, world, progress, device)
     except Exception as err:
-        if not any(s > prepared["start_step"] for s, _ in checkpoint.list_checkpoints(out)):
-            _remove_new(out, before, made)  # nothing of value written: leave no trace
+        if all(sidecar in before for _, sidecar in checkpoint.list_checkpoints(out)):
+            _remove_new(out, before, made)  # this start wrote no checkpoint: leave no trace
         if isinstance(err, checkpoint.NoCheckpointError):
             raise checkpoint.NoCheckpointError(f"{err}; --resume-or-start starts the run again from step 0") from err
         raise
@@ -115,7 +115,6 @@ def train_run(cfg: C.Config, out: Path, resume: bool | str = False, progress: bo
 
 def _prepare_training(cfg: C.Config, out: Path, resume: bool | str, world: int) -> dict[str, Any]:
     """Every check of :func:`train_run` that needs no write; returns the built pieces."""
-    from .. import checkpoint
     from ..runs import read_config
 
     if out.exists() and not out.is_dir():
@@ -144,11 +143,7 @@ def _prepare_training(cfg: C.Config, out: Path, resume: bool | str, world: int) 
         raise ValueError(f"training.batch_size {cfg.training.batch_size}" + (f" x {world} ranks" if world > 1 else "")
                          + f" is larger than the training data ({len(dataset)} items)")
     _try_loss(model, loss, dataset)
-    start_step = 0
-    if holds and resume is not False:
-        latest = [s for s, _ in checkpoint.list_checkpoints(out)]
-        start_step = latest[-1] if latest else 0  # an upper bound: checkpoints above it are this start's
-    return {"holds": holds, "sde": sde, "model": model, "loss": loss, "dataset": dataset, "start_step": start_step}
+    return {"holds": holds, "sde": sde, "model": model, "loss": loss, "dataset": dataset}
 
 
 def _check_newest_sidecar(out: Path, cfg: C.Config) -> None:
@@ -363,12 +358,17 @@ def sample_run(run: Run, n: int, *, seed: int = 0, progress: bool = True, **samp
 def generate_run(run: Run, seeds: Iterable[int], outdir: Path, *, batch: int = 100, fmt: str = "png",
                  progress: bool = True, **sampler: Any) -> Any:
     """One sample per seed into ``outdir`` (:func:`scoresde.generate.generate`: per-seed generators,
-    resumable, the settings and the checkpoint step recorded); ``sampler`` as in :func:`run_sampler`."""
+    resumable, the settings and the checkpoint step recorded); ``sampler`` as in :func:`run_sampler`.
+    Under ``torchrun`` (``RANK`` / ``WORLD_SIZE`` in the environment) each process draws its shard."""
+    import os
+
     from ..generate import generate
 
     score_fn, kwargs = run_sampler(run, **sampler)
-    return generate(score_fn, run.sde, run.sample_shape, seeds, outdir, batch=batch, fmt=fmt,
-                    data_range=D.data_range(run.config.data.centered), device=run.device, progress=progress,
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    return generate(score_fn, run.sde, run.sample_shape, seeds, outdir, batch=batch, fmt=fmt, rank=rank,
+                    world_size=world, data_range=D.data_range(run.config.data.centered), device=run.device,
+                    progress=progress,
                     settings={"run": str(run.directory.resolve()), "checkpoint_step": run.step,
                               "clip_denoised": score_fn is not run.score_fn}, **kwargs)
 
