@@ -242,3 +242,26 @@ def test_resume_refuses_weights_trained_for_another_sde(reference, tmp_path, cap
 def test_negative_counts_where_zero_means_off(reference, capsys):
     assert run("likelihood", str(reference), "--prior-reference", "-3") == 2
     assert "argument --prior-reference: must be a non-negative integer, got -3" in capsys.readouterr().err
+
+
+def test_a_start_failing_after_its_checkpoints_keeps_them(reference, tmp_path, monkeypatch):
+    from scoresde.train import Trainer
+
+    out = tmp_path / "run"
+    assert killed_train(out, "step", 5) == "killed"  # ckpt_4
+    (out / "ckpt_00000900.json").write_text("{torn")  # a stray file numbered above every real one
+    step = Trainer.train_step
+
+    def failing(self):
+        if self.step == 10:
+            raise ValueError("injected failure in step 11")
+        return step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", failing)
+    with pytest.warns(UserWarning, match="quarantined"):
+        assert train(out, "--resume") == 2
+    assert [s for s, _ in checkpoint.list_checkpoints(out)] == [4, 8]  # ckpt_8 of the failed start is kept
+    monkeypatch.undo()
+    assert train(out, "--resume") == 0
+    ref, got = final(reference), final(out)
+    assert all(torch.equal(ref[k], got[k]) for k in ref) and log_steps(out) == log_steps(reference)
