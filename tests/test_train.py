@@ -397,3 +397,31 @@ def test_seed_generation_sharded_over_ranks_writes_the_single_process_files(tmp_
         assert path.read_bytes() == (tmp_path / "two" / path.name).read_bytes()
     with pytest.raises(ValueError, match="rank"):
         generate(score_fn, VPSDE(), (2,), range(4), tmp_path / "bad", rank=2, world_size=2, **options)
+
+
+def test_train_run_logs_fid_and_bits_per_dim_at_eval_every(tmp_path):
+    # evaluation.inception + fid_ref with training.eval_every: the Trainer's eval_fn is the config's
+    # TrainingMonitor, whose figures land in log.jsonl beside eval_loss (a TorchScript stand-in of
+    # the Inception interface, reference statistics of the training digits).
+    import warnings
+
+    from test_eval import TINY_DIGITS
+    from test_metrics import _RandomInception
+
+    from scoresde import cli, config, metrics
+
+    net_path = tmp_path / "standin.pt"
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():  # jit.script: deprecated, but how such files are made
+        torch.manual_seed(1)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(_RandomInception()).save(str(net_path))
+    cfg = config.load_config("digits-vp", TINY_DIGITS)
+    reference, _ = metrics.inception_stats(metrics.InceptionNet(net_path), [config.build_dataset(cfg).x[:64]])
+    reference.save(tmp_path / "ref.npz")
+    keys = [*TINY_DIGITS, "training.eval_every=2", f"evaluation.inception={net_path}",
+            f"evaluation.fid_ref={tmp_path / 'ref.npz'}", "evaluation.fid_samples=6", "evaluation.fid_batch=3",
+            "evaluation.likelihood_batch=2", "evaluation.rtol=1e-2", "evaluation.atol=1e-2"]
+    assert cli.main(["--quiet", "train", "digits-vp", *keys, "--out", str(tmp_path / "run")]) == 0
+    record = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[-1])
+    assert record["step"] == 2 and {"eval_loss", "fid", "bpd"} <= set(record)
+    assert math.isfinite(record["fid"]) and record["fid"] >= 0 and 0 < record["bpd"] < 100
