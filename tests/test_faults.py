@@ -265,3 +265,21 @@ def test_a_start_failing_after_its_checkpoints_keeps_them(reference, tmp_path, m
     assert train(out, "--resume") == 0
     ref, got = final(reference), final(out)
     assert all(torch.equal(ref[k], got[k]) for k in ref) and log_steps(out) == log_steps(reference)
+
+
+def test_trainer_resume_true_needs_a_valid_checkpoint_and_auto_does_not(tmp_path):
+    from scoresde.nets import MLP
+    from scoresde.train import Trainer
+
+    def make(resume):
+        torch.manual_seed(0)
+        return Trainer(MLP(2, width=8, depth=1), lambda model, x, labels=None, generator=None: model(
+            x, torch.full((x.shape[0],), 0.5)).square().mean(), torch.randn(16, 2), batch_size=4,
+            out_dir=tmp_path, progress=False, resume=resume)
+
+    with pytest.raises(checkpoint.NoCheckpointError, match="found: no checkpoints"):
+        make(True)
+    assert make("auto").step == 0
+    trainer = make(False)
+    trainer.fit(2)
+    assert make(True).step == 2
