@@ -137,7 +137,7 @@ def _conditional_options(args: argparse.Namespace) -> dict:
 
 
 def _report(what: str, n: int, info: Any, out: str, cells: str) -> None:
-    cost = f"{info.nfe} NFE per sample" + (f" = {info.particles} particles x {info.steps} steps + tail" if info.method == "smc" else "")
+    cost = f"{info.nfe} NFE per sample" + (f": {info.particles} particles, {info.steps} steps" if info.method == "smc" else "")
     print(f"{n} {what} by {info.method} ({cost}) -> {out} (cells: {cells})")
 
 
