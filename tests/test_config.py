@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 
 import pytest
 import torch
+import yaml
 
 import scoresde as sd
 from scoresde import config as C
@@ -167,3 +169,28 @@ def test_describe_lists_every_key_with_its_value_and_meaning():
     assert rows["sde.eps"][0] == C.build_sde(cfg).eps
     assert rows["model.width"] == (128, "option of mlp") and rows["model.dim"] == (2, "option of mlp")
     assert rows["loss.weighting"] == ("sigma2", "option of dsm") and "loss.sde" not in rows
+
+
+def test_config_command_prints_the_resolved_config_and_its_keys(capsys):
+    from scoresde import cli
+
+    assert cli.main(["config", "digits-vp", "sde.name=ve", "sde.sigma_max=5"]) == 0
+    text = capsys.readouterr().out
+    resolved = yaml.safe_load(text)  # the YAML part parses back to the resolved config ('#' lines are comments)
+    assert resolved == C.load_config("digits-vp", ["sde.name=ve", "sde.sigma_max=5"]).to_dict()
+    assert re.search(r"^# sde.sigma_min = 0.01 +option of ve \(default\)$", text, re.MULTILINE)
+    assert re.search(r"^# training.sample_every = null +steps between sample grids", text, re.MULTILINE)
+    assert cli.main(["config", "digits-vp", "--no-keys"]) == 0
+    assert "#" not in capsys.readouterr().out
+
+
+def test_sample_grids_and_evaluation_losses_from_the_config(tmp_path):
+    from scoresde import cli
+
+    out = tmp_path / "run"
+    assert cli.main(["--quiet", "train", "toy-2d", "training.steps=4", "training.batch_size=16", "model.width=8",
+                     "model.depth=1", "data.n=64", "sampling.n=16", "sampling.steps=2", "training.log_every=2",
+                     "training.sample_every=2", "training.eval_every=4", "--out", str(out)]) == 0
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["step_00000002.png", "step_00000004.png"]
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert ["eval_loss" in r for r in records] == [False, True]  # at step 4 only
