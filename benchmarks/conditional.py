@@ -121,6 +121,9 @@ def run(n: int, quick: bool) -> dict:
             print(name, label, rows[label], flush=True, file=sys.stderr)
         report[name] = {"floor": {k: round(v, 4) for k, v in floor.items()}, "exact_shares": [round(float(s), 3) for s in exact_shares],
                         "methods": rows}
+        if sigma_y > 0:  # the exact posterior's own residual for this y (the figure to match)
+            exact_x = ref.reshape(n, *shape).to(y.dtype)
+            report[name]["exact_residual_rms_over_sigma_y"] = round(float((y - op(exact_x)).pow(2).mean().sqrt()) / sigma_y, 3)
     return report
 
 
