@@ -114,9 +114,11 @@ def solve_inverse_problem(
     """Sample ``x`` of ``shape`` ``(B, ...)`` given ``y = A x + sigma_y z`` (``A = op``), one sample
     per row of ``y``. Returns ``(x, ConditionalInfo)`` (``info.nfe``: score evaluations per sample).
 
-    ``method="smc"`` (default; module doc): ``particles`` per row, ``steps`` time-uniform steps
-    (default 100) or an explicit descending ``grid``, resampling below ``ess_threshold``; exact
-    as particles and steps grow. ``method="replacement"``: the projection method through the
+    ``method="smc"`` (default; module doc): ``particles`` per row (default 64), ``steps``
+    log-SNR-uniform steps (default 100) or an explicit descending ``grid``, resampling below
+    ``ess_threshold``; exact as particles and steps grow. Cost per output sample: ``particles x
+    steps + 1`` score evaluations without noise (6401 by default); with noise ``particles`` per
+    step only above the last observation time, then one per step. ``method="replacement"``: the projection method through the
     sampler ``sampler`` of :func:`scoresde.sample` (default ``"pc"``; ``steps`` or that
     sampler's default, ``grid``, ``fixed_noise``, and ``sample_options`` such as ``callback``
     go to it); fast and biased, and it takes ``y`` as exact. Without noise ``A x = y`` holds

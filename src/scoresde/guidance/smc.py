@@ -186,7 +186,7 @@ def smc_inverse(
 ) -> tuple[Tensor, ConditionalInfo]:
     """One sample of ``p(x | y)`` per row for ``y = A x + sigma_y z`` (module doc); ``x`` has
     ``shape`` ``(B, ...)``, ``y`` is ``op`` applied to such a batch. ``grid``: descending times
-    ``T .. t_N > 0`` (default ``steps`` time-uniform steps); the observation times are added.
+    ``T .. t_N > 0`` (default ``steps`` log-SNR-uniform steps); the observation times are added.
     Returns ``(x, ConditionalInfo)``."""
     particles = check_particles(particles)
     if not 0.0 <= ess_threshold <= 1.0:
