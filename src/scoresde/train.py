@@ -397,7 +397,7 @@ class Trainer:
         gen = self._generator(self.step, 2 * micro)
         x, labels = batch
         last = micro == self.grad_accum - 1
-        sync = contextlib.nullcontext() if last or self.world_size == 1 else self.net.no_sync()
+        sync = contextlib.nullcontext() if last or self.world_size == 1 else self.eager_net.no_sync()
         devices = [self.device] if self.device.type == "cuda" else []
         autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
                     if self.autocast_dtype is not None else contextlib.nullcontext())
