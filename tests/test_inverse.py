@@ -195,6 +195,19 @@ def test_default_super_resolution_reproduces_the_exact_conditional(sigma_y, betw
     assert_matches_posterior(x, post, gmm)
 
 
+def test_a_user_operator_with_noise_reproduces_the_exact_conditional():
+    """``LinearOperator(forward, pinv)`` with neither a mask nor a named SVD (its spectrum from the
+    dense matrix): ``y = x_1 + x_2 + 0.3 n = 1.5`` on the ring, where two modes share the posterior."""
+    gmm = sd.GaussianMixture.named("ring2d")
+    op = LinearOperator(lambda x: x.sum(1, keepdim=True), lambda y: y.expand(-1, 2) / 2)
+    n = 300
+    y = torch.full((n, 1), 1.5)
+    x, info = solve_inverse_problem(gmm.score_fn(SDE), SDE, y, op, (n, 2), sigma_y=0.3, generator=gen(8))
+    post = gmm.linear_gaussian_posterior(dense(op, (2,)), y[:1].double(), 0.3)
+    assert (torch.sort(post.weights[0], descending=True).values[:2] > 0.2).all()
+    assert_matches_posterior(x, post, gmm)
+
+
 def test_noisy_deblurring_fits_the_measurement_to_the_noise_level():
     """``y = A x + sigma_y n`` with x from the prior: posterior samples ``x'`` given ``y`` make
     ``(x', y)`` distributed as ``(x, y)``, so ``y - A x'`` has the law of ``sigma_y n``: mean square

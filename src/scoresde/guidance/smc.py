@@ -47,7 +47,10 @@ omits ``Var(x_0 | x_t)``, so coarse steps bias the weights (SMCDiff's reverse-ke
 assumption): on the 2-D ring with ``x_1 = 2`` the share of the right mode is 0.85 at 64
 particles x 100 steps against the exact 0.88, and it does not improve with particles at that
 step count; the spread below the observation times is slightly too small (noisy deblurring:
-mean square residual 0.93 sigma_y^2 on 100 log-SNR steps).
+mean square residual 0.93 sigma_y^2 on 100 log-SNR steps). Where the measurement separates the
+modes only through small differences (colorizing a 3-mode pixel mixture drawn from other seeds:
+exact shares 0.21 / 0.79), 64 particles stay near the replacement method's 0.5 / 0.5 and 1024
+particles reach 0.41 / 0.59: the finite-particle bias can be of the size of the bias it removes.
 """
 
 from __future__ import annotations
