@@ -146,8 +146,6 @@ def moments(h: float, n: int, solver_type: str = "exact") -> list[float]:
       (its order-2 predictor, order-1 corrector) takes the hard-coded ``rho = 1/2``:
       ``I_1 = I_0 / 2`` (bh2) or ``h / 2`` (bh1); more nodes are exact.
     """
-    if not math.isfinite(h):  # the step to sigma = 0: only the constant term survives
-        return [1.0] + [math.nan] * (n - 1)
     v = 0.5 * (_GL_NODES + 1)  # nodes on [0, 1]; u = h v
     w = 0.5 * _GL_WEIGHTS * h * torch.exp(h * (v - 1))
     out = (w @ v[:, None] ** torch.arange(n, dtype=torch.float64)).tolist()
