@@ -52,6 +52,16 @@ def log_steps(out: Path) -> list[int]:
     return [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Every run of this module on one thread, like the forked children: the comparisons are
+    bitwise, and a reduction split over two threads rounds differently."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
     """The uninterrupted run (in this process: it also pays the imports the forks inherit)."""
