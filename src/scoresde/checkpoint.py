@@ -77,6 +77,22 @@ class Checkpoint:
     path: Path
 
 
+#: The sections of a training checkpoint: the network's weights, their EMA (used for sampling)
+#: and the optimizer's tensors, each under ``<section>.<name>``.
+MODEL, EMA, OPTIMIZER = "model", "ema", "optim"
+
+
+def prefixed(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """``{prefix.k: v}``: a state dict under its section of the checkpoint layout."""
+    return {f"{prefix}.{k}": v for k, v in state.items()}
+
+
+def section(tensors: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """The state dict stored under ``prefix.`` in a checkpoint (the prefix removed)."""
+    head = prefix + "."
+    return {k[len(head):]: v for k, v in tensors.items() if k.startswith(head)}
+
+
 def _paths(directory: Path, step: int) -> tuple[Path, Path]:
     stem = directory / f"ckpt_{step:08d}"
     return stem.with_suffix(".safetensors"), stem.with_suffix(".json")

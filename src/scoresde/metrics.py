@@ -224,7 +224,7 @@ def fd_digits(x: Tensor, reference: Tensor, classifier: DigitsClassifier | None 
 
 def pixel_frechet(x: Tensor, reference: Tensor) -> float:
     """Fréchet distance between raw pixel vectors mapped from [-1, 1] to [0, 1] (not clipped),
-    the digits figure of the official recipe in ``ANCHORS.md``."""
+    the digits figure BENCHMARKS.md compares with the official recipe."""
     return frechet_distance((x + 1) / 2, (reference + 1) / 2)
 
 

@@ -22,18 +22,8 @@ from . import config as C
 from .score import score_fn_from_model
 
 CONFIG_FILE = "config.yaml"
-MODEL, EMA_PREFIX = "model", "ema"
-
-
-def prefixed(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    """``{prefix.k: v}``: a state dict under its section of the checkpoint layout."""
-    return {f"{prefix}.{k}": v for k, v in state.items()}
-
-
-def section(tensors: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    """The state dict stored under ``prefix.`` in a checkpoint (the prefix removed)."""
-    head = prefix + "."
-    return {k[len(head):]: v for k, v in tensors.items() if k.startswith(head)}
+from .checkpoint import EMA as EMA_PREFIX
+from .checkpoint import MODEL, prefixed, section
 
 
 @dataclass

@@ -8,7 +8,7 @@ One step minimises a loss ``loss(model, x0, labels=None, generator=None) -> scal
     theta <- AdamW(theta, g, lr_n)
     theta_ema <- d theta_ema + (1 - d) theta
 
-Speed (issue 18): the step reads the device once (loss and gradient norm together, for the
+Speed: the step reads the device once (loss and gradient norm together, for the
 non-finite check that must come before the weights are touched); AdamW is the fused kernel where
 every parameter is a float tensor on CPU or CUDA (on the 2-core CPU 3.3x / 4.2x less CPU time
 than the for-loop Adam for the digits / CIFAR-10 DDPM++; see ``OPTIMIZER_IMPLS``), the gradient
@@ -57,8 +57,8 @@ COMPILE_MODES = (False, True, "auto")
 #: (one kernel per step; measured fastest on CPU), else torch's default.
 OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "for-loop")
 #: ``compile="auto"`` compiles a CUDA run with at least this many steps left on a cold cache.
-#: A cold compile of a DDPM++ forward and backward took 246-391 s on the 2-core CPU (issue 18);
-#: at a ~10 % gain on a ~0.1 s GPU step it pays back after ~30 000 steps, so 50 000 leaves margin
+#: A cold compile of a DDPM++ forward and backward took 246-391 s on a 2-core CPU (BENCHMARKS.md,
+#: training throughput); at a ~10 % gain on a ~0.1 s GPU step it pays back after ~30 000 steps, so 50 000 leaves margin
 #: for a slower compile. On CPU compiling never paid (0.77-1.08x, +30 % peak memory): auto is off.
 AUTO_COMPILE_MIN_STEPS = 50_000
 _EVAL_STREAM = 2**31  # random stream of the evaluation loss (training uses 0, 1, ...)
@@ -550,15 +550,18 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
         """Tensors and JSON metadata of the full training state (what a checkpoint holds)."""
-        optim_structure, optim_tensors = checkpoint.pack(self.optimizer.state_dict(), "optim")
-        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
-        tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
-        tensors.update(optim_tensors)
+        optim_structure, optim_tensors = checkpoint.pack(self.optimizer.state_dict(), checkpoint.OPTIMIZER)
+        tensors = self._weights() | optim_tensors
         data_state = self.data.state_dict() if hasattr(self.data, "state_dict") else None
         meta = {"step": self.step, "trainer": self.hparams, "model_class": type(self.model).__name__,
                 "model_config": getattr(self.model, "config", None), "ema": self.ema.meta(),
                 "optimizer": optim_structure, "data": data_state, "config": self.config}
         return tensors, meta
+
+    def _weights(self) -> dict[str, Tensor]:
+        """The network and its EMA in the checkpoint layout (``model.*``, ``ema.*``)."""
+        return (checkpoint.prefixed(self.model.state_dict(), checkpoint.MODEL)
+                | checkpoint.prefixed(self.ema.state_dict(), checkpoint.EMA))
 
     def save_checkpoint(self) -> Path | None:
         """Write ``out_dir/ckpt_<step>`` (rank 0, when ``out_dir`` is set)."""
@@ -571,9 +574,8 @@ class Trainer:
         """Raise a one-line ``CheckpointError`` naming the file unless ``ckpt`` holds this trainer's
         state: the model and EMA tensors with this network's names and shapes, the EMA and
         optimizer metadata and every optimizer tensor it refers to, and nothing else."""
-        expected = {f"model.{k}": v for k, v in self.model.state_dict().items()}
-        expected.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
-        checkpoint.check_layout(ckpt, expected, meta_keys=("ema", "optimizer"), other_prefixes=("optim.",))
+        checkpoint.check_layout(ckpt, self._weights(), meta_keys=("ema", "optimizer"),
+                                other_prefixes=(checkpoint.OPTIMIZER + ".",))
         try:
             checkpoint.unpack(ckpt.meta["optimizer"], ckpt.tensors)
         except (KeyError, TypeError, ValueError) as err:
@@ -584,11 +586,8 @@ class Trainer:
         :meth:`check_checkpoint`)."""
         self.check_checkpoint(ckpt)
 
-        def part(prefix: str) -> dict[str, Tensor]:
-            return {k[len(prefix):]: v for k, v in ckpt.tensors.items() if k.startswith(prefix)}
-
-        self.model.load_state_dict(part("model."))
-        self.ema.load_state_dict(part("ema."), ckpt.meta["ema"])
+        self.model.load_state_dict(checkpoint.section(ckpt.tensors, checkpoint.MODEL))
+        self.ema.load_state_dict(checkpoint.section(ckpt.tensors, checkpoint.EMA), ckpt.meta["ema"])
         self.optimizer.load_state_dict(checkpoint.unpack(ckpt.meta["optimizer"], ckpt.tensors))
         self._match_layouts()
         data_state = ckpt.meta.get("data")

@@ -20,7 +20,8 @@ from torch import Tensor
 from .. import checkpoint as ckpt
 from .. import config as C
 from .._io import atomic_write
-from ..runs import EMA_PREFIX, read_config, section
+from ..checkpoint import EMA, section
+from ..runs import read_config
 
 FORMAT = "scoresde-export/1"
 MODE = 0o644
@@ -34,9 +35,9 @@ def export_run(directory: str | Path, out: str | Path, checkpoint: str | Path | 
     found = ckpt.load(checkpoint) if checkpoint else ckpt.load_latest(root)
     if found is None:
         raise FileNotFoundError(f"{root}: no valid checkpoint to export")
-    state = section(found.tensors, EMA_PREFIX)
+    state = section(found.tensors, EMA)
     if not state:
-        raise ValueError(f"{found.path}: holds no {EMA_PREFIX}.* weights")
+        raise ValueError(f"{found.path}: holds no {EMA}.* weights")
     metadata = {"format": FORMAT, "step": str(found.step), "config": json.dumps(cfg.to_dict())}
 
     def write(tmp: Path) -> None:

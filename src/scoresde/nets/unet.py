@@ -421,7 +421,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "ddpmpp_deep_cifar10": dict(_DDPMPP, num_res_blocks=8),
     "ncsnpp_cifar10": _NCSNPP,
     "ncsnpp_deep_cifar10": dict(_NCSNPP, num_res_blocks=8),
-    # The small DDPM++ of ANCHORS.md for 8x8 scikit-learn digits (no FIR, no progressive paths).
+    # A small DDPM++ for 8x8 scikit-learn digits (no FIR, no progressive paths; BENCHMARKS.md, training).
     "ddpmpp_digits": dict(_DDPMPP, in_channels=1, image_size=8, nf=32, ch_mult=(1, 2, 2),
                           num_res_blocks=2, attn_resolutions=(4,)),
 }
