@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 
 import numpy as np
 import pytest
 import torch
-from test_metrics import _RandomInception
+from test_metrics import save_stand_in
 from torch import nn
 
 import scoresde as sd
@@ -38,14 +37,7 @@ def digits_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stand_in(tmp_path_factory):
-    path = tmp_path_factory.mktemp("net") / "standin.pt"
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(1)
-        module = _RandomInception()
-    with warnings.catch_warnings():  # torch.jit.script is deprecated but is how such files are made
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.jit.script(module).save(str(path))
-    return path
+    return save_stand_in(tmp_path_factory.mktemp("net") / "standin.pt", 1)
 
 
 def test_sample_by_seed_cli_batch_1_7_and_resume(digits_run, tmp_path, capsys):

@@ -190,16 +190,20 @@ class _RandomInception(nn.Module):
         return torch.softmax(logits * 5, dim=1)
 
 
-@pytest.fixture(scope="module")
-def random_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("random_inception") / "random.pt"
+def save_stand_in(path, seed: int):
+    """A TorchScript :class:`_RandomInception` with the weights of ``seed``, saved at ``path``."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         module = _RandomInception()
     with warnings.catch_warnings():  # torch.jit.script is deprecated but is how such files are made
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.jit.script(module).save(str(path))
     return path
+
+
+@pytest.fixture(scope="module")
+def random_file(tmp_path_factory):
+    return save_stand_in(tmp_path_factory.mktemp("random_inception") / "random.pt", 0)
 
 
 @pytest.fixture(scope="module")
