@@ -210,6 +210,7 @@ def test_a_second_trainer_on_one_folder_is_refused(reference, tmp_path, capsys):
     (["likelihood", "{run}", "--limit", "0"], "argument --limit: must be a positive integer, got 0"),
     (["likelihood", "{run}", "--batch", "0"], "argument --batch: must be a positive integer, got 0"),
     (["train", "toy-2d", "--out", "{file}"], "is a file, not a run folder"),
+    (["sample", "{run}", "--seed", "-3"], "argument --seed: must be a non-negative integer, got -3"),
 ])
 def test_bad_command_line_inputs_are_one_line_errors(reference, tmp_path, capsys, argv, message):
     (tmp_path / "file").write_text("")
@@ -223,6 +224,19 @@ def test_bad_command_line_inputs_are_one_line_errors(reference, tmp_path, capsys
 def test_device_cuda_on_a_cpu_build(reference, capsys):
     assert run("sample", str(reference), "--device", "cuda") == 2
     assert "no usable CUDA" in capsys.readouterr().err
+
+
+def test_a_bare_cuda_device_under_torchrun_is_the_local_rank(monkeypatch):
+    # ranks sharding `sample --seeds` take one GPU each: "cuda" means cuda:LOCAL_RANK under torchrun
+    from scoresde.cli.args import device_of
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert device_of("cuda") == torch.device("cuda:3") and device_of(None) == torch.device("cuda:3")
+    assert device_of("cuda:1") == torch.device("cuda:1") and device_of("cpu") == torch.device("cpu")
+    monkeypatch.delenv("LOCAL_RANK")
+    assert device_of("cuda") == torch.device("cuda")
 
 
 def test_an_empty_config_yaml_is_named_as_such(reference, tmp_path, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 import torch
@@ -32,9 +33,12 @@ def nonnegative_int(text: str) -> int:
 
 def device_of(name: str | None) -> torch.device:
     """``--device``: the name given (checked: a torch device this build can use), else CUDA
-    when available, else CPU."""
+    when available, else CPU. Under ``torchrun`` a CUDA device without an index is the process's
+    own, ``cuda:LOCAL_RANK`` (so ranks sharding ``sample --seeds`` use one GPU each)."""
     if not name:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and "LOCAL_RANK" in os.environ:
+        name = f"cuda:{int(os.environ['LOCAL_RANK'])}"
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
@@ -63,7 +67,8 @@ def run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run folder written by `scoresde train` or `scoresde import`")
     p.add_argument("--checkpoint", help="a checkpoint file (default: the newest valid one in RUN)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of their EMA")
-    p.add_argument("--seed", type=int, default=0, help="seed of all sampling / dequantization noise (default 0)")
+    p.add_argument("--seed", type=nonnegative_int, default=0,
+                   help="seed of all sampling / dequantization noise (default 0)")
 
 
 def sampler_options(p: argparse.ArgumentParser) -> None:

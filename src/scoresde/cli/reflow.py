@@ -32,7 +32,7 @@ from .._io import atomic_write, write_json
 from ..reflow import Couplings, ReflowLoss, draw_couplings, straightness
 from ..runs import CONFIG_FILE, Run, load_run
 from ..sde import RectifiedFlow
-from .args import device_of, positive_int
+from .args import device_of, nonnegative_int, positive_int
 from .runs import build_trainer
 
 COUPLINGS_FILE = "couplings.safetensors"
@@ -107,6 +107,6 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--steps", type=positive_int, help="training steps (default: the run's training.steps)")
     p.add_argument("--method", default="ode", help="deterministic sampler drawing the couplings (default ode)")
     p.add_argument("--sampler-steps", type=positive_int, help="steps of --method (default: the method's own)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the couplings' noise (default 0)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the couplings' noise (default 0)")
     p.add_argument("--resume", action="store_true", help="continue a reflow run in --out")
     p.set_defaults(func=_cmd_reflow)

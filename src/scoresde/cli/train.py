@@ -13,7 +13,7 @@ import yaml
 from .. import config as C
 from .._io import write_json
 from ..runs import load_run
-from .args import device_of, sampler_options
+from .args import device_of, nonnegative_int, sampler_options
 from .runs import evaluate_run, plot_loss, train_run
 
 
@@ -100,5 +100,5 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
     p.add_argument("--out", default="runs/digits-vp", help="run folder (default runs/digits-vp)")
     sampler_options(p)
-    p.add_argument("--seed", type=int, default=0, help="seed of sampling and evaluation noise")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of sampling and evaluation noise")
     p.set_defaults(func=_cmd_run)
