@@ -445,6 +445,11 @@ def test_reflow_command_retrains_a_rectified_flow_run_on_its_couplings(tmp_path)
     # the report's straightness is the source network's, on the command's noise (seed + 1)
     x_noise = source.sde.prior_sample((256,) + source.sample_shape, generator=torch.Generator().manual_seed(1))
     assert report["straightness_before"] == pytest.approx(straightness(source.model, x_noise, steps=100), rel=1e-5)
+    # a second writer on the folder is refused while the first holds it (the lock of `train`)
+    from scoresde import checkpoint
+
+    with checkpoint.lock_directory(tmp_path / "rf2"):
+        assert cli.main(argv[:-3] + ["--steps", "8", "--resume", "--quiet"]) == 2
     # --resume continues the same run on the same couplings; a VP run is refused
     assert cli.main(argv[:-3] + ["--steps", "8", "--resume", "--quiet"]) == 0
     assert load_run(tmp_path / "rf2").step == 8

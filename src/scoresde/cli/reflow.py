@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from .. import checkpoint
 from .. import config as C
 from .._io import atomic_write, write_json
 from ..reflow import Couplings, ReflowLoss, draw_couplings, straightness
@@ -67,17 +68,18 @@ def reflow_run(source: str | Path, out: str | Path, *, couplings: int = 10_000, 
     if (out / CONFIG_FILE).is_file() and not resume:
         raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    pairs = load_or_draw_couplings(run, out / COUPLINGS_FILE, couplings, method=method, steps=sampler_steps,
-                                   seed=seed, progress=progress)
-    cfg = C.load_config(run.config.to_dict(), [f"training.steps={steps}"] if steps is not None else [])
-    C.save_config(cfg, out / CONFIG_FILE)
-    model = C.build_model(cfg)
-    model.load_state_dict(run.model.state_dict())
-    reflow_info = {"source": str(source), "source_step": run.step, "couplings": len(pairs),
-                   "coupling_method": method, "coupling_nfe": pairs.nfe}
-    trainer = build_trainer(cfg, model, ReflowLoss(run.sde, **cfg.loss.options), pairs.pairs(), out, resume=resume,
-                            progress=progress, device=device, config={**cfg.to_dict(), "reflow": reflow_info})
-    trainer.fit(cfg.training.steps)
+    with checkpoint.lock_directory(out):  # one writer per folder, as for `train`
+        pairs = load_or_draw_couplings(run, out / COUPLINGS_FILE, couplings, method=method, steps=sampler_steps,
+                                       seed=seed, progress=progress)
+        cfg = C.load_config(run.config.to_dict(), [f"training.steps={steps}"] if steps is not None else [])
+        C.save_config(cfg, out / CONFIG_FILE)
+        model = C.build_model(cfg)
+        model.load_state_dict(run.model.state_dict())
+        reflow_info = {"source": str(source), "source_step": run.step, "couplings": len(pairs),
+                       "coupling_method": method, "coupling_nfe": pairs.nfe}
+        trainer = build_trainer(cfg, model, ReflowLoss(run.sde, **cfg.loss.options), pairs.pairs(), out, resume=resume,
+                                progress=progress, device=device, config={**cfg.to_dict(), "reflow": reflow_info})
+        trainer.fit(cfg.training.steps)
     x_noise = run.sde.prior_sample((straightness_n,) + run.sample_shape, device=run.device,
                                    generator=torch.Generator(device=run.device).manual_seed(seed + 1))
     reflowed = trainer.ema_model.eval()

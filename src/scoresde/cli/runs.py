@@ -297,7 +297,7 @@ def train_classifier(cfg: C.Config, out: Path, steps: int, *, progress: bool = T
     :class:`~scoresde.losses.NoisyClassifierLoss` and the run's training section; writes
     ``config.yaml``, ``classifier.json`` and checkpoints to ``out``. Returns the test accuracy at
     :data:`ACCURACY_TIMES` (also in ``accuracy.json``)."""
-    from .. import NoisyClassifierLoss
+    from .. import NoisyClassifierLoss, checkpoint
     from .._io import write_json
     from ..metrics import classifier_accuracy
     from ..runs import CLASSIFIER_FILE
@@ -309,11 +309,12 @@ def train_classifier(cfg: C.Config, out: Path, steps: int, *, progress: bool = T
     model = classifier_for(cfg, train.num_classes, **network)
     sde = C.build_sde(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    C.save_config(cfg, out / CONFIG_FILE)
-    write_json(out / CLASSIFIER_FILE, {"kind": type(model).__name__, "config": model.config})
-    trainer = build_trainer(cfg, model, NoisyClassifierLoss(sde), train, out, progress=progress, device=device,
-                            ckpt_every=steps, keep_last=1)
-    trainer.fit(steps)
+    with checkpoint.lock_directory(out):  # one writer per folder, as for `train`
+        C.save_config(cfg, out / CONFIG_FILE)
+        write_json(out / CLASSIFIER_FILE, {"kind": type(model).__name__, "config": model.config})
+        trainer = build_trainer(cfg, model, NoisyClassifierLoss(sde), train, out, progress=progress, device=device,
+                                ckpt_every=steps, keep_last=1)
+        trainer.fit(steps)
     test = C.build_dataset(cfg, "test")
     x, labels = test.x.to(trainer.device), test.labels.to(trainer.device)
     acc = classifier_accuracy(trainer.ema_model.eval(), sde, x, labels, list(ACCURACY_TIMES),
