@@ -41,12 +41,10 @@ from ..score import ScoreFn, tweedie
 from ..sde import LinearSDE
 from .conditional import check_scale
 from .operators import Grayscale, LinearOperator, Mask
-from .smc import ConditionalInfo, smc_inverse
+from .smc import DEFAULT_PARTICLES, DEFAULT_STEPS, ConditionalInfo, smc_inverse
 
 Callback = Callable[[int, Tensor, Tensor], Tensor]
 METHODS = ("smc", "replacement")
-DEFAULT_PARTICLES = 64
-DEFAULT_STEPS = 100
 
 
 # -- the projection (replacement) method ----------------------------------------------------------
