@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from scoresde import checkpoint
+from scoresde import train as train_module
 from scoresde._tensor import append_dims
 from scoresde.losses import LabelDropout
 from scoresde.nets import MLP, NCSNpp
@@ -229,9 +230,22 @@ def _aot_eager(monkeypatch):
 
 
 def _speed_trainer(model, out_dir, **options):
+    """A trainer whose plain step is float32 (``amp="none"``) unless ``options`` say otherwise."""
     data = _IMAGES if isinstance(model, NCSNpp) else _POINTS
     return Trainer(model, TinyDSM(), data, batch_size=8, lr=1e-3, ckpt_every=2, keep_last=5, seed=3,
-                   progress=False, out_dir=out_dir, **options)
+                   progress=False, out_dir=out_dir, **{"amp": "none", **options})
+
+
+def test_amp_auto_is_bf16_only_for_convolutional_networks_on_a_cpu_with_native_bf16(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for native in (True, False):
+        monkeypatch.setattr(train_module, "native_cpu_bf16", lambda native=native: native)
+        assert train_module.amp_pays(cpu, _unet(0)) is native
+        assert train_module.amp_pays(cpu, _mlp(0)) is False
+        assert train_module.amp_pays(cuda, _unet(0)) is False
+        trainer = Trainer(_unet(0), TinyDSM(), _IMAGES, batch_size=8, progress=False)
+        assert trainer.autocast_dtype == (torch.bfloat16 if native else None)
+        assert Trainer(_unet(0), TinyDSM(), _IMAGES, batch_size=8, amp="none", progress=False).autocast_dtype is None
 
 
 def _copy_checkpoint(src, dst, step):

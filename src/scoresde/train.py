@@ -141,6 +141,23 @@ def compile_pays(device: torch.device, steps_left: int, warm: bool) -> bool:
     return device.type == "cuda" and (warm or steps_left >= AUTO_COMPILE_MIN_STEPS)
 
 
+def native_cpu_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic in hardware (AVX512-BF16 or AMX), where oneDNN runs
+    bf16 convolutions faster than fp32 (measured 1.3-1.8x per training step, BENCHMARKS.md)."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
+def amp_pays(device: torch.device, model: nn.Module) -> bool:
+    """``amp="auto"``'s rule: bf16 autocast for convolutional networks on a CPU with native bf16,
+    where it was measured faster with the same loss curve and results (digits DDPM++ main job:
+    losses within 0.4 %, bits/dim and FD unchanged; BENCHMARKS.md); off on CUDA until
+    ``benchmarks/gpu.py`` has compared the curves there, and off for vector (MLP) networks, whose
+    few-dimensional inputs would lose precision to bf16's 8-bit mantissa."""
+    convolutional = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    return device.type == "cpu" and convolutional and native_cpu_bf16()
+
+
 def _adamw_options(impl: str, params: list[Tensor]) -> dict[str, bool]:
     """The ``torch.optim.AdamW`` keywords of an :data:`OPTIMIZER_IMPLS` entry."""
     if impl == "auto":
@@ -233,9 +250,9 @@ class Trainer:
         class_conditional: pass labels to the loss (None: iff ``model.config["num_classes"]``).
             For classifier-free guidance wrap the loss in ``scoresde.LabelDropout(loss,
             model.null_label, p_uncond)``; it draws from the step's generator, so resumes stay exact.
-        amp: "bf16" (bf16 autocast of the loss's forward pass), "none", or "auto": off on every
-            device until bf16 is measured not to change the loss curve (``benchmarks/gpu.py``
-            compares the two curves on CUDA).
+        amp: "bf16" (bf16 autocast of the loss's forward pass), "none", or "auto"
+            (:func:`amp_pays`: bf16 for convolutional networks on CPUs with native bf16, off on
+            CUDA until ``benchmarks/gpu.py`` has compared the loss curves there).
         compile: ``torch.compile`` the network (True), not (False), or ``"auto"``
             (:func:`compile_pays`, decided when :meth:`fit` knows the steps left). A compilation
             that fails warns once and the step is redone eagerly.
@@ -308,7 +325,7 @@ class Trainer:
         model_config = getattr(model, "config", {})
         self.class_conditional = (model_config.get("num_classes") is not None
                                   if class_conditional is None else class_conditional)
-        self.autocast_dtype = self._amp_dtype(check_choice(amp, AMP_MODES, "amp"))
+        self.autocast_dtype = self._amp_dtype(check_choice(amp, AMP_MODES, "amp"), self.device, model)
         params = list(model.parameters())
         self.optimizer = torch.optim.AdamW(params, lr=lr, betas=tuple(betas), eps=adam_eps,
                                            weight_decay=weight_decay, **_adamw_options(optimizer_impl, params))
@@ -348,8 +365,9 @@ class Trainer:
         return self.out_dir
 
     @staticmethod
-    def _amp_dtype(amp: str) -> torch.dtype | None:
-        return torch.bfloat16 if amp == "bf16" else None  # "auto": see the class docstring
+    def _amp_dtype(amp: str, device: torch.device, model: nn.Module) -> torch.dtype | None:
+        on = amp == "bf16" or (amp == "auto" and amp_pays(device, model))
+        return torch.bfloat16 if on else None
 
     @property
     def compiled(self) -> bool:
