@@ -157,6 +157,31 @@ def test_dequantize_stays_in_its_cell():
     assert abs(float((v - k).mean()) - 0.5) < 0.026
 
 
+def test_quantize_inverts_dequantize_on_both_ranges():
+    k = torch.randint(0, 17, (2000,), generator=torch.Generator().manual_seed(2))
+    for lo, hi in ((-1.0, 1.0), (0.0, 1.0)):
+        x = lo + (hi - lo) * k / 16
+        y = data.dequantize(x, 17, (lo, hi), generator=torch.Generator().manual_seed(3))
+        assert not torch.equal(y, x)
+        torch.testing.assert_close(data.quantize(y, 17, (lo, hi)), x, rtol=0, atol=1e-6)
+    # values outside the range go to the end levels
+    assert data.quantize(torch.tensor([-3.0, 3.0]), 17).tolist() == [-1.0, 1.0]
+
+
+def test_batch_iterator_dequantizes_each_batch_reproducibly():
+    k = torch.randint(0, 17, (40, 1, 2, 2), generator=torch.Generator().manual_seed(4))
+    ds = data.ArrayDataset(2 * k / 16 - 1)
+    it = data.BatchIterator(ds, 8, seed=1, dequantize=(17, (-1.0, 1.0)))
+    plain = data.BatchIterator(ds, 8, seed=1)
+    batches = [next(it)[0] for _ in range(6)]
+    for b in batches:  # off the lattice, each value inside the cell of its item's level
+        assert (b - data.quantize(b, 17)).abs().min() > 0
+        torch.testing.assert_close(data.quantize(b, 17), next(plain)[0], rtol=0, atol=1e-6)
+    again = data.BatchIterator(ds, 8, seed=1, dequantize=(17, (-1.0, 1.0)))
+    again.load_state_dict({"seed": 1, "epoch": 0, "position": 16})
+    assert torch.equal(next(again)[0], batches[2])
+
+
 def test_random_hflip_flips_whole_images():
     x = torch.arange(2 * 1 * 2 * 3, dtype=torch.float32).reshape(2, 1, 2, 3).repeat(50, 1, 1, 1)
     y = data.random_hflip(x, generator=torch.Generator().manual_seed(0))

@@ -74,6 +74,8 @@ class DataConfig:
                                       ".npz, continuous for toy sets and float .npz)")
     shape: list[int] | None = _field(None, doc="shape of one sample, e.g. [3, 32, 32] (None: read from the data); "
                                      "imported runs set it so they need no data on disk")
+    dequantize: bool = _field(False, doc="train on uniformly dequantized data (k + u)/levels, the density that "
+                              "bits/dim evaluates; samples are mapped back to the levels (scoresde.data.quantize)")
 
     def __post_init__(self) -> None:
         ok = self.levels == "continuous" or (type(self.levels) is int and self.levels >= 2)
@@ -552,7 +554,17 @@ def build_dataset(cfg: Config, split: str = "train") -> _data.ArrayDataset:
         raise ValueError(f"data: {err}") from err
 
 
+def training_dequantization(cfg: Config, dataset: _data.ArrayDataset) -> tuple[int, tuple[float, float]] | None:
+    """``(levels, data_range)`` of ``data.dequantize`` (None when off); quantised data only."""
+    if not cfg.data.dequantize:
+        return None
+    levels = cfg.data.quantisation_levels(dataset)
+    if levels is None:
+        raise ValueError("data.dequantize needs quantised data (data.levels or integer data); this data is continuous")
+    return levels, _data.data_range(cfg.data.centered)
+
+
 def build_batches(cfg: Config, dataset: _data.ArrayDataset, rank: int = 0, world_size: int = 1) -> _data.BatchIterator:
     """The seeded, resumable batch iterator of the training section."""
-    return _data.BatchIterator(dataset, cfg.training.batch_size, seed=cfg.training.seed,
-                               hflip=cfg.data.hflip, rank=rank, world_size=world_size)
+    return _data.BatchIterator(dataset, cfg.training.batch_size, seed=cfg.training.seed, hflip=cfg.data.hflip,
+                               dequantize=training_dequantization(cfg, dataset), rank=rank, world_size=world_size)

@@ -112,6 +112,19 @@ def dequantize(
     return lo + (hi - lo) * (k + u) / levels
 
 
+def quantize(x: Tensor, levels: int, data_range: tuple[float, float] = (-1.0, 1.0)) -> Tensor:
+    """The inverse of :func:`dequantize`: each value goes to the level ``k = floor(levels v)`` of
+    the cell ``[k/levels, (k+1)/levels)`` holding ``v = (x - lo)/(hi - lo)`` (clamped to
+    ``0 .. levels-1``), returned on the data's lattice ``lo + (hi - lo) k/(levels-1)``. Samples of a
+    model trained on dequantized data (``BatchIterator(dequantize=...)``) go back to the data's
+    values this way."""
+    lo, hi = data_range
+    if not hi > lo:
+        raise ValueError(f"data_range must be (lo, hi) with hi > lo, got {data_range}")
+    k = torch.floor((x - lo) / (hi - lo) * levels).clamp_(0, levels - 1)
+    return lo + (hi - lo) * k / (levels - 1)
+
+
 def random_hflip(x: Tensor, generator: torch.Generator | None = None, p: float = 0.5) -> Tensor:
     """Flip each image ``(B, ..., W)`` along its last (width) axis with probability ``p``."""
     if x.ndim < 3:
@@ -550,7 +563,10 @@ class BatchIterator:
     """An infinite, seeded iterator over shuffled mini-batches of an :class:`ArrayDataset`.
 
     Each epoch is a fresh permutation drawn from a generator seeded by ``(seed, epoch)``;
-    flips of a batch use a generator seeded by ``(seed, epoch, position)``. The state is three
+    flips and the dequantization noise of a batch (``dequantize=(levels, data_range)``: each batch
+    through :func:`dequantize`, so the model fits the density that bits/dim evaluates, as in
+    Song et al. 2021, "Maximum likelihood training of score-based diffusion models") use a
+    generator seeded by ``(seed, epoch, position)``. The state is three
     integers (``state_dict()``), so a run resumed with ``load_state_dict`` yields exactly the
     batches an uninterrupted run would have.
 
@@ -569,6 +585,7 @@ class BatchIterator:
         seed: int = 0,
         shuffle: bool = True,
         hflip: bool = False,
+        dequantize: tuple[int, tuple[float, float]] | None = None,
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
@@ -582,6 +599,7 @@ class BatchIterator:
             )
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
         self.shuffle, self.hflip, self.rank, self.world_size = shuffle, hflip, rank, world_size
+        self.dequantize = dequantize
         self.epoch, self.position = 0, 0
         self._order = self._permutation()
 
@@ -608,6 +626,8 @@ class BatchIterator:
         x = self.dataset.x[idx]
         if self.hflip:
             x = random_hflip(x, generator=g)
+        if self.dequantize is not None:
+            x = dequantize(x, self.dequantize[0], self.dequantize[1], generator=g)
         labels = None if self.dataset.labels is None else self.dataset.labels[idx]
         rank_slice = slice(self.rank, None, self.world_size)
         return x[rank_slice], (None if labels is None else labels[rank_slice])

@@ -142,6 +142,7 @@ def _prepare_training(cfg: C.Config, out: Path, resume: bool | str, world: int) 
     if global_batch > len(dataset):
         raise ValueError(f"training.batch_size {cfg.training.batch_size}" + (f" x {world} ranks" if world > 1 else "")
                          + f" is larger than the training data ({len(dataset)} items)")
+    C.training_dequantization(cfg, dataset)  # continuous data cannot be dequantized: fail before the folder is touched
     _try_loss(model, loss, dataset)
     return {"holds": holds, "sde": sde, "model": model, "loss": loss, "dataset": dataset}
 
@@ -347,13 +348,17 @@ def run_sampler(run: Run, *, method: str | None = None, steps: int | None = None
 
 def sample_run(run: Run, n: int, *, seed: int = 0, progress: bool = True, **sampler: Any) -> tuple[Tensor, Any]:
     """Draw ``n`` samples from a run with one generator seeded ``seed``; ``sampler``: the
-    overrides of :func:`run_sampler` (``method``, ``steps``, ``nfe``, ``clip``, method options)."""
+    overrides of :func:`run_sampler` (``method``, ``steps``, ``nfe``, ``clip``, method options).
+    A run trained on dequantized data (``data.dequantize``) has its samples mapped back to the
+    data's levels (:func:`scoresde.data.quantize`)."""
     from ..sampling import sample
 
     score_fn, kwargs = run_sampler(run, **sampler)
     generator = torch.Generator(device=run.device).manual_seed(seed)
-    return sample(score_fn, run.sde, (n,) + run.sample_shape, generator=generator, progress=progress,
-                  device=run.device, batch_size=run.config.sampling.batch_size, **kwargs)
+    x, info = sample(score_fn, run.sde, (n,) + run.sample_shape, generator=generator, progress=progress,
+                     device=run.device, batch_size=run.config.sampling.batch_size, **kwargs)
+    cells = C.training_dequantization(run.config, C.build_dataset(run.config, "train")) if run.config.data.dequantize else None
+    return (x if cells is None else D.quantize(x, *cells)), info
 
 
 def generate_run(run: Run, seeds: Iterable[int], outdir: Path, *, batch: int = 100, fmt: str = "png",
