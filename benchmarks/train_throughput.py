@@ -13,7 +13,7 @@ reduction, t ~ U[1e-5, 1]), backward, gradient clipping at 1, Adam, EMA update.
 The official networks are built from the official code with the official config fields (DDPM++
 needs none of its CUDA ops: the ``op`` package is replaced by a stub that refuses to be called).
 Without ``--official`` only scoresde's variants run. ``--variants`` picks scoresde's Trainer
-options (``VARIANTS``; ``for-loop_adam`` is the default step with torch's for-loop Adam, as the
+options (``VARIANTS``; ``for-loop_adam`` is the float32 step with torch's for-loop Adam, as the
 official code's); ``first_step_s`` is the time of the first step (the compilation, for the
 compile variants), reported apart from the steady-state rate. ``--quick``: ``QUICK``'s settings.
 
@@ -49,13 +49,16 @@ CASES: dict[str, dict[str, Any]] = {
                    model=dict(_DDPMPP, nf=32, ch_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(4,))),
     "cifar10": dict(preset="ddpmpp_cifar10", batch=8, shape=(3, 32, 32), ema=0.9999, model=_DDPMPP),
 }
-VARIANTS = {"default": {}, "compile": {"compile": True}, "channels_last": {"channels_last": True},
+#: scoresde's Trainer options per variant: ``default`` is the Trainer's defaults (``amp="auto"``:
+#: bf16 on a CPU with native bf16), the others state their precision.
+VARIANTS = {"default": {}, "fp32": {"amp": "none"}, "compile": {"amp": "none", "compile": True},
+            "channels_last": {"amp": "none", "channels_last": True},
             "bf16": {"amp": "bf16"}, "bf16_compile": {"amp": "bf16", "compile": True},
             "bf16_channels_last": {"amp": "bf16", "channels_last": True},
-            "for-loop_adam": {"optimizer_impl": "for-loop"}}
+            "for-loop_adam": {"amp": "none", "optimizer_impl": "for-loop"}}
 #: ``--quick``: both cases, the official code beside the default and the eager options, short rounds
 #: (about 5 minutes on 2 idle cores; compile is left out: its cold compile alone takes minutes)
-QUICK = {"cases": ["digits", "cifar10"], "variants": ["default", "for-loop_adam", "bf16", "channels_last"],
+QUICK = {"cases": ["digits", "cifar10"], "variants": ["default", "fp32", "for-loop_adam", "channels_last"],
          "rounds": 4, "steps": 3, "warmup": 1}
 
 
@@ -117,7 +120,7 @@ def scoresde_step(case: dict, device: str, batch: int, options: dict):
     data = (torch.rand(batch * 4, *case["shape"]) * 2 - 1)
     trainer = Trainer(model, DSMLoss(VPSDE(beta_min=0.1, beta_max=20.0)), data, batch_size=batch,
                       ema_decay=case["ema"], grad_clip=1.0, lr=2e-4, warmup_steps=5000, device=device,
-                      progress=False, **{"amp": "none", **options})
+                      progress=False, **options)
     return trainer.train_step, sum(p.numel() for p in model.parameters())
 
 

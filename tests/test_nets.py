@@ -308,3 +308,14 @@ def test_ddpm_init_is_the_official_variance_scaling():
         check(w, 0.1)
     assert attn.out.weight.abs().max() == 0 and model.conv_out.weight.abs().max() == 0
     check(model.embed.mlp[0].weight, 1.0)
+
+
+def test_cpu_matmul_attention_equals_the_fused_kernel():
+    from scoresde.nets.layers import CPU_MATMUL_ATTENTION_MAX_PIXELS, attention
+
+    g = torch.Generator().manual_seed(0)
+    for pixels in (16, CPU_MATMUL_ATTENTION_MAX_PIXELS, CPU_MATMUL_ATTENTION_MAX_PIXELS + 1):
+        q, k, v = (torch.randn(2, 1, pixels, 8, generator=g, dtype=torch.float64) for _ in range(3))
+        # float64: the two orders of the same sums agree to ~1e-15
+        torch.testing.assert_close(attention(q, k, v), torch.nn.functional.scaled_dot_product_attention(q, k, v),
+                                   rtol=1e-12, atol=1e-12)
