@@ -53,13 +53,15 @@ TOLERANCES = {
     ("log-snr", "torchdiffeq:bosh3"): (5e-3, 2e-3, 1e-3, 5e-4, 3e-4, 1e-4),
     ("log-snr", "dopri5"): (3e-3, 1e-3, 5e-4, 3e-4, 2e-4, 1e-4, 5e-5, 3e-5, 1e-5),
     ("log-snr", "bosh3"): (2e-2, 1e-2, 5e-3, 3e-3, 2e-3, 1.5e-3, 1e-3, 7e-4, 5e-4, 3e-4, 2e-4, 1e-4),
+    ("log-snr", "adams"): (1e-3, 5e-4, 3e-4, 2e-4, 1.5e-4, 1e-4, 5e-5),
 }
 QUICK_TOLERANCES = {
     ("t", "scipy:RK45"): (1e-3, 1e-4, 1e-5),
     ("log-snr", "dopri5"): (1e-3, 3e-4, 1e-4, 3e-5),
     ("log-snr", "bosh3"): (5e-3, 2e-3, 1e-3, 5e-4, 2e-4),
+    ("log-snr", "adams"): (5e-4, 1.5e-4, 5e-5),
 }
-OURS = ("bosh3", "dopri5")
+OURS = ("bosh3", "dopri5", "adams")
 BASELINE = dict(chart="t", method="scipy:RK45", tol=1e-5)
 PRIOR_POINTS = 2
 
@@ -388,7 +390,7 @@ def plot(rows: list[dict], path: str) -> None:
             base_curve = [(r["nfe"], r["total_gaussian"]) for r in mine if r["method"] == BASELINE["method"]]
             ax.loglog(*zip(*base_curve), ":", marker="o", color=colors[sde_name], ms=3, lw=0.8, alpha=0.6,
                       label=f"{sde_name}: RK45 in t, Gaussian prior (paper's code)")
-            for method, marker, style in (("dopri5", "s", "-"), ("bosh3", "^", "-"), ("torchdiffeq:bosh3", "v", "--")):
+            for method, marker, style in (("dopri5", "s", "-"), ("bosh3", "^", "-"), ("adams", "D", "-"), ("torchdiffeq:bosh3", "v", "--")):
                 ours = [(r["nfe_corrected"], r["total_corrected"]) for r in mine
                         if r["chart"] == "log-snr" and r["method"] == method]
                 if ours:

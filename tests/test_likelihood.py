@@ -397,11 +397,12 @@ def test_default_eps_is_the_papers_1e_5_for_vp_subvp_and_ve_whatever_their_sampl
 
 
 def test_error_estimate_is_reported_per_sample_and_bounds_the_solver_error():
-    # info.error_estimate accumulates the embedded local error estimates of the log-density (and of
-    # the latent, weighted by the prior's gradient).  On the random family at the default tolerance
-    # the true error was 0.02-22 % of it on every point (benchmarks/likelihood.py); here: above the
-    # solver's error on every sample, and not more than 1000x above it on average (a useless bound
-    # would fail that).  It shrinks with the tolerance.
+    # info.error_estimate accumulates the absolute local errors of log p (the default solver="adams":
+    # its corrector's difference mapped to log p by the score; the Runge--Kutta pairs: the embedded
+    # estimates of the log-density and of the latent, weighted by the prior's gradient).  On the
+    # random family's dev members at the default tolerance the true error was at most 20 % of it
+    # (benchmarks/likelihood.py); here: above the solver's error on every sample, and not more than
+    # 1000x above it on average (a useless bound would fail that).  It shrinks with the tolerance.
     sde = SDES["vp"]()
     gmm, x = _data("ring2d", 32, dtype=torch.float64)
     ref = gmm.log_prob(x, PAPER_EPS, sde)
@@ -495,12 +496,16 @@ def test_torch_func_divergence_on_a_diffusers_unet_and_on_ncsnpp():
 FAST_MEMBERS = (2, 3, 8, 11)  # the dev members of dimension <= 10 (benchmarks/likelihood.py DEV_SEEDS)
 
 
+GOAL_MEMBERS = (3,)  # of FAST_MEMBERS, those where the default meets the goal of issue 19 (half the NFE)
+
+
 @pytest.mark.parametrize("seed", FAST_MEMBERS)
 def test_default_on_random_family_members_against_the_papers_estimator(seed):
-    # The default against the paper's estimator (scipy RK45 in t at 1e-5, Gaussian prior) on the
-    # same points of a random mixture, both from the paper's eps = 1e-5: mean error per dimension
-    # no larger, and fewer NFE (measured: 0.49-0.97x the NFE at 0.12-0.73x the error; half the
-    # NFE, the goal of issue 19, is met on member 3 only, BENCHMARKS.md).
+    # The default (solver="adams") against the paper's estimator (scipy RK45 in t at 1e-5, Gaussian
+    # prior) on the same points of a random mixture, both from the paper's eps = 1e-5: mean error
+    # per dimension no larger, and at most 0.95x the NFE (measured on these members: 0.35-0.89x the
+    # NFE at 0.03-0.54x the error); at most half the NFE, the goal of issue 19, where it was met
+    # (BENCHMARKS.md: on 2 of the 12 dev members).
     bench = _benchmark()
     member = bench.random_member(seed)
     gmm, x = member["gmm"], member["x"]
@@ -510,4 +515,4 @@ def test_default_on_random_family_members_against_the_papers_estimator(seed):
     ours, info = sd.log_likelihood(gmm.score_fn(sde), sde, x)
     assert info.eps == PAPER_EPS
     assert float((ours - ref).abs().mean()) <= float((base - ref).abs().mean())
-    assert info.nfe <= base_info.nfe
+    assert info.nfe <= (0.5 if seed in GOAL_MEMBERS else 0.95) * base_info.nfe

@@ -70,25 +70,45 @@ prior ``N(0, sigma(t_end)^2 I)`` there.  This only matters for schedules with ``
 such as :class:`~scoresde.sde.RectifiedFlow`, whose drift is singular at ``T``: stopping at
 ``alpha = e^{-10} sigma`` leaves a prior error of relative size ``e^{-10}``.
 
-**Error control.**  The solver state is the flat ``(B, D + k)`` tensor ``[y, l_1 / D, .., l_k / D]``
-(``k`` probes, one column for the exact trace): ``rtol`` and ``atol`` bound the RMS, over the
-batch, of the local error of each state coordinate and of the log-density *per dimension* (the
-paper's norm, that of scipy's ``solve_ivp``, with the log-density divided by ``D`` so that a
-tolerance means the same thing in 2 and in 3072 dimensions); ``error_norm="sample"`` takes the RMS
-over each sample's row and steps by the worst one.  The default solver is :mod:`scoresde.rk`'s
-Bogacki--Shampine 3(2) pair with a PI step-size controller at ``rtol = atol = 1e-3``;
-``solver="dopri5"`` is the Dormand--Prince 5(4) pair under the same controller, and
-``"torchdiffeq:<name>"`` runs torchdiffeq's adaptive solvers.  A local tolerance is not the
-global error: ``info.error_estimate`` reports, per sample, the accumulated local error estimate
-(:class:`LikelihoodInfo`), so the worst point of a batch is visible.  On a family of random
-mixtures (dimension 2--256, widths down to 0.01, 24 held-out members, ``benchmarks/likelihood.py
---parts family``, BENCHMARKS.md) the default spends 0.62x the NFE of the paper's estimator
-(scipy's RK45 in ``t`` at ``1e-5``, Gaussian prior; 1575 against 2550 NFE) at half its mean error
-(6.4e-4 against 1.3e-3 nats/dim) and an eighth of its worst point's (2.5e-3 against 1.9e-2), but
-reaches half its NFE at no more than its error on 4 members of 24 only; on narrow components
-(widths from 0.013--0.024 in 44--183 dimensions) it errs 2.7--11x more than the baseline.  No setting of the explicit pairs tried on
-the dev members (bosh3, dopri5, dopri8; PI, elementary and predictive controllers; 1e-4 to 1e-2)
-met that goal on every member.
+**The default solver: exponential Adams in the denoiser form.**  With ``xbar = x / alpha`` (a VE
+process with ``sigmabar = sigma / alpha = exp(-lambda)``) and Tweedie's denoiser ``D(xbar) =
+E[x_0 | x] = xbar + sigma^2 s(x, t) / alpha``, the probability-flow ODE of every linear SDE is::
+
+    dxbar/dlambda = D(xbar, lambda) - xbar,   d log p(xbar)/dlambda = D - div_xbar D,
+    log p_eps(x) = log p_{t_end}(z) + D log(alpha_end / alpha_eps) + int_{lambda_end}^{lambda_eps} (D - div D) dlambda
+
+(``log p_t(x) = log p(xbar) - D log alpha``; for Gaussian data of width ``w`` the integrand is
+``D sigmabar^2 / (w^2 + sigmabar^2)``, a sigmoid in ``lambda``).  ``solver="adams"`` (the default
+for linear SDEs) integrates it from the data in ``lambda`` by :mod:`scoresde.multistep`: the
+linear part exactly, ``D`` and the integrand by their polynomial through the last 5 values
+(exponential Adams--Bashforth, order up to 5), **one NFE per step**; the Adams--Moulton corrector
+through the new value estimates the local error.  That error is mapped to ``log p`` itself: a state
+error ``dxbar`` made at ``lambda`` changes the final estimate by ``grad log p_lambda(xbar) . dxbar``
+(the rest of the solve computes ``log p_lambda`` at the perturbed point), and ``grad log p_lambda =
+-(xbar - D) / sigmabar^2`` is known from the same evaluation.  Each step's local error of
+``log p / D`` (per sample, its mean over the batch, ``error_norm="batch"``, or the largest,
+``"sample"``) is held below ``atol`` (default :data:`ADAMS_TOL`; ``rtol`` is not used), and the sum
+of these signed local errors over the steps (first-order exact) is added to the result, a global
+correction for no NFE.  For Hutchinson the known trace of ``sigma~^2 I`` (the part of ``I - J_D``
+of unit-variance data) is taken exactly and only the rest estimated (a control variate for Gaussian
+probes; Rademacher probes are unaffected).
+
+**Error control of the Runge--Kutta pairs.**  For ``solver="bosh3"``, ``"dopri5"`` and
+``"torchdiffeq:<name>"`` the solver state is the flat ``(B, D + k)`` tensor ``[y, l_1 / D, .., l_k / D]``
+(``k`` probes, one column for the exact trace): ``rtol`` and ``atol`` (default :data:`RK_TOL`) bound
+the RMS, over the batch, of the local error of each state coordinate and of the log-density *per
+dimension* (the paper's norm, that of scipy's ``solve_ivp``, with the log-density divided by ``D``
+so that a tolerance means the same thing in 2 and in 3072 dimensions); ``error_norm="sample"``
+takes the RMS over each sample's row and steps by the worst one.  ``"bosh3"`` is
+:mod:`scoresde.rk`'s Bogacki--Shampine 3(2) pair under a PI step-size controller (the default for
+non-linear SDEs), ``"dopri5"`` the Dormand--Prince 5(4) pair under the same controller.
+
+A local tolerance is not the global error: ``info.error_estimate`` reports, per sample, the
+accumulated absolute local error estimates (:class:`LikelihoodInfo`), so the worst point of a
+batch is visible.  On the dev members of a family of random mixtures (dimension 2--256, widths
+down to 0.01, ``benchmarks/likelihood.py --parts family``, BENCHMARKS.md) the default spends 0.64x
+the NFE of the paper's estimator (scipy's RK45 in ``t`` at ``1e-5``, Gaussian prior) at 0.29x its
+mean error, and the true error stayed below 20 % of ``info.error_estimate`` on every point.
 
 **Cost per NFE.**  One evaluation of the ODE right-hand side is one forward call of ``score_fn``
 plus vector-Jacobian products of its output, batched by ``torch.func.vmap`` (:class:`VJPEngine`):
@@ -114,9 +134,17 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ._tensor import (
-    append_dims, as_batch_time, batch_sum, check_choice, check_finite, check_int, check_positive, gaussian_logp,
+    append_dims,
+    as_batch_time,
+    batch_sum,
+    check_choice,
+    check_finite,
+    check_int,
+    check_positive,
+    gaussian_logp,
 )
 from .data import dequantize
+from .multistep import solve_exponential_adams
 from .rk import ADAPTIVE_METHODS, NORMS, solve
 from .score import ScoreFn
 from .sde import SDE, VESDE, VPSDE, LinearSDE
@@ -125,7 +153,10 @@ DIVERGENCES = ("auto", "exact", "hutchinson")
 PROBE_DISTS = ("rademacher", "gaussian")
 VARIABLES = ("log-snr", "t")
 PRIORS = ("corrected", "gaussian")
-SOLVERS = ADAPTIVE_METHODS
+ADAMS = "adams"  # the exponential Adams method in the log-SNR (the default for linear SDEs)
+SOLVERS = (ADAMS,) + ADAPTIVE_METHODS
+ADAMS_TOL = 1e-4  # adams: each step's local error of log p, nats/dim (set on the dev members of the random family)
+RK_TOL = 1e-3  # the Runge--Kutta pairs' rtol and atol
 PAPER_EPS = 1e-5  # the official likelihood.py's start time (VE, VP and sub-VP continuous models)
 EXACT_MAX_DIM = 16  # divergence="auto": the exact trace up to this dimension, Hutchinson above
 HUTCHINSON_PROBES = 2  # the default probe count: the fewest whose spread gives a standard error
@@ -391,6 +422,84 @@ def _resolve_divergence(divergence: str, probes: int | None, dim: int) -> tuple[
     return divergence, HUTCHINSON_PROBES if probes is None else probes
 
 
+def _solve_chart(
+    chart: _Chart, x: Tensor, probe_vectors: Tensor | None, probes: int, solver: str, rtol: float, atol: float,
+    error_norm: str, max_nfe: int, count: Callable[[float], None], std: float,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The ODE of ``chart`` by an explicit Runge--Kutta pair (:func:`scoresde.rk.solve`): the latent
+    ``z``, each probe's ``log p_eps(x) - log p_{t_end}(z)`` ``(B, k)``, and the error indicator of
+    :class:`LikelihoodInfo` (``None`` for torchdiffeq's solvers)."""
+    dim = x[0].numel()
+    engine = VJPEngine()
+    u0, u1 = chart.bounds
+
+    def rhs(u: float, state: Tensor) -> Tensor:
+        """``d[y, l_j/D]/du`` for the flat state ``(B, D + k)``: one forward and its VJPs."""
+        count(abs(u - u0) / abs(u1 - u0))
+        ut = torch.tensor(u, dtype=x.dtype, device=x.device)
+        y = state[:, :dim].reshape(x.shape)
+        vel, terms = value_and_divergence_terms(lambda v: chart.velocity(v, ut), y, probe_vectors, engine)
+        return torch.cat([vel.flatten(1), terms.T / dim], 1)
+
+    y0 = chart.to_state(x, torch.tensor(u0, dtype=x.dtype, device=x.device))
+    state = torch.cat([y0.flatten(1), y0.new_zeros(x.shape[0], probes)], 1)
+    state, stats = solve(rhs, state, u0, u1, solver, rtol=rtol, atol=atol, norm=error_norm, max_steps=max_nfe,
+                         return_stats=True)
+    u_end = torch.tensor(u1, dtype=x.dtype, device=x.device)
+    z = chart.from_state(state[:, :dim].reshape(x.shape), u_end)
+    shift = chart.log_scale(torch.tensor(u0, dtype=x.dtype, device=x.device)) - chart.log_scale(u_end)
+    error = None
+    if stats is not None and stats.error is not None:
+        latent_error = stats.error[:, :dim].reshape(x.shape) * torch.exp(-chart.log_scale(u_end))
+        error = dim * stats.error[:, dim:].mean(1) + batch_sum(latent_error * z.abs()) / std**2
+    return z, dim * (state[:, dim:] + shift), error
+
+
+def _solve_adams(
+    score_fn: ScoreFn, sde: LinearSDE, x: Tensor, times: tuple[float, float], probe_vectors: Tensor | None,
+    probes: int, tol: float, error_norm: str, count: Callable[[float], None],
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The denoiser form of the ODE (module docstring) by :func:`scoresde.multistep.solve_exponential_adams`:
+    the latent ``z``, each probe's ``log p_eps(x) - log p_{t_end}(z)`` ``(B, k)`` with the
+    first-order correction, and the error indicator (the uncorrected local errors' absolute sum)."""
+    dim, batch = x[0].numel(), x.shape[0]
+    lam0, lam1 = (float(v) for v in sde.log_snr(torch.tensor(times, dtype=torch.float64)))
+    engine = VJPEngine()
+
+    def field(lam: float, state: Tensor) -> Tensor:
+        """``[D(xbar), l_j'/D]``, ``l_j' = v_j^T (d r / d xbar - c I) v_j + c D``, ``r = xbar - D``, ``c =
+        sigma~^2`` (a control variate for Gaussian probes): one forward, its VJPs."""
+        count(abs(lam - lam0) / abs(lam1 - lam0))
+        t = sde.t_of_log_snr(torch.tensor(lam, dtype=torch.float64))
+        alpha, sigma = float(sde.alpha(t)), float(sde.sigma(t))
+        tt = torch.full((batch,), float(t), dtype=x.dtype, device=x.device)
+        ref = 1 / (1 + math.exp(2 * lam))  # I - J_D for data N(0, I): its trace is exact, the rest estimated
+        xbar = state[:, :dim].reshape(x.shape)
+        excess, terms = value_and_divergence_terms(lambda v: -(sigma**2 / alpha) * score_fn(alpha * v, tt) - ref * v,
+                                                   xbar, probe_vectors, engine)
+        return torch.cat([(xbar * (1 - ref) - excess).flatten(1), terms.T / dim + ref], 1)
+
+    def local_error(diff: Tensor, pred: Tensor, new: Tensor, lam: float) -> Tensor:
+        """Each probe's local error of ``log p_eps(x) / D``: ``grad log p_lambda . dxbar / D - dl_j``,
+        ``grad log p_lambda(xbar) = -r / sigmabar^2``."""
+        r = pred[:, :dim] - new[:, :dim]
+        state_part = -(r * diff[:, :dim]).sum(1) * math.exp(2 * lam) / dim
+        return state_part[:, None] - diff[:, dim:]
+
+    def first_step(value: Tensor) -> float:
+        """``sqrt(tol / |l'|)``, at most 1: an Euler step's quadrature error at the data end, where ``l'`` grows like ``exp(-2 lambda)``."""
+        return min(1.0, math.sqrt(tol / max(float(value[:, dim:].abs().mean()), 1e-30)))
+
+    alpha0, alpha1 = (float(sde.alpha(torch.tensor(t, dtype=torch.float64))) for t in times)
+    state = torch.cat([x.flatten(1) / alpha0, x.new_zeros(batch, probes)], 1)
+    rates = torch.cat([torch.ones(dim), torch.zeros(probes)]).to(x.device)
+    state, stats = solve_exponential_adams(field, state, lam0, lam1, rates, local_error, tol=tol, norm=error_norm,
+                                           first_step=first_step)
+    z = state[:, :dim].reshape(x.shape) * alpha1
+    per_probe = dim * (math.log(alpha1 / alpha0) - state[:, dim:] + stats.signed)
+    return z, per_probe, dim * stats.error.mean(1)
+
+
 def log_likelihood(
     score_fn: ScoreFn,
     sde: SDE,
@@ -399,9 +508,9 @@ def log_likelihood(
     divergence: str = "auto",
     probes: int | None = None,
     probe_dist: str = "rademacher",
-    rtol: float = 1e-3,
-    atol: float = 1e-3,
-    solver: str = "bosh3",
+    rtol: float | None = None,
+    atol: float | None = None,
+    solver: str | None = None,
     error_norm: str = "batch",
     eps: float | None = None,
     variable: str | None = None,
@@ -450,7 +559,11 @@ def log_likelihood(
     _check_input(x, sde, variable)
     dim = x[0].numel()
     divergence, probes = _resolve_divergence(divergence, probes, dim)
+    if solver is None:
+        solver = ADAMS if variable == "log-snr" else "bosh3"
     check_choice(solver, SOLVERS, "solver")
+    if solver == ADAMS and variable != "log-snr":
+        raise ValueError(f"solver='adams' integrates in the log-SNR; use a Runge--Kutta solver with variable={variable!r}")
     check_choice(prior, PRIORS, "prior")
     check_choice(error_norm, NORMS, "error_norm")
     if prior_reference is not None and prior != "corrected":
@@ -458,8 +571,9 @@ def log_likelihood(
     if prior_points < 1:
         raise ValueError(f"prior_points must be >= 1, got {prior_points}")
     check_int(max_nfe, "max_nfe", 1)
-    check_positive(rtol, "rtol")
-    check_positive(atol, "atol")
+    for tol, name in ((rtol, "rtol"), (atol, "atol")):
+        if tol is not None:
+            check_positive(tol, name)
     t0 = likelihood_eps(sde) if eps is None else check_positive(eps, "eps")
     t_end = end_time(sde, min_log_snr)
     if not t0 < t_end:
@@ -467,48 +581,36 @@ def log_likelihood(
 
     std = _prior_std(sde, t_end)
     c0 = 0.0 if prior_reference is None else prior_constant(prior_reference, sde, t_end, std)  # checked before the solve
-    chart = _CHARTS[variable](sde, score_fn, t0, t_end)
     probe_vectors = draw_probes(x, probes, probe_dist, generator) if divergence == "hutchinson" else None
-    engine = VJPEngine()
-    u0, u1 = chart.bounds
     nfe = 0
-    bar = tqdm(total=abs(u1 - u0), disable=not progress, desc="log-likelihood", unit="")
+    bar = tqdm(total=1.0, disable=not progress, desc="log-likelihood", unit="")
 
-    def rhs(u: float, state: Tensor) -> Tensor:
-        """``d[y, l_j/D]/du`` for the flat state ``(B, D + k)``: one forward and its VJPs."""
+    def count(done: float) -> None:
+        """One more score evaluation, ``done`` of the way to the end; stop past ``max_nfe``."""
         nonlocal nfe
         if nfe >= max_nfe:
             raise RuntimeError(f"log_likelihood: more than max_nfe={max_nfe} score evaluations before t={t_end}")
         nfe += 1
         if progress:
             bar.set_postfix(nfe=nfe, refresh=False)
-            bar.update(abs(u - u0) - bar.n)
-        ut = torch.tensor(u, dtype=x.dtype, device=x.device)
-        y = state[:, :dim].reshape(x.shape)
-        vel, terms = value_and_divergence_terms(lambda v: chart.velocity(v, ut), y, probe_vectors, engine)
-        return torch.cat([vel.flatten(1), terms.T / dim], 1)
+            bar.update(done - bar.n)
 
-    y0 = chart.to_state(x, torch.tensor(u0, dtype=x.dtype, device=x.device))
-    state = torch.cat([y0.flatten(1), y0.new_zeros(x.shape[0], probes)], 1)
     try:
-        state, stats = solve(rhs, state, u0, u1, solver, rtol=rtol, atol=atol, norm=error_norm, max_steps=max_nfe,
-                             return_stats=True)
+        if solver == ADAMS:
+            z, per_probe, error = _solve_adams(score_fn, sde, x, (t0, t_end), probe_vectors, probes,
+                                               ADAMS_TOL if atol is None else atol, error_norm, count)
+        else:
+            chart = _CHARTS[variable](sde, score_fn, t0, t_end)
+            z, per_probe, error = _solve_chart(chart, x, probe_vectors, probes, solver, RK_TOL if rtol is None else rtol,
+                                               RK_TOL if atol is None else atol, error_norm, max_nfe, count, std)
     finally:
         bar.close()
-    u_end = torch.tensor(u1, dtype=x.dtype, device=x.device)
-    z = chart.from_state(state[:, :dim].reshape(x.shape), u_end)
-    shift = chart.log_scale(torch.tensor(u0, dtype=x.dtype, device=x.device)) - chart.log_scale(u_end)
-    per_probe = dim * (state[:, dim:] + shift)  # (B, k)
     delta = per_probe.mean(1)
     stderr = per_probe.std(1) / math.sqrt(probes) if probes > 1 else None
     prior_logp = gaussian_logp(z, std)
     if prior == "corrected":
         prior_logp = prior_logp + prior_correction(score_fn, z, t_end, std, prior_points) + c0
         nfe += prior_points
-    error = None
-    if stats is not None and stats.error is not None:
-        latent_error = stats.error[:, :dim].reshape(x.shape) * torch.exp(-chart.log_scale(u_end))
-        error = dim * stats.error[:, dim:].mean(1) + batch_sum(latent_error * z.abs()) / std**2
     info = LikelihoodInfo(nfe=nfe, z=z, prior_logp=prior_logp, delta_logp=delta, eps=t0, t_end=t_end,
                           divergence=divergence, error_estimate=error, stderr=stderr)
     return prior_logp + delta, info

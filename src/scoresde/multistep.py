@@ -1,0 +1,152 @@
+"""A variable-step exponential Adams method for semilinear ODEs, one field evaluation per step,
+its error estimated by an Adams--Moulton corrector.
+
+The ODE is ``u' = -c * u + N(s, u)`` with a constant rate ``c`` per column of the state (``0`` for
+a plain quadrature column).  Over a step ``s -> s + h`` the variation-of-constants formula
+(Hochbruck & Ostermann, *Exponential integrators*, Acta Numerica 2010, sec. 2.5) is exact::
+
+    u(s + h) = exp(-c h) u(s) + int_0^h exp(-c (h - r)) N(s + r, u(s + r)) dr.
+
+The step replaces ``N`` by the polynomial through its last ``q`` values (exponential
+Adams--Bashforth of order ``q``, the solution carried on); with ``N`` evaluated at the new point
+(the one evaluation of the step, kept as the next step's history) the polynomial through the
+new value and the last ``q`` ones gives the exponential Adams--Moulton value of order ``q + 1``.
+Their difference estimates the local error of the carried solution (Milne's device; Hairer,
+Norsett & Wanner, *Solving ODEs I*, III.5).  For any spacing of the points the weights are
+``w_j = int_0^h exp(-c (h - r)) L_j(r) dr`` (``L_j`` the Lagrange basis), by Gauss--Legendre
+quadrature in float64 (exact to round-off for steps ``|c h| <= 3``).
+
+The caller maps that difference to the quantities it cares about (``local_error``); the step is
+accepted when their size is at most ``tol`` and the next step is ``h * clip(safety *
+err^(-1/(q+1)), 0.2, grow)`` (the elementary controller: the PI controller of
+:mod:`scoresde.rk` grew the steps too slowly where the error stays far below the tolerance).
+The order starts at 1 (the first step has only the initial evaluation) and rises by one per
+accepted step up to ``order``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ._tensor import check_choice, check_int
+from .rk import MIN_STEP, NORMS
+
+Field = Callable[[float, Tensor], Tensor]
+LocalError = Callable[[Tensor, Tensor, Tensor, float], Tensor]
+QUADRATURE_POINTS = 10  # Gauss--Legendre nodes for the weights: polynomials of degree 19 exact
+
+
+def exponential_weights(nodes: Sequence[float], h: float, rate: float) -> np.ndarray:
+    """``w_j = int_0^h exp(-rate (h - r)) L_j(r) dr`` for the Lagrange basis ``L_j`` on ``nodes``
+    (offsets from the step's start; float64)."""
+    xi, wi = np.polynomial.legendre.leggauss(QUADRATURE_POINTS)
+    r = h * (xi + 1) / 2
+    kernel = np.exp(-rate * (h - r)) * wi * (h / 2)
+    nodes = np.asarray(nodes, dtype=np.float64)
+    basis = np.ones((nodes.size, r.size))
+    for j in range(nodes.size):
+        for m in range(nodes.size):
+            if m != j:
+                basis[j] *= (r - nodes[m]) / (nodes[j] - nodes[m])
+    return basis @ kernel
+
+
+def exponential_adams(base: Tensor, rates: Tensor, offsets: list[float], values: list[Tensor], h: float) -> Tensor:
+    """``exp(-c h) base + sum_j w_j(c) values_j`` (:func:`exponential_weights` on ``offsets``) for
+    each distinct rate ``c`` of the columns."""
+    out = torch.empty_like(base)
+    for c in torch.unique(rates).tolist():
+        cols = rates == c
+        acc = base[:, cols] * math.exp(-c * h)
+        for w, v in zip(exponential_weights(offsets, h, c).tolist(), values):
+            acc = acc + w * v[:, cols]
+        out[:, cols] = acc
+    return out
+
+
+@dataclass
+class MultistepStats:
+    """Work done by :func:`solve_exponential_adams`: field evaluations, accepted and rejected steps,
+    and over the accepted steps the sums of ``local_error`` (``signed``) and of its absolute value
+    (``error``), each of ``local_error``'s shape."""
+
+    nfe: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    signed: Tensor | None = None
+    error: Tensor | None = None
+
+
+def solve_exponential_adams(
+    field: Field,
+    u: Tensor,
+    s0: float,
+    s1: float,
+    rates: Tensor,
+    local_error: LocalError,
+    *,
+    tol: float,
+    order: int = 5,
+    norm: str = "batch",
+    first_step: float | Callable[[Tensor], float] | None = None,
+    max_steps: int = 10_000,
+    safety: float = 0.8,
+    grow: float = 3.0,
+) -> tuple[Tensor, MultistepStats]:
+    """``u(s1)`` for ``u' = -rates * u + field(s, u)``, ``u(s0) = u`` (flat ``(B, n)`` state,
+    ``rates`` of shape ``(n,)``), by the method of the module docstring (either direction).
+
+    ``local_error(corrector - predictor, predictor, field_at_predictor, s_new)`` maps the
+    difference to signed local errors of shape ``(B, m)``; a sample's size is their mean absolute
+    value and a step is accepted when the mean size over the batch (``norm="batch"``) or the
+    largest (``"sample"``) is at most ``tol``.  ``first_step``: the first ``|h|``, or a function of
+    ``field(s0, u)`` giving it (default ``1e-3`` of the span).  A non-finite field at the start, or
+    a rejected step shorter than ``MIN_STEP`` (relative), raises ``FloatingPointError`` naming
+    ``s``; more than ``max_steps`` attempted steps raise ``RuntimeError``.
+    """
+    check_choice(norm, NORMS, "norm")
+    check_int(order, "order", 1)
+    if u.ndim != 2 or rates.shape != u.shape[1:]:
+        raise ValueError(f"solve_exponential_adams needs a (B, n) state and (n,) rates, got {tuple(u.shape)} and {tuple(rates.shape)}")
+    span, sign = abs(s1 - s0), (1.0 if s1 >= s0 else -1.0)
+    stats = MultistepStats()
+    nodes, values = [s0], [field(s0, u)]
+    stats.nfe += 1
+    if not bool(torch.isfinite(values[0]).all()):
+        raise FloatingPointError(f"solve_exponential_adams: the field holds non-finite values at s={s0}")
+    if first_step is None:
+        first_step = 1e-3 * span
+    s, h = s0, first_step(values[0]) if callable(first_step) else first_step
+    while sign * (s1 - s) > 1e-12 * max(1.0, span):
+        if stats.accepted + stats.rejected >= max_steps:
+            raise RuntimeError(f"solve_exponential_adams: more than max_steps={max_steps} steps before s={s1} (at s={s})")
+        h = min(h, abs(s1 - s))
+        s_new = s1 if abs(s1 - s) <= h * (1 + 1e-12) else s + sign * h
+        q, offsets = len(nodes), [t - s for t in nodes]
+        pred = exponential_adams(u, rates, offsets, values, s_new - s)
+        new = field(s_new, pred)
+        stats.nfe += 1
+        corr = exponential_adams(u, rates, offsets + [s_new - s], values + [new], s_new - s)
+        local = local_error(corr - pred, pred, new, s_new)
+        size = local.abs().mean(1)
+        err = float(size.mean() if norm == "batch" else size.max()) / tol
+        if not math.isfinite(err) or err > 1.0:
+            stats.rejected += 1
+            h *= 0.2 if not math.isfinite(err) else max(0.2, safety * err ** (-1 / (q + 1)))
+            if h < MIN_STEP * max(1.0, abs(s), span):
+                cause = "non-finite values from the field" if not math.isfinite(err) else "step size underflow"
+                raise FloatingPointError(f"solve_exponential_adams: {cause} near s={s:.9g}")
+            continue
+        s, u = s_new, pred
+        stats.signed = local if stats.signed is None else stats.signed + local
+        stats.error = local.abs() if stats.error is None else stats.error + local.abs()
+        stats.accepted += 1
+        nodes, values = (nodes + [s])[-order:], (values + [new])[-order:]
+        h *= min(grow, max(0.2, safety * max(err, 1e-10) ** (-1 / (q + 1))))
+    return u, stats

@@ -1,0 +1,82 @@
+"""The variable-step exponential Adams method against closed forms."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.integrate import quad
+from torch import Tensor
+
+from scoresde.multistep import exponential_weights, solve_exponential_adams
+
+DT = torch.float64
+
+
+@pytest.mark.parametrize("rate", [0.0, 1.0, -2.0])
+def test_weights_integrate_polynomials_times_the_exponential_kernel(rate):
+    # Lagrange weights on 4 uneven nodes integrate any cubic against exp(-rate (h - r)) exactly;
+    # scipy's adaptive quad gives the reference to ~1e-14.
+    nodes, h = [0.0, -0.3, -0.5, -1.1], 0.4
+    w = exponential_weights(nodes, h, rate)
+    for coeffs in ([1.0], [0.0, 1.0], [2.0, -1.0, 0.5, 3.0]):
+        poly = np.polynomial.Polynomial(coeffs)
+        ref, _ = quad(lambda r, p=poly: math.exp(-rate * (h - r)) * p(r), 0.0, h, epsabs=1e-14)
+        assert w @ poly(np.array(nodes)) == pytest.approx(ref, abs=1e-12)
+
+
+def _field(s: float, u: Tensor) -> Tensor:
+    return u * math.cos(s)
+
+
+def _signed(diff: Tensor, pred: Tensor, new: Tensor, s: float) -> Tensor:
+    return diff  # the state's own local error, one column per entry
+
+
+@pytest.mark.parametrize("direction", [1.0, -1.0])
+def test_semilinear_ode_to_its_closed_form_with_a_faithful_error_estimate(direction):
+    # u' = -u + u cos(s): u(s) = u0 exp(-(s - s0) + sin s - sin s0), both directions of s (decaying
+    # forward, growing ~e^4 backward); the error is bounded by the tolerance times the number of
+    # steps (20-60) times the growth of early errors, and stats.error (the local errors' absolute
+    # sum) lies above it where nothing grows.
+    u0 = torch.tensor([[1.0, -2.0]], dtype=DT)
+    s0, s1 = 0.3, 0.3 + direction * 4.0
+    exact = u0 * math.exp(-(s1 - s0) + math.sin(s1) - math.sin(s0))
+    rates = torch.ones(2, dtype=DT)
+    errors = []
+    for tol in (1e-5, 1e-7):
+        u, stats = solve_exponential_adams(_field, u0, s0, s1, rates, _signed, tol=tol)
+        err = float((u - exact).abs().max())
+        errors.append(err)
+        growth = max(1.0, math.exp(-direction * 4.0 + 2))  # exp(-(s1 - s) + sin s1 - sin s) at most
+        assert err < 100 * tol * growth
+        if direction > 0:
+            assert float(stats.error.max()) > err
+        assert stats.nfe == stats.accepted + stats.rejected + 1
+    assert errors[1] < errors[0] / 10  # the tolerance sets the error
+
+
+def test_higher_order_needs_fewer_evaluations():
+    u0 = torch.ones(1, 1, dtype=DT)
+    rates = torch.ones(1, dtype=DT)
+    nfe = {q: solve_exponential_adams(_field, u0, 0.0, 6.0, rates, _signed, tol=1e-4, order=q)[1].nfe for q in (1, 5)}
+    assert nfe[5] < nfe[1] / 3
+
+
+def test_quadrature_column_is_exact_for_a_polynomial_integrand():
+    # rate 0: u' = N(s) is plain Adams quadrature; a quartic integrand is integrated exactly once
+    # the order reaches 5, so the result is exact up to the first low-order steps' error (tol).
+    u0 = torch.zeros(1, 1, dtype=DT)
+    u, _ = solve_exponential_adams(lambda s, u: torch.full_like(u, s**4 - s), u0, 0.0, 2.0, torch.zeros(1, dtype=DT),
+                                   _signed, tol=1e-9)
+    assert float(u) == pytest.approx(2.0**5 / 5 - 2.0, abs=1e-7)
+
+
+def test_bad_input_is_a_clear_error():
+    u0 = torch.ones(1, 2, dtype=DT)
+    with pytest.raises(ValueError, match="rates"):
+        solve_exponential_adams(_field, u0, 0.0, 1.0, torch.ones(3, dtype=DT), _signed, tol=1e-3)
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        solve_exponential_adams(lambda s, u: u * float("nan"), u0, 0.0, 1.0, torch.ones(2, dtype=DT), _signed, tol=1e-3)
