@@ -285,9 +285,10 @@ def _poly_exp_integral(nodes: list[tuple[float, torch.Tensor]], h: float) -> tor
 
 def ref_dpm(score_fn, sde, x, grid, order, corrector, lower_order_final):
     """DPM-Solver++(kM) with the warm-up, final and long-step order rules (``max_step_ratio = 2``
-    against every node gap)."""
+    against every node gap; ``lower_order_final=None``: on grids of fewer than 15 steps)."""
     ts = grid.tolist()
     n = len(ts) - 1
+    lower_order_final = n < 15 if lower_order_final is None else lower_order_final
     hist = [(_kernel(sde, ts[0])[2], _x0(score_fn, sde, x, ts[0]))]
     for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
         (_, sig_t, lam_t), (a_s, sig_s, lam_s) = _kernel(sde, t), _kernel(sde, s)
@@ -326,11 +327,11 @@ FAST = {  # name -> (sd.sample options, the reference run(score_fn, sde, x, grid
     "ddim": ({"method": "ddim"}, lambda f, sde, x, g, gen: ref_ddim(f, sde, x, g, 0.0, gen)),
     "ddim-eta1": ({"method": "ddim", "eta": 1.0}, lambda f, sde, x, g, gen: ref_ddim(f, sde, x, g, 1.0, gen)),
     "ddim-eta0.4": ({"method": "ddim", "eta": 0.4}, lambda f, sde, x, g, gen: ref_ddim(f, sde, x, g, 0.4, gen)),
-    "2m": ({"method": "dpm-solver++2m"}, lambda f, sde, x, g, gen: ref_dpm(f, sde, x, g, 2, False, True)),
-    "3m": ({"method": "dpm-solver++3m"}, lambda f, sde, x, g, gen: ref_dpm(f, sde, x, g, 3, False, True)),
+    "2m": ({"method": "dpm-solver++2m"}, lambda f, sde, x, g, gen: ref_dpm(f, sde, x, g, 2, False, None)),
+    "3m": ({"method": "dpm-solver++3m"}, lambda f, sde, x, g, gen: ref_dpm(f, sde, x, g, 3, False, None)),
     "4m-no-lof": ({"method": "dpm-solver++", "order": 4, "lower_order_final": False},
                   lambda f, sde, x, g, gen: ref_dpm(f, sde, x, g, 4, False, False)),
-    "unipc": ({"method": "unipc"}, lambda f, sde, x, g, gen: ref_dpm(f, sde, x, g, 3, True, True)),
+    "unipc": ({"method": "unipc"}, lambda f, sde, x, g, gen: ref_dpm(f, sde, x, g, 3, True, None)),
     "heun": ({"method": "heun"}, lambda f, sde, x, g, gen: ref_heun(f, sde, x, g, 0.0, 0.0, math.inf, gen)),
     "heun-churn": ({"method": "heun", "churn": 30.0, "churn_min": 0.05, "churn_max": 5.0},
                    lambda f, sde, x, g, gen: ref_heun(f, sde, x, g, 30.0, 0.05, 5.0, gen)),
@@ -340,12 +341,14 @@ FAST = {  # name -> (sd.sample options, the reference run(score_fn, sde, x, grid
 def check_against_reference(sde: sd.LinearSDE, options: dict, ref, nfe_per_step: int) -> None:
     """``sd.sample(**options)`` against ``ref(score_fn, sde, x_T, grid, generator)`` on the ring2d oracle in
     float64 (same start, same generator seed) to 1e-9 relative, on a one-step grid, a 9-step
-    log-SNR-window grid and an uneven grid; and its NFE."""
+    log-SNR-window grid, an uneven grid and a 16-step log-SNR-fine grid (the final-order rule
+    switches off from 15 steps); and its NFE."""
     ring = sd.GaussianMixture.named("ring2d")
     x_T = torch.randn(200, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * sde.prior_std
     start = float(grids.make_grid(sde, 1, "log-snr-window")[0])  # RF's T = 1 has alpha = 0
     uneven = torch.tensor([start, 0.8, 0.7, 0.65, 0.2, 0.05, 1e-3], dtype=torch.float64)
-    for grid in (grids.make_grid(sde, 1, "log-snr-window"), grids.make_grid(sde, 9, "log-snr-window"), uneven):
+    for grid in (grids.make_grid(sde, 1, "log-snr-window"), grids.make_grid(sde, 9, "log-snr-window"), uneven,
+                 grids.make_grid(sde, 16, "log-snr-fine")):
         out, info = sd.sample(ring.score_fn(sde), sde, x_T=x_T, grid=grid, generator=torch.Generator().manual_seed(5),
                               **options)
         expected = ref(ring.score_fn(sde), sde, x_T, grid, torch.Generator().manual_seed(5))

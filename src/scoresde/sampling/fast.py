@@ -170,12 +170,21 @@ def multistep_weights(us: list[float], h: float, solver_type: str = "exact") -> 
     return torch.linalg.solve(vander.T, rhs).tolist()
 
 
-def step_orders(lam: Tensor, order: int, lower_order_final: bool, max_step_ratio: float) -> list[int]:
+# grids of fewer steps lower the order of their final steps by default (DPM-Solver's rule, as in
+# diffusers' DPMSolverMultistepScheduler): on finer grids the order-1 last step would bound the
+# global order at 2 (measured on the hard mixtures: no row needs it from 15 steps on, BENCHMARKS.md)
+LOWER_ORDER_FINAL_BELOW = 15
+
+
+def step_orders(lam: Tensor, order: int, lower_order_final: bool | None, max_step_ratio: float) -> list[int]:
     """Order of each step ``i``: ``min(order, i + 1)`` (warm-up), also ``<= N - i`` with
-    ``lower_order_final``, 1 on a step to ``sigma = 0``, and lowered until the step ``h_i`` is at most
+    ``lower_order_final`` (``None``: on grids of fewer than :data:`LOWER_ORDER_FINAL_BELOW` steps),
+    1 on a step to ``sigma = 0``, and lowered until the step ``h_i`` is at most
     ``max_step_ratio`` times each gap between the nodes it uses (``h_{i-1} .. h_{i-k+1}``), so no
     step extrapolates its polynomial far past its nodes -- every long step, not just the first."""
     n = len(lam) - 1
+    if lower_order_final is None:
+        lower_order_final = n < LOWER_ORDER_FINAL_BELOW
     h = (lam[1:] - lam[:-1]).tolist()
     out = []
     for i in range(n):
@@ -197,7 +206,7 @@ def dpm_solver_pp(
     order: int = 3,
     corrector: bool = False,
     solver_type: str = "exact",
-    lower_order_final: bool = True,
+    lower_order_final: bool | None = None,
     max_step_ratio: float = 2.0,
     generator: torch.Generator | None = None,
     callback=None,
@@ -208,8 +217,8 @@ def dpm_solver_pp(
         x_s = (sigma_s / sigma_t) x_t + alpha_s sum_j w_j x0_hat_j,   w = multistep_weights(u_j, h)
 
     the exact step for the polynomial ``x0(u)`` through the last ``k`` denoised values
-    (:func:`step_orders`: warm-up at lower order; with ``lower_order_final`` the last steps drop to
-    order ``N - i``; a step longer than ``max_step_ratio`` times a gap between its nodes is taken at
+    (:func:`step_orders`: warm-up at lower order; with ``lower_order_final`` -- by default on grids
+    of fewer than 15 steps -- the last steps drop to order ``N - i``; a step longer than ``max_step_ratio`` times a gap between its nodes is taken at
     lower order, since extrapolating far past the nodes overshoots where ``x0_hat`` saturates).
     ``corrector=True`` (UniPC) re-integrates the step with the polynomial through the value
     evaluated at the new point, which the next step needs anyway.  ``solver_type``: ``"exact"``,
