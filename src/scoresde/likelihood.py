@@ -11,8 +11,9 @@ The unknown ``p_{t_end}`` is replaced by the Gaussian prior.
 
 **The time variable.**  ``variable="t"`` solves the ODE above as written (the paper's
 setting; any :class:`~scoresde.sde.SDE`).  ``variable="log-snr"`` (the default, linear
-SDEs) solves the same flow for the normalised state ``y = x / k``, ``k = sqrt(alpha^2 + sigma^2)``,
-as a function of the log-SNR ``lambda = log(alpha / sigma)``::
+SDEs) solves the same flow as a function of the log-SNR ``lambda = log(alpha / sigma)``: with the
+default ``solver="adams"`` in the denoiser form (below), with the Runge--Kutta pairs for the
+normalised state ``y = x / k``, ``k = sqrt(alpha^2 + sigma^2)``::
 
     dy/dlambda = (sigma^2 / k^2) (y + k s(k y, t(lambda))),     div_y = D sigma^2 / k^2 + sigma^2 div_x s,
     log p_eps(x) = log p_{t_end}(z) + D log(k_end / k_eps) + int_{lambda_eps}^{lambda_end} div_y dlambda.
@@ -105,10 +106,14 @@ non-linear SDEs), ``"dopri5"`` the Dormand--Prince 5(4) pair under the same cont
 
 A local tolerance is not the global error: ``info.error_estimate`` reports, per sample, the
 accumulated absolute local error estimates (:class:`LikelihoodInfo`), so the worst point of a
-batch is visible.  On the dev members of a family of random mixtures (dimension 2--256, widths
-down to 0.01, ``benchmarks/likelihood.py --parts family``, BENCHMARKS.md) the default spends 0.64x
-the NFE of the paper's estimator (scipy's RK45 in ``t`` at ``1e-5``, Gaussian prior) at 0.29x its
-mean error, and the true error stayed below 20 % of ``info.error_estimate`` on every point.
+batch is visible.  On the 24 held-out members of a family of random mixtures (dimension 2--256,
+widths down to 0.01, ``benchmarks/likelihood.py --parts family``, BENCHMARKS.md) the default
+spends 0.55x the NFE of the paper's estimator (scipy's RK45 in ``t`` at ``1e-5``, Gaussian prior;
+1346 against 2550 NFE) at 0.31x its mean error (1.6e-4 against 1.3e-3 nats/dim), errs no more
+than it on every member, and the true error stayed below 66 % of ``info.error_estimate`` on every
+point; half its NFE at no more than its error (the goal of issue 19) is met on 9 of 24 members
+(VE; on VP and sub-VP the default spends 0.52--0.82x the NFE).  The previous default, bosh3 at
+``1e-3``: 0.64x the NFE at 1.9x the error, the goal on 4.
 
 **Cost per NFE.**  One evaluation of the ODE right-hand side is one forward call of ``score_fn``
 plus vector-Jacobian products of its output, batched by ``torch.func.vmap`` (:class:`VJPEngine`):
@@ -181,12 +186,14 @@ class LikelihoodInfo:
     integration started (the result is ``log p_eps``); ``t_end``: where the prior was applied;
     ``divergence``: the estimator used (``"exact"`` or ``"hutchinson"``).
 
-    ``error_estimate``: per sample, in nats, the solver's error indicator: the sum over accepted
-    steps of the embedded local error estimate of the log-density, plus that of the latent
-    weighted by the prior's gradient ``|z| / sigma^2`` (``None`` for torchdiffeq's solvers, which
-    do not expose it).  It ignores propagation, so it is an indicator, not a bound; on the 192
-    held-out points of the random mixture family (``benchmarks/likelihood.py --parts family``) at
-    the default tolerance the true error was 0.02 % to 22 % of it.  ``stderr``: per sample, the Monte-Carlo standard error of
+    ``error_estimate``: per sample, in nats, the solver's error indicator: for ``solver="adams"``
+    the sum over the steps of the absolute local error of ``log p`` (the corrector's difference
+    mapped by the score; before the first-order correction the result already includes); for the
+    Runge--Kutta pairs the sum of the embedded local error estimate of the log-density plus that of
+    the latent weighted by the prior's gradient ``|z| / sigma^2`` (``None`` for torchdiffeq's
+    solvers, which do not expose it).  A sum of absolute values, an indicator, not a bound; on the
+    192 held-out points of the random mixture family (``benchmarks/likelihood.py --parts family``)
+    at the default settings the true error was 0.14 % to 66 % of it (bosh3 at ``1e-3``: 0.02 % to 22 %).  ``stderr``: per sample, the Monte-Carlo standard error of
     Hutchinson's estimate, ``std / sqrt(probes)`` over the probes' separate integrals (``None``
     for the exact divergence or a single probe).  Neither includes the prior constant ``C0``.
     """
@@ -537,10 +544,13 @@ def log_likelihood(
     :data:`EXACT_MAX_DIM` dimensions, Hutchinson above).  VJPs go through ``torch.func``
     (:class:`VJPEngine`, one forward per NFE) with a fallback for models vmap cannot batch.
     ``variable``: ``"log-snr"`` (the default for a :class:`~scoresde.sde.LinearSDE`) or ``"t"`` (the
-    default for other SDEs).  ``solver``: ``"bosh3"`` or ``"dopri5"``
-    (:func:`scoresde.rk.solve_adaptive`, PI step control) or ``"torchdiffeq:<name>"`` (:data:`SOLVERS`,
-    :func:`scoresde.rk.solve`); ``rtol``, ``atol``: its tolerances, per coordinate and per
-    dimension of the log-density (module docstring), measured over the whole batch
+    default for other SDEs).  ``solver``: ``"adams"`` (the default in the log-SNR: the exponential
+    Adams method of :mod:`scoresde.multistep` on the denoiser form, one NFE per step; ``atol``,
+    default :data:`ADAMS_TOL`, bounds each step's local error of ``log p`` per dimension; ``rtol`` is
+    not used), ``"bosh3"`` (the default in ``t``) or ``"dopri5"`` (:func:`scoresde.rk.solve_adaptive`,
+    PI step control) or ``"torchdiffeq:<name>"`` (:data:`SOLVERS`, :func:`scoresde.rk.solve`), whose
+    ``rtol``, ``atol`` (default :data:`RK_TOL`) bound the local error per coordinate and per dimension
+    of the log-density (module docstring); the error is measured over the whole batch
     (``error_norm="batch"``) or for each sample on its own (``"sample"``: the worst sample sets the
     step; more NFE).  More than ``max_nfe`` score evaluations raise ``RuntimeError`` (a stiff ODE
     stops instead of running on).  ``min_log_snr``: see :func:`end_time`.  ``prior``:
