@@ -41,7 +41,7 @@ from ..score import ScoreFn, tweedie
 from ..sde import LinearSDE
 from .conditional import check_scale
 from .operators import Grayscale, LinearOperator, Mask
-from .smc import DEFAULT_PARTICLES, DEFAULT_STEPS, ConditionalInfo, smc_inverse
+from .smc import DEFAULT_PARTICLES, DEFAULT_STEPS, ConditionalInfo, Twist, smc_inverse
 
 Callback = Callable[[int, Tensor, Tensor], Tensor]
 METHODS = ("smc", "replacement")
@@ -104,6 +104,7 @@ def solve_inverse_problem(
     steps: int | None = None,
     grid: Tensor | None = None,
     ess_threshold: float = 0.5,
+    twist: Twist | None = None,
     sampler: str = "pc",
     fixed_noise: bool = False,
     generator: torch.Generator | None = None,
@@ -114,7 +115,8 @@ def solve_inverse_problem(
 
     ``method="smc"`` (default; module doc): ``particles`` per row (default 64), ``steps``
     log-SNR-uniform steps (default 100) or an explicit descending ``grid``, resampling below
-    ``ess_threshold``; exact as particles and steps grow. Cost per output sample: ``particles x
+    ``ess_threshold``, optionally a better ``twist`` (:func:`~scoresde.guidance.smc.smc_inverse`);
+    exact as particles and steps grow. Cost per output sample: ``particles x
     steps + 1`` score evaluations without noise (6401 by default); with noise ``particles`` per
     step only above the last observation time, then one per step. ``method="replacement"``: the projection method through the
     sampler ``sampler`` of :func:`scoresde.sample` (default ``"pc"``; ``steps`` or that
@@ -133,7 +135,7 @@ def solve_inverse_problem(
             raise ValueError(f"options {sorted(sample_options)} apply to method='replacement' only")
         return smc_inverse(score_fn, sde, y, op, tuple(shape), sigma_y=sigma_y, particles=particles,
                            steps=DEFAULT_STEPS if steps is None else steps, grid=grid,
-                           ess_threshold=ess_threshold, generator=generator)
+                           ess_threshold=ess_threshold, twist=twist, generator=generator)
     if grid is not None:
         sample_options["grid"] = grid
     return _replacement(score_fn, sde, y, op, shape, steps=steps, generator=generator, fixed_noise=fixed_noise,

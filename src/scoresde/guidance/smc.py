@@ -24,7 +24,8 @@ measurements, in the singular basis ``A = U S V^T`` of the operator
 3. The weight is the kernel's density of what was observed, ``w <- w N(c_s; (V^T m)_obs, k_z^2)``,
    twisted as in the twisted diffusion sampler (Wu et al. 2023) by
    ``psi_t(x_t) = N(y~_ahead; (V^T x0_hat)_ahead, sigma_t^2 / alpha_t^2 + sigma_y^2 / s^2)`` over
-   the directions still to be observed below ``t`` (a Gaussian guess of ``p(y | x_t)``): the
+   the directions still to be observed below ``t`` (without noise all seen directions, ``t* = 0``;
+   a Gaussian guess of ``p(y | x_t)``): the
    weight gains ``psi_t(x_t) / psi_t'(x_t')`` at each state and loses the last ``psi`` before
    the final draw, so any twist keeps the target; it lets resampling favour particles
    consistent with ``y`` before the path resolves the modes. The weight depends on ``x_t``
@@ -47,15 +48,25 @@ omits ``Var(x_0 | x_t)``, so coarse steps bias the weights (SMCDiff's reverse-ke
 assumption): on the 2-D ring with ``x_1 = 2`` the share of the right mode is 0.85 at 64
 particles x 100 steps against the exact 0.88, and it does not improve with particles at that
 step count; the spread below the observation times is slightly too small (noisy deblurring:
-mean square residual 0.93 sigma_y^2 on 100 log-SNR steps). Where the measurement separates the
-modes only through small differences (colorizing a 3-mode pixel mixture drawn from other seeds:
-exact shares 0.21 / 0.79), 64 particles stay near the replacement method's 0.5 / 0.5 and 1024
-particles reach 0.41 / 0.59: the finite-particle bias can be of the size of the bias it removes.
+mean square residual 0.93 sigma_y^2 on 100 log-SNR steps). **Between modes it is not right by
+default on random problems** (``benchmarks/conditional.py --sweep``: 14 of 60 held-out tasks
+fail the tests' statistics, all with ``y`` between two modes, where ``y`` lies far in both modes'
+tails): the finite-particle bias can be of the size of the bias it removes, and it shrinks slowly
+with particles (a colorization with exact shares 0.20 / 0.80: 0.53 at 64; untwisted 0.56 at 64,
+0.45 at 1024, 0.38 at 4096 particles).
+The cause is the twist: with the oracle's exact ``p(y | x_t)`` as ``psi_t`` the same 64 x 100 give
+0.17 (the path, the kernel and the weights are right). The twist matters
+where ``sigma_t`` is about the modes' width (VP ``t`` in [0.03, 0.3]), where particles commit to
+a mode, and a Gaussian centred on ``x0_hat`` (even with the exact ``Cov(x_0 | x_t)``: 0.36)
+favours the uncommitted particles whose ``x0_hat`` averages the modes towards a ``y`` between
+them. A less noisy observed path (any path with ``c_{t*} = alpha y~`` keeps the target) removes
+the variance but conditions the discretised kernel on an atypical path: biased at this cost.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -68,6 +79,9 @@ from ..sampling.grids import check_grid, make_grid
 from ..score import ScoreFn, tweedie
 from ..sde import LinearSDE
 from .operators import LinearOperator, Spectrum
+
+#: ``twist(x_t, x0_hat, t) -> log psi_t``: particles ``(B, P, ...)`` and their Tweedie denoising to ``(B, P)``.
+Twist = Callable[[Tensor, Tensor, float], Tensor]
 
 
 @dataclass
@@ -189,12 +203,15 @@ def smc_inverse(
     steps: int = DEFAULT_STEPS,
     grid: Tensor | None = None,
     ess_threshold: float = 0.5,
+    twist: Twist | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, ConditionalInfo]:
     """One sample of ``p(x | y)`` per row for ``y = A x + sigma_y z`` (module doc); ``x`` has
     ``shape`` ``(B, ...)``, ``y`` is ``op`` applied to such a batch. ``grid``: descending times
     ``T .. t_N > 0`` (default ``steps`` log-SNR-uniform steps); the observation times are added.
-    Returns ``(x, ConditionalInfo)``."""
+    ``twist(x_t, x0_hat, t)``: ``log psi_t`` of the particles ``(B, P, ...)`` as ``(B, P)``, a
+    better guess of ``log p(y | x_t)`` than the default Gaussian one (any finite function keeps
+    the target; module doc, step 3). Returns ``(x, ConditionalInfo)``."""
     particles = check_particles(particles)
     if not 0.0 <= ess_threshold <= 1.0:
         raise ValueError(f"ess_threshold must lie in [0, 1], got {ess_threshold}")
@@ -259,10 +276,10 @@ def smc_inverse(
         x0 = tweedie(x, _score(score_fn, x, t), a_t, s_t)
         nfe += P
         if P > 1:
-            new_psi = log_twist(x0, t, (s_t / a_t) ** 2)
+            new_psi = log_twist(x0, t, (s_t / a_t) ** 2) if twist is None else twist(x, x0, t).double()
             log_w, psi = log_w + new_psi - psi, new_psi
             if not bool(observed[i + 1].any()):  # nothing more is observed (psi = 1): one particle per row
-                idx = _draw(log_w, generator, 1)
+                idx = _draw(log_w - psi, generator, 1)
                 x, x0, P = _take(x, idx), _take(x0, idx), 1
         mean = x.mul(float(k_x[i])).add_(x0, alpha=float(k_0[i]))
         var = float(k_z[i]) ** 2
