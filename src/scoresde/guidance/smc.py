@@ -30,8 +30,8 @@ measurements, in the singular basis ``A = U S V^T`` of the operator
    the final draw, so any twist keeps the target; it lets resampling favour particles
    consistent with ``y`` before the path resolves the modes. The weight depends on ``x_t``
    alone, so the conditioned kernel is the locally optimal proposal and resampling
-   (multinomial, in every row, when any row's effective sample size falls below
-   ``ess_threshold * P``) happens before the move.
+   (multinomial, of each row whose effective sample size falls below ``ess_threshold * P``;
+   the other rows keep their particles and weights) happens before the move.
 4. Below the last ``t*`` nothing is observed and the weights stop changing: one particle per
    row is drawn there and continues alone (noisy measurements cost ``P`` evaluations per step
    only above ``t*``), over :data:`TAIL_STEPS` extra log-SNR-uniform steps. The last state is
@@ -90,7 +90,7 @@ class ConditionalInfo:
     particles together (users budget by it); ``method``: ``"smc"`` or ``"replacement"``;
     ``particles``; ``steps``: steps of the time grid (for SMC, observation times included);
     ``ess``: the effective-sample-size fraction before each SMC step's resampling decision
-    (mean over rows; ``None`` for replacement); ``resamples``: steps that resampled."""
+    (mean over rows; ``None`` for replacement); ``resamples``: steps at which some row resampled."""
 
     nfe: int
     method: str
@@ -289,10 +289,11 @@ def smc_inverse(
             log_w = log_w - log_w.logsumexp(dim=1, keepdim=True)
             frac = 1.0 / (torch.exp(2 * log_w).sum(dim=1) * P)
             ess.append(float(frac.mean()))
-            if bool((frac < ess_threshold).any()):  # the weight depends on x_t only: resample, then move
-                idx = _draw(log_w, generator, P)
+            low = frac < ess_threshold  # the weight depends on x_t only: resample these rows, then move
+            if bool(low.any()):
+                idx = torch.where(low[:, None], _draw(log_w, generator, P), torch.arange(P, device=log_w.device))
                 mean, psi = _take(mean, idx), torch.gather(psi, 1, idx)
-                log_w, resamples = torch.zeros_like(log_w), resamples + 1
+                log_w, resamples = log_w.masked_fill(low[:, None], 0.0), resamples + 1
         x = view.constrain(mean + math.sqrt(var) * randn_like(mean, generator), path[i + 1], observed[i + 1])
 
     x = _take(x, _draw(log_w - psi, generator, 1)) if P > 1 else x
