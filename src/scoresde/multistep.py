@@ -122,31 +122,40 @@ def solve_exponential_adams(
         raise FloatingPointError(f"solve_exponential_adams: the field holds non-finite values at s={s0}")
     if first_step is None:
         first_step = 1e-3 * span
-    s, h = s0, first_step(values[0]) if callable(first_step) else first_step
+    s, h, q = s0, first_step(values[0]) if callable(first_step) else first_step, 1
     while sign * (s1 - s) > 1e-12 * max(1.0, span):
         if stats.accepted + stats.rejected >= max_steps:
             raise RuntimeError(f"solve_exponential_adams: more than max_steps={max_steps} steps before s={s1} (at s={s})")
         h = min(h, abs(s1 - s))
         s_new = s1 if abs(s1 - s) <= h * (1 + 1e-12) else s + sign * h
-        q, offsets = len(nodes), [t - s for t in nodes]
-        pred = exponential_adams(u, rates, offsets, values, s_new - s)
+        offsets = [t - s for t in nodes]
+        pred = exponential_adams(u, rates, offsets[-q:], values[-q:], s_new - s)
         new = field(s_new, pred)
         stats.nfe += 1
-        corr = exponential_adams(u, rates, offsets + [s_new - s], values + [new], s_new - s)
-        local = local_error(corr - pred, pred, new, s_new)
-        size = local.abs().mean(1)
-        err = float(size.mean() if norm == "batch" else size.max()) / tol
+        # the local errors of the orders around q from the same evaluation (variable order)
+        errs, locals_ = {}, {}
+        for k in range(max(1, q - 1), min(q + 1, len(nodes)) + 1):
+            pred_k = pred if k == q else exponential_adams(u, rates, offsets[-k:], values[-k:], s_new - s)
+            corr_k = exponential_adams(u, rates, offsets[-k:] + [s_new - s], values[-k:] + [new], s_new - s)
+            locals_[k] = local_error(corr_k - pred_k, pred_k, new, s_new)
+            size = locals_[k].abs().mean(1)
+            errs[k] = float(size.mean() if norm == "batch" else size.max()) / tol
+        err = errs[q]
+        factors = {k: safety * max(e, 1e-10) ** (-1 / (k + 1)) for k, e in errs.items() if math.isfinite(e)}
+        best = max(factors, key=factors.get) if factors else q
         if not math.isfinite(err) or err > 1.0:
             stats.rejected += 1
-            h *= 0.2 if not math.isfinite(err) else max(0.2, safety * err ** (-1 / (q + 1)))
+            h *= 0.2 if not math.isfinite(err) else min(1.0, max(0.2, factors[best]))
+            q = best
             if h < MIN_STEP * max(1.0, abs(s), span):
                 cause = "non-finite values from the field" if not math.isfinite(err) else "step size underflow"
                 raise FloatingPointError(f"solve_exponential_adams: {cause} near s={s:.9g}")
             continue
-        s, u = s_new, pred
+        s, u, local = s_new, pred, locals_[q]
         stats.signed = local if stats.signed is None else stats.signed + local
         stats.error = local.abs() if stats.error is None else stats.error + local.abs()
         stats.accepted += 1
         nodes, values = (nodes + [s])[-order:], (values + [new])[-order:]
-        h *= min(grow, max(0.2, safety * max(err, 1e-10) ** (-1 / (q + 1))))
+        h *= min(grow, max(0.2, factors[best]))
+        q = best
     return u, stats
