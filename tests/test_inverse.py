@@ -197,12 +197,11 @@ def mixture_twist(gmm: sd.GaussianMixture, A: torch.Tensor, y: torch.Tensor):
     return twist
 
 
-def test_smc_with_the_exact_twist_reproduces_a_conditional_the_default_misses():
-    """A colorization between modes drawn at seed 2000, where ``y`` lies in both modes' tails: the
-    default Gaussian twist leaves a finite-particle bias (shares about 0.53 / 0.47 against the
-    exact 0.20 / 0.80; benchmarks/conditional.py --sweep), and the same 64 particles x 100 steps
-    with the oracle's ``p(y | x_t)`` as twist reproduce the exact conditional (the path, the
-    kernel and the weights are right; the twist is the lever; tolerances as above)."""
+def test_a_user_twist_with_the_exact_likelihood_reproduces_the_exact_conditional():
+    """``twist=``: the oracle's exact ``p(y | x_t)`` as ``psi_t`` (any twist keeps the target) on a
+    colorization between modes drawn at seed 2000, where ``y`` lies in both modes' tails (exact
+    shares 0.20 / 0.80; resampling every row at once gave 0.53 / 0.47 with the default twist,
+    BENCHMARKS.md): 64 particles x 100 steps reproduce the exact conditional (tolerances as above)."""
     gmm = pixel_mixture(3, seed=2000)
     A = dense(Grayscale(3), (3, 2, 2))
     means = gmm.means.reshape(3, 3, 2, 2).float()
