@@ -186,7 +186,8 @@ class EvaluationConfig:
     likelihood_n: int | None = _field(200, ge=1, doc="first N images of the split for bits/dim (None: all)")
     likelihood_batch: int = _field(100, ge=1, doc="images per likelihood batch")
     divergence: str = _field("hutchinson", choices=_likelihood.DIVERGENCES, doc="likelihood divergence estimator (auto: exact up to 16 dims)")
-    solver: str = _field("adams", choices=_likelihood.SOLVERS, doc="likelihood ODE solver (log_likelihood's solver=)")
+    solver: str = _field("bosh3", choices=_likelihood.SOLVERS, doc="likelihood ODE solver (log_likelihood's solver=; "
+                         "bosh3, not the library's adams: fewer NFE per error on trained networks, BENCHMARKS.md)")
     likelihood_eps: float | None = _field(None, gt=0, doc="start time of the likelihood ODE (None: the paper's 1e-5 "
                                           "for VP, sub-VP and VE, the SDE's eps otherwise)")
     prior_reference: int = _field(0, ge=0, doc="training items that estimate the prior constant C0 (0: off)")
