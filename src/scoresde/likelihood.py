@@ -81,9 +81,9 @@ E[x_0 | x] = xbar + sigma^2 s(x, t) / alpha``, the probability-flow ODE of every
 (``log p_t(x) = log p(xbar) - D log alpha``; for Gaussian data of width ``w`` the integrand is
 ``D sigmabar^2 / (w^2 + sigmabar^2)``, a sigmoid in ``lambda``).  ``solver="adams"`` (the default
 for linear SDEs) integrates it from the data in ``lambda`` by :mod:`scoresde.multistep`: the
-linear part exactly, ``D`` and the integrand by their polynomial through the last 5 values
-(exponential Adams--Bashforth, order up to 5), **one NFE per step**; the Adams--Moulton corrector
-through the new value estimates the local error.  That error is mapped to ``log p`` itself: a state
+linear part exactly, ``D`` and the integrand by their polynomial through the last ``q`` values
+(exponential Adams--Bashforth, variable order ``q <= 5``), **one NFE per step**; the Adams--Moulton
+corrector through the new value estimates the local error.  That error is mapped to ``log p`` itself: a state
 error ``dxbar`` made at ``lambda`` changes the final estimate by ``grad log p_lambda(xbar) . dxbar``
 (the rest of the solve computes ``log p_lambda`` at the perturbed point), and ``grad log p_lambda =
 -(xbar - D) / sigmabar^2`` is known from the same evaluation.  Each step's local error of
@@ -92,7 +92,11 @@ error ``dxbar`` made at ``lambda`` changes the final estimate by ``grad log p_la
 of these signed local errors over the steps (first-order exact) is added to the result, a global
 correction for no NFE.  For Hutchinson the known trace of ``sigma~^2 I`` (the part of ``I - J_D``
 of unit-variance data) is taken exactly and only the rest estimated (a control variate for Gaussian
-probes; Rademacher probes are unaffected).
+probes; Rademacher probes are unaffected).  Where it pays: scores smooth in ``lambda`` (the oracle
+mixtures, exact scores of data of any width); on a trained network (the digits DDPM++) the
+denoiser is rough in ``lambda``, the order drops to 2--3, and bosh3 needs fewer NFE for the same
+error (117 NFE for 1.6e-3 bits/dim against 211 for 1.2e-3, BENCHMARKS.md) — the CLI's
+``evaluation.solver`` therefore stays ``"bosh3"``.
 
 **Error control of the Runge--Kutta pairs.**  For ``solver="bosh3"``, ``"dopri5"`` and
 ``"torchdiffeq:<name>"`` the solver state is the flat ``(B, D + k)`` tensor ``[y, l_1 / D, .., l_k / D]``
@@ -109,10 +113,10 @@ accumulated absolute local error estimates (:class:`LikelihoodInfo`), so the wor
 batch is visible.  On the 24 held-out members of a family of random mixtures (dimension 2--256,
 widths down to 0.01, ``benchmarks/likelihood.py --parts family``, BENCHMARKS.md) the default
 spends 0.55x the NFE of the paper's estimator (scipy's RK45 in ``t`` at ``1e-5``, Gaussian prior;
-1346 against 2550 NFE) at 0.31x its mean error (1.6e-4 against 1.3e-3 nats/dim), errs no more
-than it on every member, and the true error stayed below 66 % of ``info.error_estimate`` on every
-point; half its NFE at no more than its error (the goal of issue 19) is met on 9 of 24 members
-(VE; on VP and sub-VP the default spends 0.52--0.82x the NFE).  The previous default, bosh3 at
+1336 against 2550 NFE) at 0.43x its mean error (1.6e-4 against 1.3e-3 nats/dim), errs no more
+than it on 22 members of 24, and the true error stayed below 41 % of ``info.error_estimate`` on
+every point; half its NFE at no more than its error (the goal of issue 19) is met on 9 of 24
+members (VE; on VP and sub-VP the default spends 0.53--0.86x the NFE).  The previous default, bosh3 at
 ``1e-3``: 0.64x the NFE at 1.9x the error, the goal on 4.
 
 **Cost per NFE.**  One evaluation of the ODE right-hand side is one forward call of ``score_fn``
@@ -193,7 +197,7 @@ class LikelihoodInfo:
     the latent weighted by the prior's gradient ``|z| / sigma^2`` (``None`` for torchdiffeq's
     solvers, which do not expose it).  A sum of absolute values, an indicator, not a bound; on the
     192 held-out points of the random mixture family (``benchmarks/likelihood.py --parts family``)
-    at the default settings the true error was 0.14 % to 66 % of it (bosh3 at ``1e-3``: 0.02 % to 22 %).  ``stderr``: per sample, the Monte-Carlo standard error of
+    at the default settings the true error was 0.3 % to 41 % of it (bosh3 at ``1e-3``: 0.02 % to 22 %).  ``stderr``: per sample, the Monte-Carlo standard error of
     Hutchinson's estimate, ``std / sqrt(probes)`` over the probes' separate integrals (``None``
     for the exact divergence or a single probe).  Neither includes the prior constant ``C0``.
     """

@@ -20,8 +20,12 @@ The caller maps that difference to the quantities it cares about (``local_error`
 accepted when their size is at most ``tol`` and the next step is ``h * clip(safety *
 err^(-1/(q+1)), 0.2, grow)`` (the elementary controller: the PI controller of
 :mod:`scoresde.rk` grew the steps too slowly where the error stays far below the tolerance).
-The order starts at 1 (the first step has only the initial evaluation) and rises by one per
-accepted step up to ``order``.
+The order varies (as in variable-order Adams codes, *Solving ODEs I*, III.7): the same evaluation
+gives the error estimates of the orders ``q - 1``, ``q``, ``q + 1`` (their predictors and
+correctors from the same history), and the next step takes the order that allows the longest
+step.  It starts at 1 (the first step has only the initial evaluation) and can rise by one per
+accepted step up to ``order``; a field that is smooth in ``s`` runs at the top order, a rough one
+(a trained network's) at 2--3.
 """
 
 from __future__ import annotations
@@ -100,7 +104,8 @@ def solve_exponential_adams(
     grow: float = 3.0,
 ) -> tuple[Tensor, MultistepStats]:
     """``u(s1)`` for ``u' = -rates * u + field(s, u)``, ``u(s0) = u`` (flat ``(B, n)`` state,
-    ``rates`` of shape ``(n,)``), by the method of the module docstring (either direction).
+    ``rates`` of shape ``(n,)``), by the method of the module docstring (either direction), of
+    order at most ``order``.
 
     ``local_error(corrector - predictor, predictor, field_at_predictor, s_new)`` maps the
     difference to signed local errors of shape ``(B, m)``; a sample's size is their mean absolute
