@@ -96,8 +96,9 @@ METHODS: dict[str, Method] = {
     "ode": Method(ode_adaptive, 1, "time-uniform", linear_only=False, nfe_per_step=None),
     **{f"ode-{scheme}": _ode(scheme) for scheme in ("euler", "heun", "midpoint", "rk4")},
     # the fast solvers on the log-snr-fine grid (window [-3, 5]: the data's finest widths live near
-    # eps); NFE at the floor on multi-scale / rare-mode / 256-D mixtures (BENCHMARKS.md, samplers, and
-    # tests/test_sampling_solvers.py): unipc and 3M 20 (sub-VP/RF up to 25), 2M 30, ddim 100, heun 50 (VP, VE)
+    # eps); NFE at the floor on multi-scale / rare-mode / 256-D mixtures (BENCHMARKS.md, samplers: unipc
+    # by 20 on 92 of 100 rows, 25-40 on the others; tests/test_sampling_solvers.py on a 4-D multi-scale
+    # mixture): unipc and 3M 20, 2M 30, ddim 100, heun 50 (VP, VE)
     "ddim": Method(ddim, 50, "log-snr-fine"),
     "heun": Method(edm_heun, 18, "karras", nfe_per_step=lambda options: 2),
     "dpm-solver++2m": Method(dpm_solver_pp, 20, "log-snr-fine", {"order": 2}),

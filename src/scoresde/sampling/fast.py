@@ -224,6 +224,10 @@ def dpm_solver_pp(
     evaluated at the new point, which the next step needs anyway.  ``solver_type``: ``"exact"``,
     or diffusers' ``"midpoint"``/``"heun"`` (DPM-Solver++) and ``"bh1"``/``"bh2"`` (UniPC, with the
     corrector) for reproducing their runs (:func:`moments`); ``order = 4`` is ``"exact"`` only.
+    Observed order on the default grid (Gaussian data, 80-640 steps, BENCHMARKS.md): 2M 2.0,
+    UniPC 2.9-4.2 (its corrector lifts the order-1 warm-up and long steps), 3M 2.2-2.6: its
+    order-1 first step (and on sub-VP / RF the order-1 step into the sparse tail) bounds it at 2;
+    correcting those steps restores ~2.9 asymptotically but costs NFE to the floor at 10-40 steps.
     """
     if isinstance(order, bool) or order not in (1, 2, 3, 4):
         raise ValueError(f"order must be 1, 2, 3 or 4, got {order!r}")
