@@ -124,15 +124,16 @@ def test_builders():
         C.build_model(C.load_config("digits-vp", ["model.resblock=weird"]))
 
 
-def test_dequantized_training_batches_need_quantised_data():
+def test_dequantized_training_batches_of_quantised_data_only():
     cfg = C.load_config("digits-vp", ["data.dequantize=true"])
     ds = C.build_dataset(cfg, "test")
     x0, _ = next(C.build_batches(cfg, ds))
     v = (x0 + 1) / 2 * 17  # 17 digit levels: uniform in the cells [k, k + 1), not on the lattice 17 k / 16
     assert float((v - v.floor()).mean()) == pytest.approx(0.5, abs=0.02)  # SE sqrt(1/12/8192) = 0.003
-    toy = C.load_config("toy-2d", ["data.dequantize=true"])
-    with pytest.raises(ValueError, match="data.dequantize needs quantised data"):
-        C.build_batches(toy, C.build_dataset(toy, "test"))
+    toy = C.load_config("toy-2d", ["data.dequantize=true"])  # continuous: the batches are the data's own
+    points = C.build_dataset(toy, "test")
+    assert C.training_dequantization(toy, points) is None
+    assert torch.equal(next(C.build_batches(toy, points))[0], next(C.build_batches(C.load_config("toy-2d"), points))[0])
 
 
 def test_build_loss_follows_the_section():

@@ -75,7 +75,8 @@ class DataConfig:
     shape: list[int] | None = _field(None, doc="shape of one sample, e.g. [3, 32, 32] (None: read from the data); "
                                      "imported runs set it so they need no data on disk")
     dequantize: bool = _field(False, doc="train on uniformly dequantized data (k + u)/levels, the density that "
-                              "bits/dim evaluates; samples are mapped back to the levels (scoresde.data.quantize)")
+                              "bits/dim evaluates; samples are mapped back to the levels (scoresde.data.quantize); "
+                              "no effect on continuous data")
 
     def __post_init__(self) -> None:
         ok = self.levels == "continuous" or (type(self.levels) is int and self.levels >= 2)
@@ -556,13 +557,10 @@ def build_dataset(cfg: Config, split: str = "train") -> _data.ArrayDataset:
 
 
 def training_dequantization(cfg: Config, dataset: _data.ArrayDataset) -> tuple[int, tuple[float, float]] | None:
-    """``(levels, data_range)`` of ``data.dequantize`` (None when off); quantised data only."""
-    if not cfg.data.dequantize:
-        return None
-    levels = cfg.data.quantisation_levels(dataset)
-    if levels is None:
-        raise ValueError("data.dequantize needs quantised data (data.levels or integer data); this data is continuous")
-    return levels, _data.data_range(cfg.data.centered)
+    """``(levels, data_range)`` of ``data.dequantize``; None when off or when the data is
+    continuous (nothing to dequantize: a preset's setting carries over to float data harmlessly)."""
+    levels = cfg.data.quantisation_levels(dataset) if cfg.data.dequantize else None
+    return None if levels is None else (levels, _data.data_range(cfg.data.centered))
 
 
 def build_batches(cfg: Config, dataset: _data.ArrayDataset, rank: int = 0, world_size: int = 1) -> _data.BatchIterator:

@@ -142,7 +142,6 @@ def _prepare_training(cfg: C.Config, out: Path, resume: bool | str, world: int) 
     if global_batch > len(dataset):
         raise ValueError(f"training.batch_size {cfg.training.batch_size}" + (f" x {world} ranks" if world > 1 else "")
                          + f" is larger than the training data ({len(dataset)} items)")
-    C.training_dequantization(cfg, dataset)  # continuous data cannot be dequantized: fail before the folder is touched
     _try_loss(model, loss, dataset)
     return {"holds": holds, "sde": sde, "model": model, "loss": loss, "dataset": dataset}
 
