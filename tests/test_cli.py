@@ -118,6 +118,21 @@ def test_main_job_on_tiny_digits(digits_job):
     assert (digits_job / "loss.png").is_file()
 
 
+def test_samples_of_a_dequantized_run_lie_on_the_data_levels(digits_job, tmp_path):
+    import numpy as np
+
+    assert load_run(digits_job).config.data.dequantize  # the preset trains on dequantized digits
+    assert run_cli("sample", str(digits_job), "-n", "6", "--out", str(tmp_path / "grid.png"), "--quiet") == 0
+    assert run_cli("sample", str(digits_job), "--seeds", "0-5", "--format", "npz", "--outdir", str(tmp_path / "seeds"),
+                   "--quiet") == 0
+    with np.load(tmp_path / "grid.npz") as arc:
+        grid = next(iter(arc.values()))
+    shards = [np.load(f) for f in sorted((tmp_path / "seeds").glob("seeds_*.npz"))]
+    for x in (grid, np.concatenate([sh["x"] for sh in shards])):
+        k = (x + 1) * 8  # digits: x = 2 k / 16 - 1, k = 0 .. 16
+        assert x.shape[1:] == (1, 8, 8) and np.abs(k - np.round(k)).max() < 1e-5 and k.min() > -1e-5 and k.max() < 16 + 1e-5
+
+
 def test_likelihood_digits_is_resumable(digits_job, tmp_path, capsys):
     base = ("likelihood", str(digits_job), "--batch", "2", "--rtol", "1e-2", "--atol", "1e-2")
     assert run_cli(*base, "--limit", "4", "--out", str(tmp_path / "whole.json")) == 0

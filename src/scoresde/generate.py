@@ -154,6 +154,7 @@ def generate(
     settings: dict | None = None,
     rank: int = 0,
     world_size: int = 1,
+    transform: Callable[[Tensor], Tensor] | None = None,
     **sample_options,
 ) -> GenerateResult:
     """Draw one sample per seed with :func:`scoresde.sample` (per-seed generators) and write it to
@@ -167,6 +168,8 @@ def generate(
     ``torchrun``, one GPU each): the seeds are cut into groups of ``batch`` and group ``i`` is rank
     ``i % world_size``'s, from the seed list alone, so ranks need no communication, every shard
     file holds one group's seeds, and a sharded run resumes under any number of ranks.
+    ``transform``: applied to each batch of samples before it is written (e.g.
+    :func:`scoresde.data.quantize` for a model trained on dequantized data).
     """
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must lie in [0, world_size={world_size}), got {rank}")
@@ -192,7 +195,7 @@ def generate(
         for group in _batches(todo, batch):
             x, info = sample(score_fn, sde, (len(group),) + tuple(sample_shape), method=method,
                              generator=seed_generators(group, device), device=device, **sample_options)
-            write_batch(outdir, group, x, fmt, data_range)
+            write_batch(outdir, group, x if transform is None else transform(x), fmt, data_range)
             nfe = info.nfe
             bar.update(len(group))
     return GenerateResult(written=len(todo), skipped=len(seeds) - len(todo), nfe=nfe)

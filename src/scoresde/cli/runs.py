@@ -348,16 +348,25 @@ def run_sampler(run: Run, *, method: str | None = None, steps: int | None = None
 def sample_run(run: Run, n: int, *, seed: int = 0, progress: bool = True, **sampler: Any) -> tuple[Tensor, Any]:
     """Draw ``n`` samples from a run with one generator seeded ``seed``; ``sampler``: the
     overrides of :func:`run_sampler` (``method``, ``steps``, ``nfe``, ``clip``, method options).
-    A run trained on dequantized data (``data.dequantize``) has its samples mapped back to the
-    data's levels (:func:`scoresde.data.quantize`)."""
+    A run trained on dequantized data has its samples mapped back to the data's levels
+    (:func:`sample_levels`)."""
     from ..sampling import sample
 
     score_fn, kwargs = run_sampler(run, **sampler)
     generator = torch.Generator(device=run.device).manual_seed(seed)
     x, info = sample(score_fn, run.sde, (n,) + run.sample_shape, generator=generator, progress=progress,
                      device=run.device, batch_size=run.config.sampling.batch_size, **kwargs)
-    cells = C.training_dequantization(run.config, C.build_dataset(run.config, "train")) if run.config.data.dequantize else None
-    return (x if cells is None else D.quantize(x, *cells)), info
+    to_levels = sample_levels(run)
+    return (x if to_levels is None else to_levels(x)), info
+
+
+def sample_levels(run: Run) -> Callable[[Tensor], Tensor] | None:
+    """For a run trained on dequantized data (``data.dequantize``): the map of its samples back to
+    the data's levels (:func:`scoresde.data.quantize`); None otherwise."""
+    if not run.config.data.dequantize:
+        return None
+    cells = C.training_dequantization(run.config, C.build_dataset(run.config, "train"))
+    return None if cells is None else (lambda x: D.quantize(x, *cells))
 
 
 def generate_run(run: Run, seeds: Iterable[int], outdir: Path, *, batch: int = 100, fmt: str = "png",
@@ -373,7 +382,7 @@ def generate_run(run: Run, seeds: Iterable[int], outdir: Path, *, batch: int = 1
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     return generate(score_fn, run.sde, run.sample_shape, seeds, outdir, batch=batch, fmt=fmt, rank=rank,
                     world_size=world, data_range=D.data_range(run.config.data.centered), device=run.device,
-                    progress=progress,
+                    progress=progress, transform=sample_levels(run),
                     settings={"run": str(run.directory.resolve()), "checkpoint_step": run.step,
                               "clip_denoised": score_fn is not run.score_fn}, **kwargs)
 
