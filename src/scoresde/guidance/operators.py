@@ -88,16 +88,21 @@ class LinearOperator:
         """``(I - A^+ A) x + A^+ y``: keep ``x`` off the row space, take the row space from ``y``."""
         return x + self.pinv(y - self(x))
 
-    def svd(self, like: Tensor) -> Spectrum:
-        """The SVD for inputs shaped like ``like`` ``(B, ...)``, here from the dense matrix: ``forward``
-        applied to the ``d`` unit vectors of one sample (``d`` = its number of entries), then
-        ``torch.linalg.svd`` in float64; singular values below ``1e-9 max`` count as 0."""
+    def matrix(self, like: Tensor) -> Tensor:
+        """The dense matrix ``A`` ``(m, d)`` (float64) on flattened inputs shaped like ``like``
+        ``(B, ...)``: ``forward`` applied in ``like``'s dtype to the ``d`` unit vectors of one sample."""
         shape = tuple(like.shape[1:])
         d = math.prod(shape)
         eye = torch.eye(d, dtype=torch.float64, device=like.device).reshape(d, *shape)
-        out = self(eye.to(like.dtype)).double()
-        out_shape = tuple(out.shape[1:])
-        U, s, Vh = torch.linalg.svd(out.reshape(d, -1).T, full_matrices=False)
+        return self(eye.to(like.dtype)).double().reshape(d, -1).T
+
+    def svd(self, like: Tensor) -> Spectrum:
+        """The SVD for inputs shaped like ``like`` ``(B, ...)``, here from the dense matrix
+        (:meth:`matrix`) by ``torch.linalg.svd`` in float64; singular values below ``1e-9 max``
+        count as 0."""
+        shape = tuple(like.shape[1:])
+        out_shape = tuple(self(like[:1]).shape[1:])
+        U, s, Vh = torch.linalg.svd(self.matrix(like), full_matrices=False)
         s = torch.where(s > 1e-9 * s.max(), s, torch.zeros_like(s))
         V, U = Vh.T.to(like.dtype), U.to(like.dtype)
         return Spectrum(
