@@ -91,6 +91,13 @@ def data_range(centered: bool) -> tuple[float, float]:
     return (-1.0, 1.0) if centered else (0.0, 1.0)
 
 
+def _checked_range(data_range: tuple[float, float]) -> tuple[float, float]:
+    lo, hi = data_range
+    if not hi > lo:
+        raise ValueError(f"data_range must be (lo, hi) with hi > lo, got {data_range}")
+    return lo, hi
+
+
 def dequantize(
     x: Tensor,
     levels: int,
@@ -104,9 +111,7 @@ def dequantize(
     The density of ``v`` on the cell ``[k/levels, (k+1)/levels)`` lower-bounds the discrete
     probability of ``k`` (the paper's bits/dim convention).
     """
-    lo, hi = data_range
-    if not hi > lo:
-        raise ValueError(f"data_range must be (lo, hi) with hi > lo, got {data_range}")
+    lo, hi = _checked_range(data_range)
     k = torch.round((x - lo) / (hi - lo) * (levels - 1)).clamp_(0, levels - 1)
     u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     return lo + (hi - lo) * (k + u) / levels
@@ -118,9 +123,7 @@ def quantize(x: Tensor, levels: int, data_range: tuple[float, float] = (-1.0, 1.
     ``0 .. levels-1``), returned on the data's lattice ``lo + (hi - lo) k/(levels-1)``. Samples of a
     model trained on dequantized data (``BatchIterator(dequantize=...)``) go back to the data's
     values this way."""
-    lo, hi = data_range
-    if not hi > lo:
-        raise ValueError(f"data_range must be (lo, hi) with hi > lo, got {data_range}")
+    lo, hi = _checked_range(data_range)
     k = torch.floor((x - lo) / (hi - lo) * levels).clamp_(0, levels - 1)
     return lo + (hi - lo) * k / (levels - 1)
 
