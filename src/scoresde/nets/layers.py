@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._tensor import check_choice
+from .dropout import Dropout
 
 
 def group_norm(channels: int, groups: int | None = None) -> nn.GroupNorm:
@@ -181,7 +182,7 @@ class ResBlock(nn.Module):
         if self.dense is not None:
             nn.init.zeros_(self.dense.bias)
         self.norm1 = group_norm(out_ch, norm_groups)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.conv1 = conv(out_ch, out_ch, init_scale=init_scale)
         self.skip = conv(in_ch, out_ch, 1) if (in_ch != out_ch or resample) else None
         self.scale = 1 / math.sqrt(2) if skip_rescale else 1.0

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._tensor import as_batch_time
+from .dropout import Dropout
 from .embeddings import TimeEmbedding
 
 
@@ -27,7 +28,7 @@ class MLPBlock(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.fc1 = nn.Linear(width, width)
         self.dense = nn.Linear(temb_dim, width)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.fc2 = nn.Linear(width, width)
 
     def forward(self, h: Tensor, temb: Tensor) -> Tensor:

@@ -1,0 +1,73 @@
+"""Dropout whose CPU mask is drawn from numpy's PCG64 bit generator.
+
+``y = x * m / q`` with ``m_i ~ Bernoulli(q)`` i.i.d. and ``q = 1 - p`` the keep probability, as
+``torch.nn.Dropout``. On CPU, torch draws the mask one Mersenne-Twister number per element on one
+thread (on non-Intel CPUs; Intel's path uses MKL), which took 10 % of a digits DDPM++ training step
+at batch 128 (BENCHMARKS.md, issue 18). Here the mask comes from numpy's PCG64 raw 64-bit output,
+two 32-bit uniforms per draw, ``m_i = [u_i < round(q 2^32)]``: a keep probability within
+``2^-33`` of ``q`` (torch's float32 draws resolve ``2^-24``), about 4x cheaper per element.
+
+The PCG64 stream is seeded by one draw from torch's default generator per call, so
+``torch.manual_seed`` (and a restored RNG state, as a resumed run does) reproduces every mask.
+Under ``torch.compile`` the mask is drawn outside the graph (so a compiled step repeats the eager
+step's masks); on other devices it is ``torch.nn.functional.dropout``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_SEED_HIGH = 2**63 - 1
+
+
+@torch.compiler.disable  # numpy's generator runs outside a compiled graph (the same masks as eager)
+def keep_mask(shape: torch.Size | tuple[int, ...], keep: float) -> Tensor:
+    """A CPU ``uint8`` tensor of i.i.d. Bernoulli(``keep``) draws (``0 < keep < 1``), seeded from
+    torch's default generator."""
+    n = int(np.prod(shape, dtype=np.int64))
+    seed = int(torch.randint(_SEED_HIGH, (), dtype=torch.int64))
+    uniforms = np.random.PCG64(seed).random_raw((n + 1) // 2).view(np.uint32)[:n]
+    bits = uniforms < np.uint32(min(round(keep * 2**32), 2**32 - 1))
+    return torch.from_numpy(bits.view(np.uint8)).view(shape)
+
+
+class _MaskScale(torch.autograd.Function):
+    """``y = s m x`` and ``dx = s m dy``, each one ``addcmul`` rounded once in ``x``'s dtype (a
+    bf16 mask pre-multiplied by ``s = 1/q`` would carry ``s`` rounded: 1.109 for 1/0.9)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, mask: Tensor, scale: float) -> Tensor:
+        ctx.save_for_backward(mask)
+        ctx.scale = scale
+        return torch.addcmul(x.new_zeros(()), x, mask, value=scale)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        (mask,) = ctx.saved_tensors
+        return torch.addcmul(grad.new_zeros(()), grad, mask, value=ctx.scale), None, None
+
+
+class Dropout(nn.Module):
+    """``torch.nn.Dropout(p)`` with the fast CPU mask of :func:`keep_mask` (module docstring)."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, training=True)
+        keep = 1 - self.p
+        return _MaskScale.apply(x, keep_mask(x.shape, keep).to(x.dtype), 1 / keep)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
