@@ -121,6 +121,29 @@ def test_warmup_logs_eval_and_samples(tmp_path):
     assert trainer.evaluate() == trainer.evaluate()
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_lr_decay_closed_form_and_resume(tmp_path, schedule):
+    # warm-up 3 then decay to 0 at step 9: step n (1-based) runs at lr * f((n - 1 - 3) / 6)
+    decay = {"cosine": lambda u: 0.5 * (1 + math.cos(math.pi * u)), "linear": lambda u: 1 - u}[schedule]
+    expected = [1e-2 * n / 3 for n in (1, 2, 3)] + [1e-2 * decay((n - 4) / 6) for n in range(4, 10)]
+    full = _trainer(_model(0), TinyDSM(), tmp_path / "full", lr_schedule=schedule, decay_steps=9)
+    history = full.fit(9)
+    assert [r["lr"] for r in history] == pytest.approx(expected, rel=1e-12)
+    assert history[3]["lr"] == pytest.approx(1e-2) and 0 < history[-1]["lr"] < 2e-3
+    resumed = _trainer(_model(1), TinyDSM(), tmp_path / "full", lr_schedule=schedule, decay_steps=9, resume=True)
+    assert resumed.step == 9 and resumed.fit(9) == []
+    _copy_checkpoint(tmp_path / "full", tmp_path / "part", 6)
+    part = _trainer(_model(1), TinyDSM(), tmp_path / "part", lr_schedule=schedule, decay_steps=9, resume=True)
+    assert [r["loss"] for r in part.fit(9)] == [r["loss"] for r in history[6:]]
+
+
+@pytest.mark.parametrize("bad", [dict(lr_schedule="step"), dict(lr_schedule="cosine"),
+                                 dict(lr_schedule="cosine", decay_steps=3)])
+def test_bad_lr_schedules_are_refused(bad):
+    with pytest.raises(ValueError, match="lr_schedule"):
+        _trainer(_model(0), TinyDSM(), None, **bad)
+
+
 def test_plain_iterable_data_and_bf16_autocast(tmp_path):
     x, _ = _data()
     batches = [x[i:i + 8] for i in range(0, 48, 8)]  # a plain iterable of tensors, no state

@@ -42,6 +42,7 @@ import yaml
 
 from scoresde import data as _data
 from scoresde import likelihood as _likelihood
+from scoresde import train as _train
 from scoresde._io import write_text
 
 def _field(default: Any = dataclasses.MISSING, *, choices: Sequence | None = None,
@@ -138,6 +139,8 @@ class TrainingConfig:
     batch_size: int = _field(128, ge=1, doc="samples per step")
     lr: float = _field(2e-4, gt=0, doc="Adam learning rate")
     warmup: int = _field(0, ge=0, doc="linear learning-rate warm-up steps")
+    lr_schedule: str = _field("constant", choices=_train.LR_SCHEDULES,
+                              doc="learning-rate decay after the warm-up, to 0 at `steps` (constant: none)")
     grad_clip: float | None = _field(1.0, gt=0, doc="gradient-norm clipping (None: off)")
     ema_decay: float = _field(0.999, ge=0, lt=1, doc="EMA decay of the weights used for sampling")
     ema_warmup: bool = _field(False, doc="EMA decay min(decay, (1 + n)/(10 + n)) at update n")
@@ -155,7 +158,7 @@ class TrainingConfig:
                                     "evaluation.inception and fid_ref also its FID of evaluation.fid_samples samples "
                                     "and bits/dim (scoresde.monitor)")
     grad_accum: int = _field(1, ge=1, doc="micro-batches of batch_size averaged per optimiser step")
-    amp: str = _field("auto", choices=("auto", "bf16", "none"), doc="bf16 autocast of the forward pass "
+    amp: str = _field("auto", choices=_train.AMP_MODES, doc="bf16 autocast of the forward pass "
                       "(auto: bf16 for convolutional networks on CPUs with native bf16, where it was measured to keep the loss curve; off on CUDA until measured)")
     compile: bool | str = _field(False, choices=(False, True, "auto"), doc="torch.compile the network (auto: "
                                  "on CUDA with a warm cache or >= 50 000 steps left; a failure falls back to eager)")

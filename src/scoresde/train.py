@@ -3,7 +3,7 @@
 One step minimises a loss ``loss(model, x0, labels=None, generator=None) -> scalar``
 (``scoresde.losses``) averaged over ``grad_accum`` micro-batches:
 
-    lr_n = lr * min(1, n / warmup_steps)
+    lr_n = lr * min(1, n / warmup_steps) * decay(n)   (decay: lr_schedule, 1 for "constant")
     g = clip(grad L(theta), grad_clip)            (global norm)
     theta <- AdamW(theta, g, lr_n)
     theta_ema <- d theta_ema + (1 - d) theta
@@ -55,6 +55,22 @@ AMP_MODES = ("auto", "bf16", "none")
 COMPILE_MODES = (False, True, "auto")
 #: AdamW implementations: "auto" is "fused" where every parameter is a float tensor on CPU or CUDA
 #: (one kernel per step; measured fastest on CPU), else torch's default.
+LR_SCHEDULES = ("constant", "cosine", "linear")
+
+
+def lr_decay(schedule: str, u: float) -> float:
+    """The learning-rate factor at the fraction ``u`` (clamped to [0, 1]) of the decay phase:
+    ``"cosine"`` ``(1 + cos(pi u)) / 2``, ``"linear"`` ``1 - u``, ``"constant"`` 1. Step ``n``
+    (1-based) after a warm-up of ``w`` steps has ``u = (n - 1 - w) / (decay_steps - w)``, so the
+    first decayed step runs at the full rate and the last of ``decay_steps`` just above 0."""
+    u = min(max(u, 0.0), 1.0)
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * u))
+    if schedule == "linear":
+        return 1 - u
+    return 1.0
+
+
 OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "for-loop")
 #: ``compile="auto"`` compiles a CUDA run with at least this many steps left on a cold cache.
 #: A cold compile of a DDPM++ forward and backward took 246-391 s on a 2-core CPU (BENCHMARKS.md,
@@ -244,6 +260,8 @@ class Trainer:
             has ``state_dict()`` / ``load_state_dict()``.
         batch_size: per-rank batch size for tensor-like ``data`` (global = batch_size * ranks).
         lr, betas, eps, weight_decay: AdamW. warmup_steps: linear warm-up length.
+        lr_schedule, decay_steps: the decay after the warm-up (:func:`lr_decay`; ``"constant"``:
+            none), reaching 0 at step ``decay_steps`` (a run's ``training.steps``).
         grad_clip: maximal global gradient norm (None: no clipping).
         ema_decay, ema_warmup: see :class:`~scoresde.ema.EMA`.
         grad_accum: micro-batches per optimizer step.
@@ -282,7 +300,7 @@ class Trainer:
     def __init__(self, model: nn.Module, loss: Callable[..., Tensor], data: Any, *,
                  batch_size: int = 128, lr: float = 2e-4, betas: tuple[float, float] = (0.9, 0.999),
                  adam_eps: float = 1e-8, weight_decay: float = 0.0, warmup_steps: int = 0,
-                 grad_clip: float | None = 1.0, ema_decay: float = 0.9999, ema_warmup: bool = False,
+                 lr_schedule: str = "constant", decay_steps: int | None = None, grad_clip: float | None = 1.0, ema_decay: float = 0.9999, ema_warmup: bool = False,
                  grad_accum: int = 1, class_conditional: bool | None = None,
                  amp: str = "auto", compile: bool | str = False, channels_last: bool = False,
                  optimizer_impl: str = "auto", out_dir: str | Path | None = None,
@@ -300,6 +318,10 @@ class Trainer:
             raise ValueError(f"lr must be a finite number > 0, got {lr}")
         if warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        check_choice(lr_schedule, LR_SCHEDULES, "lr_schedule")
+        if lr_schedule != "constant" and not (decay_steps is not None and decay_steps > warmup_steps):
+            raise ValueError(f"lr_schedule {lr_schedule!r} needs decay_steps > warmup_steps ({warmup_steps}), "
+                             f"got {decay_steps}")
         if grad_clip is not None and not (math.isfinite(grad_clip) and grad_clip > 0):
             raise ValueError(f"grad_clip must be a finite number > 0 or None (off), got {grad_clip}")
         if not all(0 <= b < 1 for b in betas) or not (math.isfinite(adam_eps) and adam_eps > 0):
@@ -313,10 +335,12 @@ class Trainer:
         check_choice(optimizer_impl, OPTIMIZER_IMPLS, "optimizer_impl")
         self.rank, self.world_size, self.device = init_distributed(device)
         self.hparams = dict(batch_size=batch_size, lr=lr, betas=list(betas), adam_eps=adam_eps, weight_decay=weight_decay,
-                            warmup_steps=warmup_steps, grad_clip=grad_clip, ema_decay=ema_decay,
+                            warmup_steps=warmup_steps, lr_schedule=lr_schedule, decay_steps=decay_steps,
+                            grad_clip=grad_clip, ema_decay=ema_decay,
                             ema_warmup=ema_warmup, grad_accum=grad_accum, amp=amp, seed=seed,
                             world_size=self.world_size)
         self.lr, self.warmup_steps, self.grad_clip = lr, warmup_steps, grad_clip
+        self.lr_schedule, self.decay_steps = lr_schedule, decay_steps
         self.grad_accum, self.seed = grad_accum, seed
         self.loss, self.batch_size, self.config = loss, batch_size, config or {}
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -455,7 +479,10 @@ class Trainer:
         """One optimizer step; raises ``FloatingPointError`` on a non-finite loss or gradient
         (before the weights, the EMA or any checkpoint are touched)."""
         self.model.train()
-        lr = self.lr * min(1.0, (self.step + 1) / self.warmup_steps) if self.warmup_steps else self.lr
+        n = self.step + 1
+        lr = self.lr * (min(1.0, n / self.warmup_steps) if self.warmup_steps else 1.0)
+        if self.lr_schedule != "constant":
+            lr *= lr_decay(self.lr_schedule, (n - 1 - self.warmup_steps) / (self.decay_steps - self.warmup_steps))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         loss = self._forward_backward([self._next_batch() for _ in range(self.grad_accum)])

@@ -36,7 +36,8 @@ def build_trainer(cfg: C.Config, model: torch.nn.Module, loss: Callable[..., Ten
     ``overrides`` replace single Trainer arguments (e.g. ``ckpt_every``)."""
     t = cfg.training
     kwargs: dict[str, Any] = dict(
-        batch_size=t.batch_size, lr=t.lr, warmup_steps=t.warmup, grad_clip=t.grad_clip, ema_decay=t.ema_decay,
+        batch_size=t.batch_size, lr=t.lr, warmup_steps=t.warmup, lr_schedule=t.lr_schedule,
+        decay_steps=t.steps if t.lr_schedule != "constant" else None, grad_clip=t.grad_clip, ema_decay=t.ema_decay,
         ema_warmup=t.ema_warmup, weight_decay=t.weight_decay, seed=t.seed, out_dir=out, log_every=t.log_every,
         ckpt_every=t.checkpoint_every, keep_last=t.keep, resume=resume, progress=progress,
         config=cfg.to_dict() if config is None else config, device=device, grad_accum=t.grad_accum, amp=t.amp,
