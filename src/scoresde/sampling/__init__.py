@@ -95,7 +95,7 @@ METHODS: dict[str, Method] = {
                                   nfe_per_step=_pc_nfe),
     "ode": Method(ode_adaptive, 1, "time-uniform", linear_only=False, nfe_per_step=None),
     **{f"ode-{scheme}": _ode(scheme) for scheme in ("euler", "heun", "midpoint", "rk4")},
-    # the fast solvers on the log-snr-fine grid (window [-3, 5]: the data's finest widths live near
+    # the fast solvers on the log-snr-fine grid (window [-3, 5.5]: the data's finest widths live near
     # eps); NFE at the floor on multi-scale / rare-mode / 256-D mixtures (BENCHMARKS.md, samplers: unipc
     # by 20 on 92 of 100 rows, 25-40 on the others; tests/test_sampling_solvers.py on a 4-D multi-scale
     # mixture): unipc and 3M 20, 2M 30, ddim 100, heun 50 (VP, VE)

@@ -22,8 +22,8 @@ the method's equation, one step per iteration:
 * :func:`edm_heun` -- EDM's second-order Heun sampler (Karras et al. 2022, Alg. 2) on
   ``dy/dsigma~ = (y - x0_hat)/sigma~`` with ``y = x / alpha`` and ``sigma~ = sigma / alpha``, optional churn.
 
-Their default grid is ``log-snr-fine`` (:mod:`.grids`: uniform in ``lambda`` on ``[-3, 5]``, where
-the denoiser of data with widths 0.01 to 20 changes, sparse outside), and ``sample()``'s default
+Their default grid is ``log-snr-fine`` (:mod:`.grids`: uniform in ``lambda`` on ``[-3, 5.5]``, where
+the denoiser of data with widths 0.01 to 20 changes, sparse tails of bounded mass outside), and ``sample()``'s default
 method is UniPC at 20 NFE, the fewest at the floor on multi-scale, rare-mode and 256-D mixtures.
 
 A grid may end where ``sigma = 0`` (``t = 0`` of VP, sub-VP, cosine and the rectified flow, what

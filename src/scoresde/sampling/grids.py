@@ -11,15 +11,21 @@ mapped back to time with :meth:`~scoresde.sde.LinearSDE.t_of_log_snr`, so it wor
   (default ``[-3, 3]``: noise-to-signal ratios from 20 down to 0.05, where the denoiser of data of
   unit scale changes -- modes are chosen near the start, shapes within modes near the end) and
   density ``tail_density`` (0.2) outside it, where ``x0_hat`` hardly moves and long exponential-
-  integrator steps are nearly exact; the default of the fixed-step ODE schemes;
-* ``"log-snr-fine"``: the same with the window ``[-3, 5]``: density 1 down to noise ``e^-5 = 0.0067``
-  of the unit data scale, because the end is where the finest structure of the data lives -- the
-  denoiser of a component of width ``w`` changes around ``lambda = -log w``, up to ``lambda(eps)``
-  for the narrowest the smoothed data ``p_eps`` can hold (VP and VE: 4.6, width 0.01), so a window
-  stopping at 3 leaves components narrower than about 0.3 to a few long tail steps; beyond 5
-  (sub-VP's eps reaches 9.1, the rectified flow's 6.9) the denoiser of data no narrower than 0.01
-  is the identity and long steps are exact again (measured: upper edge 6 costs sub-VP and RF 5-10
-  NFE more on the multi-scale mixtures); the default of the fast solvers;
+  integrator steps are nearly exact; optionally only within ``tail_span`` of the window and
+  ``far_density`` beyond; the default of the fixed-step ODE schemes;
+* ``"log-snr-fine"``: the window ``[-3, 5.5]``, tails of density 0.2 for 2 units of ``lambda`` on
+  each side and 0.02 beyond; the default of the fast solvers.  The end is where the finest
+  structure of the data lives: the denoiser of a component of width ``w`` changes around
+  ``lambda = -log w`` and still moves up to about ``-log w + 1.5`` (width 0.011: 6), so a window
+  stopping at 3 leaves components narrower than about 0.3 to a few long tail steps, and one
+  stopping at 5 left the rectified flow (``lambda(eps) = 6.9``) a single order-1 last step from 4.9
+  with ``x0_hat`` of its width-0.011-0.016 components still contracted.  The tails have bounded
+  mass, so the steps inside the window depend on the log-SNR range the SDE's clock spans only
+  through a few hundredths of a step: the rectified flow's grid starts at ``lambda(T - eps) = -6.9``
+  and sub-VP's ends at 9.1, where with a uniform tail density of 0.2 the tails took 1.7 and 0.8
+  steps of 20 from the window (VP and VE, ``lambda`` in [-5, 4.6], have no far tail).  Measured
+  on the hard mixtures (BENCHMARKS.md): the edge at 6 costs sub-VP and RF up to 8 NFE on the
+  multi-scale rows, at 4.5 the narrowest components lost accuracy;
 * ``"karras"``: EDM's ``rho``-schedule in the noise-to-signal ratio ``sigma~ = sigma/alpha = e^-lambda``:
   ``sigma~_i = (sigma~_max^(1/rho) + (i/N)(sigma~_min^(1/rho) - sigma~_max^(1/rho)))^rho``, ``rho = 7``.
 
@@ -79,28 +85,46 @@ def log_snr_window(
     t_min: float | None = None,
     window: tuple[float, float] = (-3.0, 3.0),
     tail_density: float = 0.2,
+    tail_span: float = math.inf,
+    far_density: float = 0.02,
 ) -> Tensor:
-    """``N + 1`` times at equal quantiles of the step density in ``lambda``: 1 on ``window``,
-    ``tail_density`` elsewhere on ``[lambda(t_max), lambda(t_min)]`` (a piecewise-linear cumulative)."""
+    """``N + 1`` times at equal quantiles of the step density in ``lambda`` on
+    ``[lambda(t_max), lambda(t_min)]`` (a piecewise-linear cumulative)::
+
+        rho(lambda) = 1             on window = [a, b]
+                      tail_density  within tail_span of it (a - tail_span <= lambda < a, b < lambda <= b + tail_span)
+                      far_density   farther out"""
     t_max = default_t_max(sde) if t_max is None else t_max
     t_min = sde.eps if t_min is None else t_min
-    if not (window[0] < window[1] and tail_density > 0):
-        raise ValueError(f"window must be increasing and tail_density > 0, got {window}, {tail_density}")
+    if not (window[0] < window[1] and tail_density > 0 and far_density > 0 and tail_span > 0):
+        raise ValueError(f"window must be increasing and tail_density, far_density, tail_span > 0, "
+                         f"got {window}, {tail_density}, {far_density}, {tail_span}")
     lo, hi = log_snr(sde, t_max), log_snr(sde, t_min)
-    knots = sorted({lo, hi, *(min(max(w, lo), hi) for w in window)})
-    density = [1.0 if window[0] <= 0.5 * (a + b) <= window[1] else tail_density for a, b in zip(knots, knots[1:])]
+    edges = (window[0] - tail_span, *window, window[1] + tail_span)
+    knots = sorted({lo, hi, *(min(max(w, lo), hi) for w in edges if math.isfinite(w))})
+    density = [_window_density(0.5 * (a + b), window, tail_density, tail_span, far_density)
+               for a, b in zip(knots, knots[1:])]
     cum = np.concatenate([[0.0], np.cumsum(np.diff(knots) * density)])
     levels = np.linspace(0.0, cum[-1], check_int(steps, "steps", 1) + 1)
     lam = torch.from_numpy(np.interp(levels, cum, knots))
     return _times_of_log_snr(sde, lam, t_max, t_min)
 
 
+def _window_density(lam: float, window: tuple[float, float], tail: float, span: float, far: float) -> float:
+    """:func:`log_snr_window`'s ``rho(lambda)``."""
+    outside = max(window[0] - lam, lam - window[1])
+    return 1.0 if outside <= 0 else tail if outside <= span else far
+
+
 def log_snr_fine(
     sde: LinearSDE, steps: int, t_max: float | None = None, t_min: float | None = None,
-    window: tuple[float, float] = (-3.0, 5.0), tail_density: float = 0.2,
+    window: tuple[float, float] = (-3.0, 5.5), tail_density: float = 0.2, tail_span: float = 2.0,
+    far_density: float = 0.02,
 ) -> Tensor:
-    """:func:`log_snr_window` with the window ``[-3, 5]`` (see the module docstring)."""
-    return log_snr_window(sde, steps, t_max, t_min, window=window, tail_density=tail_density)
+    """:func:`log_snr_window` with the window ``[-3, 5.5]`` and tails of density 0.2 for 2 units of
+    ``lambda`` on each side, 0.02 beyond (see the module docstring)."""
+    return log_snr_window(sde, steps, t_max, t_min, window=window, tail_density=tail_density,
+                          tail_span=tail_span, far_density=far_density)
 
 
 def karras(
