@@ -497,26 +497,27 @@ def test_torch_func_divergence_on_a_diffusers_unet_and_on_ncsnpp():
     assert torch.isfinite(logp).all() and info.divergence == "hutchinson" and torch.isfinite(info.stderr).all()
 
 
-FAST_MEMBERS = (2, 3, 8, 11)  # the dev members of dimension <= 10 (benchmarks/likelihood.py DEV_SEEDS)
+FAST_MEMBERS = (0, 2, 3, 8, 9, 11)  # the dev members of dimension <= 10 and the VP ones of 44 and 136 (benchmarks/likelihood.py DEV_SEEDS)
 
 
-GOAL_MEMBERS = (3,)  # of FAST_MEMBERS, those where the default meets the goal of issue 19 (half the NFE)
+GOAL_MEMBERS = (0, 3, 9)  # of FAST_MEMBERS, those where the default meets the goal of issue 19 (half the NFE)
 
 
 @pytest.mark.parametrize("seed", FAST_MEMBERS)
 def test_default_on_random_family_members_against_the_papers_estimator(seed):
     # The default (solver="adams") against the paper's estimator (scipy RK45 in t at 1e-5, Gaussian
     # prior) on the same points of a random mixture, both from the paper's eps = 1e-5: mean error
-    # per dimension no larger, and at most 0.95x the NFE (measured on these members: 0.34-0.93x the
-    # NFE at 0.04-0.41x the error); at most half the NFE, the goal of issue 19, where it was met
-    # (BENCHMARKS.md: on 2 of the 12 dev members).
+    # per dimension no larger, and at most 0.9x the NFE (measured on these members: 0.34-0.84x the
+    # NFE at 0.06-0.83x the error); at most half the NFE, the goal of issue 19, where it was met
+    # (BENCHMARKS.md: on 5 of the 12 dev members; here the VE member 3 at 0.34x and the VP members
+    # 0 and 9 at 0.48x, errors 0.83x and 0.65x).
     bench = _benchmark()
     member = bench.random_member(seed)
     gmm, x = member["gmm"], member["x"]
     sde = bench.SDES[member["sde"]]()
     ref = gmm.log_prob(x, PAPER_EPS, sde)
     base, base_info = bench.paper_estimator(gmm.score_fn(sde), sde, x, 1e-5)
-    ours, info = sd.log_likelihood(gmm.score_fn(sde), sde, x)
+    ours, info = sd.log_likelihood(gmm.score_fn(sde), sde, x, divergence="exact")  # as the benchmark (auto: exact to 16-D)
     assert info.eps == PAPER_EPS
     assert float((ours - ref).abs().mean()) <= float((base - ref).abs().mean())
-    assert info.nfe <= (0.5 if seed in GOAL_MEMBERS else 0.95) * base_info.nfe
+    assert info.nfe <= (0.5 if seed in GOAL_MEMBERS else 0.9) * base_info.nfe

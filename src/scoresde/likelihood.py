@@ -153,7 +153,7 @@ from ._tensor import (
     gaussian_logp,
 )
 from .data import dequantize
-from .multistep import solve_exponential_adams
+from .multistep import recomputed_local_errors, solve_exponential_adams
 from .rk import ADAPTIVE_METHODS, NORMS, solve
 from .score import ScoreFn
 from .sde import SDE, VESDE, VPSDE, LinearSDE
@@ -165,6 +165,7 @@ PRIORS = ("corrected", "gaussian")
 ADAMS = "adams"  # the exponential Adams method in the log-SNR (the default for linear SDEs)
 SOLVERS = (ADAMS,) + ADAPTIVE_METHODS
 ADAMS_TOL = 1e-4  # adams: each step's local error of log p, nats/dim (set on the dev members of the random family)
+ADAMS_ACCEPT = 5.0  # adams: steps sized for ADAMS_TOL are rejected only above 5x (set on the dev members too)
 RK_TOL = 1e-3  # the Runge--Kutta pairs' rtol and atol
 PAPER_EPS = 1e-5  # the official likelihood.py's start time (VE, VP and sub-VP continuous models)
 EXACT_MAX_DIM = 16  # divergence="auto": the exact trace up to this dimension, Hutchinson above
@@ -490,12 +491,19 @@ def _solve_adams(
                                                    xbar, probe_vectors, engine)
         return torch.cat([(xbar * (1 - ref) - excess).flatten(1), terms.T / dim + ref], 1)
 
-    def local_error(diff: Tensor, pred: Tensor, new: Tensor, lam: float) -> Tensor:
-        """Each probe's local error of ``log p_eps(x) / D``: ``grad log p_lambda . dxbar / D - dl_j``,
-        ``grad log p_lambda(xbar) = -r / sigmabar^2``."""
+    def state_error(diff: Tensor, pred: Tensor, new: Tensor, lam: float) -> Tensor:
+        """The local error of ``log p_eps(x) / D`` from the state's: ``grad log p_lambda . dxbar / D``,
+        ``grad log p_lambda(xbar) = -r / sigmabar^2``, ``r = xbar - D`` (shape ``(B, 1)``)."""
         r = pred[:, :dim] - new[:, :dim]
-        state_part = -(r * diff[:, :dim]).sum(1) * math.exp(2 * lam) / dim
-        return state_part[:, None] - diff[:, dim:]
+        return (-(r * diff[:, :dim]).sum(1) * math.exp(2 * lam) / dim)[:, None]
+
+    def density_error(diff: Tensor, pred: Tensor, new: Tensor, lam: float) -> Tensor:
+        """Each probe's local error of ``log p_eps(x) / D`` from its density column: ``-dl_j``."""
+        return -diff[:, dim:]
+
+    def local_error(diff: Tensor, pred: Tensor, new: Tensor, lam: float) -> Tensor:
+        """Each probe's local error of ``log p_eps(x) / D``: the state's and the density column's."""
+        return state_error(diff, pred, new, lam) + density_error(diff, pred, new, lam)
 
     def first_step(value: Tensor) -> float:
         """``sqrt(tol / |l'|)``, at most 1: an Euler step's quadrature error at the data end, where ``l'`` grows like ``exp(-2 lambda)``."""
@@ -505,9 +513,11 @@ def _solve_adams(
     state = torch.cat([x.flatten(1) / alpha0, x.new_zeros(batch, probes)], 1)
     rates = torch.cat([torch.ones(dim), torch.zeros(probes)]).to(x.device)
     state, stats = solve_exponential_adams(field, state, lam0, lam1, rates, local_error, tol=tol, norm=error_norm,
-                                           first_step=first_step)
+                                           first_step=first_step, accept=ADAMS_ACCEPT)
     z = state[:, :dim].reshape(x.shape) * alpha1
-    per_probe = dim * (math.log(alpha1 / alpha0) - state[:, dim:] + stats.signed)
+    correction = (recomputed_local_errors(stats, rates, state_error, centred=True)
+                  + recomputed_local_errors(stats, rates, density_error, centred=False))
+    per_probe = dim * (math.log(alpha1 / alpha0) - state[:, dim:] + correction)
     return z, per_probe, dim * stats.error.mean(1)
 
 
