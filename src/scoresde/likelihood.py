@@ -88,9 +88,13 @@ error ``dxbar`` made at ``lambda`` changes the final estimate by ``grad log p_la
 (the rest of the solve computes ``log p_lambda`` at the perturbed point), and ``grad log p_lambda =
 -(xbar - D) / sigmabar^2`` is known from the same evaluation.  Each step's local error of
 ``log p / D`` (per sample, its mean over the batch, ``error_norm="batch"``, or the largest,
-``"sample"``) is held below ``atol`` (default :data:`ADAMS_TOL`; ``rtol`` is not used), and the sum
-of these signed local errors over the steps (first-order exact) is added to the result, a global
-correction for no NFE.  For Hutchinson the known trace of ``sigma~^2 I`` (the part of ``I - J_D``
+``"sample"``) sizes the steps for ``atol`` (default :data:`ADAMS_TOL`; ``rtol`` is not used); a
+step is rejected only above :data:`ADAMS_ACCEPT` times it (after the correction below the estimate
+is pessimistic, and a rejection costs an NFE).  The sum of the signed local errors over the steps
+(first-order exact) is added to the result, a global correction for no NFE: the density columns'
+from each step's own corrector, the state's re-estimated after the solve with the cubic through
+the accepted nodes on both sides of the step (:func:`scoresde.multistep.recomputed_local_errors`),
+which interpolates where the corrector extrapolates.  For Hutchinson the known trace of ``sigma~^2 I`` (the part of ``I - J_D``
 of unit-variance data) is taken exactly and only the rest estimated (a control variate for Gaussian
 probes; Rademacher probes are unaffected).  Where it pays: scores smooth in ``lambda`` (the oracle
 mixtures, exact scores of data of any width); on a trained network (the digits DDPM++) the
@@ -112,11 +116,13 @@ A local tolerance is not the global error: ``info.error_estimate`` reports, per 
 accumulated absolute local error estimates (:class:`LikelihoodInfo`), so the worst point of a
 batch is visible.  On the 24 held-out members of a family of random mixtures (dimension 2--256,
 widths down to 0.01, ``benchmarks/likelihood.py --parts family``, BENCHMARKS.md) the default
-spends 0.55x the NFE of the paper's estimator (scipy's RK45 in ``t`` at ``1e-5``, Gaussian prior;
-1336 against 2550 NFE) at 0.43x its mean error (1.6e-4 against 1.3e-3 nats/dim), errs no more
-than it on 22 members of 24, and the true error stayed below 41 % of ``info.error_estimate`` on
-every point; half its NFE at no more than its error (the goal of issue 19) is met on 9 of 24
-members (VE; on VP and sub-VP the default spends 0.53--0.86x the NFE).  The previous default, bosh3 at
+spends 0.47x the NFE of the paper's estimator (scipy's RK45 in ``t`` at ``1e-5``, Gaussian prior;
+1155 against 2550 NFE) at 0.75x its mean error (2.2e-4 against 1.3e-3 nats/dim), errs no more
+than it on 18 members of 24, and the true error stayed below 39 % of ``info.error_estimate`` on
+every point; half its NFE at no more than its error (the goal of issue 19) is met on 10 of 24
+members (all VE; on VP 0.44--0.73x the NFE, 4 of 6 erring more than the baseline, whose error
+is 0.8--1.5e-4 there; on sub-VP 0.54--0.66x).  Before the rejection test and the re-estimated
+state errors: 0.55x the NFE at 0.43x the error, no more than it on 22, the goal on 9; bosh3 at
 ``1e-3``: 0.64x the NFE at 1.9x the error, the goal on 4.
 
 **Cost per NFE.**  One evaluation of the ODE right-hand side is one forward call of ``score_fn``
@@ -198,7 +204,7 @@ class LikelihoodInfo:
     the latent weighted by the prior's gradient ``|z| / sigma^2`` (``None`` for torchdiffeq's
     solvers, which do not expose it).  A sum of absolute values, an indicator, not a bound; on the
     192 held-out points of the random mixture family (``benchmarks/likelihood.py --parts family``)
-    at the default settings the true error was 0.3 % to 41 % of it (bosh3 at ``1e-3``: 0.02 % to 22 %).  ``stderr``: per sample, the Monte-Carlo standard error of
+    at the default settings the true error was 0.07 % to 39 % of it (bosh3 at ``1e-3``: 0.02 % to 22 %).  ``stderr``: per sample, the Monte-Carlo standard error of
     Hutchinson's estimate, ``std / sqrt(probes)`` over the probes' separate integrals (``None``
     for the exact divergence or a single probe).  Neither includes the prior constant ``C0``.
     """
