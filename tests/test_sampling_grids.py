@@ -81,15 +81,15 @@ def test_bad_schedule_arguments():
 
 def fine_density_mass(lo: float, hi: float) -> float:
     """The mass of ``log-snr-fine``'s density on ``[lo, hi]``: 1 on ``[-3, 5.5]``, 0.2 within 2 of
-    it, 0.02 beyond (written out segment by segment)."""
-    pieces = [(-math.inf, -5.0, 0.02), (-5.0, -3.0, 0.2), (-3.0, 5.5, 1.0), (5.5, 7.5, 0.2), (7.5, math.inf, 0.02)]
+    it, 0.05 beyond (written out segment by segment)."""
+    pieces = [(-math.inf, -5.0, 0.05), (-5.0, -3.0, 0.2), (-3.0, 5.5, 1.0), (5.5, 7.5, 0.2), (7.5, math.inf, 0.05)]
     return sum(rho * max(min(hi, b) - max(lo, a), 0.0) for a, b, rho in pieces)
 
 
 @pytest.mark.parametrize("sde", SDES, ids=lambda s: type(s).__name__)
 def test_fine_grid_is_uniform_on_its_window_and_sparse_outside(sde):
     """``log-snr-fine``: equal log-SNR steps inside ``[-3, 5.5]``, steps ``1 / 0.2 = 5`` times longer
-    within 2 of the window and ``1 / 0.02 = 50`` times longer beyond (the steps that straddle an
+    within 2 of the window and ``1 / 0.05 = 20`` times longer beyond (the steps that straddle an
     edge excepted)."""
     grid_lam = lam(sde, grids.make_grid(sde, 40, "log-snr-fine"))
     h = torch.diff(grid_lam)
@@ -98,17 +98,17 @@ def test_fine_grid_is_uniform_on_its_window_and_sparse_outside(sde):
     step = fine_density_mass(lo, hi) / 40  # a step's length inside the window
     inside = (mids > -3 + step) & (mids < 5.5 - step)
     near = ((mids < -3 - 5 * step) & (mids > -5 + 5 * step)) | ((mids > 5.5 + 5 * step) & (mids < 7.5 - 5 * step))
-    far = (mids < -5 - 50 * step) | (mids > 7.5 + 50 * step)
+    far = (mids < -5 - 20 * step) | (mids > 7.5 + 20 * step)
     assert inside.sum() >= 30
     assert torch.allclose(h[inside], torch.full_like(h[inside], step), rtol=1e-9)
     assert torch.allclose(h[near], torch.full_like(h[near], 5 * step), rtol=1e-9)
-    assert torch.allclose(h[far], torch.full_like(h[far], 50 * step), rtol=1e-9)
+    assert torch.allclose(h[far], torch.full_like(h[far], 20 * step), rtol=1e-9)
 
 
 def test_fine_grid_inside_its_window_hardly_depends_on_where_the_clock_starts():
     """The rectified flow starts its grids at ``T - eps``: ``lambda = -6.9`` for ``eps = 1e-3``,
-    ``-9.2`` for ``1e-4``.  With tails of bounded mass (density 0.02 beyond ``-5``: 0.05 more mass
-    for the longer head) the 20-step grid's steps inside the window differ by 0.5 %; a uniform
+    ``-9.2`` for ``1e-4``.  With tails of bounded mass (density 0.05 beyond ``-5``: 0.12 more mass
+    for the longer head) the 20-step grid's steps inside the window differ by 1.2 %; a uniform
     tail density of 0.2 (``log-snr-window`` on the same window) makes them 4.8 % apart."""
     def window_step(schedule, eps: float, **kw) -> float:
         sde = sd.RectifiedFlow(eps=eps)
@@ -116,4 +116,4 @@ def test_fine_grid_inside_its_window_hardly_depends_on_where_the_clock_starts():
 
     fine = [window_step(grids.log_snr_fine, eps) for eps in (1e-3, 1e-4)]
     uniform_tail = [window_step(grids.log_snr_window, eps, window=(-3.0, 5.5)) for eps in (1e-3, 1e-4)]
-    assert abs(fine[1] / fine[0] - 1) < 0.01 < abs(uniform_tail[1] / uniform_tail[0] - 1)
+    assert abs(fine[1] / fine[0] - 1) < 0.02 < abs(uniform_tail[1] / uniform_tail[0] - 1)

@@ -651,7 +651,7 @@ def test_long_log_snr_ranges_resolve_width_001_components_at_20_nfe(sde_name, me
     the denoiser of a width-0.011 component stops moving (about ``-log w + 1.5 = 6``).  At 20 NFE
     on the default grid the log-density gap against the exact flow map of the same 1500 start
     draws (RK4, 150 log-SNR steps; 300 agree to 1e-4 s.e.) is within 0.4 of the benchmark's
-    unpaired standard error (measured RF -0.14 UniPC, -0.04 3M; sub-VP -0.31, -0.16).  The former
+    unpaired standard error (measured RF -0.14 UniPC, -0.01 3M; sub-VP -0.20, -0.04).  The former
     grid (window ``[-3, 5]``, uniform tail density: RF's last step an order-1 step from 4.9 to 6.9
     with ``x0_hat`` still contracted) gave RF -0.88 / -0.73, sub-VP -0.57 / -0.49, so the test
     fails if the sparse end comes back."""

@@ -14,15 +14,16 @@ mapped back to time with :meth:`~scoresde.sde.LinearSDE.t_of_log_snr`, so it wor
   integrator steps are nearly exact; optionally only within ``tail_span`` of the window and
   ``far_density`` beyond; the default of the fixed-step ODE schemes;
 * ``"log-snr-fine"``: the window ``[-3, 5.5]``, tails of density 0.2 for 2 units of ``lambda`` on
-  each side and 0.02 beyond; the default of the fast solvers.  The end is where the finest
+  each side and 0.05 beyond; the default of the fast solvers.  The end is where the finest
   structure of the data lives: the denoiser of a component of width ``w`` changes around
   ``lambda = -log w`` and still moves up to about ``-log w + 1.5`` (width 0.011: 6), so a window
   stopping at 3 leaves components narrower than about 0.3 to a few long tail steps, and one
   stopping at 5 left the rectified flow (``lambda(eps) = 6.9``) a single order-1 last step from 4.9
   with ``x0_hat`` of its width-0.011-0.016 components still contracted.  The tails have bounded
   mass, so the steps inside the window depend on the log-SNR range the SDE's clock spans only
-  through a few hundredths of a step: the rectified flow's grid starts at ``lambda(T - eps) = -6.9``
-  and sub-VP's ends at 9.1, where with a uniform tail density of 0.2 the tails took 1.7 and 0.8
+  through a few hundredths of a step (the far density 0.05, not less: a jump of more than 4x in
+  step length costs the multistep solvers their order at 160-640 steps): the rectified flow's
+  grid starts at ``lambda(T - eps) = -6.9`` and sub-VP's ends at 9.1, where with a uniform tail density of 0.2 the tails took 1.7 and 0.8
   steps of 20 from the window (VP and VE, ``lambda`` in [-5, 4.6], have no far tail).  Measured
   on the hard mixtures (BENCHMARKS.md): the edge at 6 costs sub-VP and RF up to 8 NFE on the
   multi-scale rows, at 4.5 the narrowest components lost accuracy;
@@ -119,10 +120,10 @@ def _window_density(lam: float, window: tuple[float, float], tail: float, span: 
 def log_snr_fine(
     sde: LinearSDE, steps: int, t_max: float | None = None, t_min: float | None = None,
     window: tuple[float, float] = (-3.0, 5.5), tail_density: float = 0.2, tail_span: float = 2.0,
-    far_density: float = 0.02,
+    far_density: float = 0.05,
 ) -> Tensor:
     """:func:`log_snr_window` with the window ``[-3, 5.5]`` and tails of density 0.2 for 2 units of
-    ``lambda`` on each side, 0.02 beyond (see the module docstring)."""
+    ``lambda`` on each side, 0.05 beyond (see the module docstring)."""
     return log_snr_window(sde, steps, t_max, t_min, window=window, tail_density=tail_density,
                           tail_span=tail_span, far_density=far_density)
 
