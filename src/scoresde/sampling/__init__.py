@@ -97,7 +97,7 @@ METHODS: dict[str, Method] = {
     **{f"ode-{scheme}": _ode(scheme) for scheme in ("euler", "heun", "midpoint", "rk4")},
     # the fast solvers on the log-snr-fine grid (window [-3, 5.5]: the data's finest widths live near
     # eps); NFE at the floor on multi-scale / rare-mode / 256-D mixtures (BENCHMARKS.md, samplers: unipc
-    # by 20 on 92 of 100 rows, 25-40 on the others; tests/test_sampling_solvers.py on a 4-D multi-scale
+    # by 20 on 98 of 100 rows, 25 on the others; tests/test_sampling_solvers.py on a 4-D multi-scale
     # mixture): unipc and 3M 20, 2M 30, ddim 100, heun 50 (VP, VE)
     "ddim": Method(ddim, 50, "log-snr-fine"),
     "heun": Method(edm_heun, 18, "karras", nfe_per_step=lambda options: 2),
@@ -106,7 +106,7 @@ METHODS: dict[str, Method] = {
     "unipc": Method(dpm_solver_pp, 20, "log-snr-fine", {"order": 3, "corrector": True}),
 }
 
-# the unnamed order is 3M: stable at the floor by 20 NFE on 87 of the 100 hard mixture rows, 2M on 62 (BENCHMARKS.md: samplers)
+# the unnamed order is 3M: stable at the floor by 20 NFE on 95 of the 100 hard mixture rows, 2M on 66 (BENCHMARKS.md: samplers)
 ALIASES = {"dpm-solver++": "dpm-solver++3m"}
 
 _PLUMBING = ("score_fn", "sde", "x", "grid", "generator", "callback", "progress")

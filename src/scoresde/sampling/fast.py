@@ -225,7 +225,7 @@ def dpm_solver_pp(
     or diffusers' ``"midpoint"``/``"heun"`` (DPM-Solver++) and ``"bh1"``/``"bh2"`` (UniPC, with the
     corrector) for reproducing their runs (:func:`moments`); ``order = 4`` is ``"exact"`` only.
     Observed order on the default grid (Gaussian data, 80-640 steps, BENCHMARKS.md): 2M 2.0,
-    UniPC 2.9-4.2 (its corrector lifts the order-1 warm-up and long steps), 3M 2.2-2.6: its
+    UniPC 3.0-4.0 (its corrector lifts the order-1 warm-up and long steps), 3M 2.3-2.5: its
     order-1 first step (and on sub-VP / RF the order-1 step into the sparse tail) bounds it at 2;
     correcting those steps restores ~2.9 asymptotically but costs NFE to the floor at 10-40 steps.
     """
