@@ -135,10 +135,13 @@ def test_lr_decay_closed_form_and_resume(tmp_path, schedule):
     _copy_checkpoint(tmp_path / "full", tmp_path / "part", 6)
     part = _trainer(_model(1), TinyDSM(), tmp_path / "part", lr_schedule=schedule, decay_steps=9, resume=True)
     assert [r["loss"] for r in part.fit(9)] == [r["loss"] for r in history[6:]]
+    # a run no longer than its warm-up (a short debug run of a preset) has no decay phase
+    short = _trainer(_model(0), TinyDSM(), None, lr_schedule=schedule, decay_steps=2).fit(2)
+    assert [r["lr"] for r in short] == pytest.approx([1e-2 / 3, 2e-2 / 3])
 
 
 @pytest.mark.parametrize("bad", [dict(lr_schedule="step"), dict(lr_schedule="cosine"),
-                                 dict(lr_schedule="cosine", decay_steps=3)])
+                                 dict(lr_schedule="cosine", decay_steps=0)])
 def test_bad_lr_schedules_are_refused(bad):
     with pytest.raises(ValueError, match="lr_schedule"):
         _trainer(_model(0), TinyDSM(), None, **bad)

@@ -261,7 +261,8 @@ class Trainer:
         batch_size: per-rank batch size for tensor-like ``data`` (global = batch_size * ranks).
         lr, betas, eps, weight_decay: AdamW. warmup_steps: linear warm-up length.
         lr_schedule, decay_steps: the decay after the warm-up (:func:`lr_decay`; ``"constant"``:
-            none), reaching 0 at step ``decay_steps`` (a run's ``training.steps``).
+            none), reaching 0 at step ``decay_steps`` (a run's ``training.steps``; a run no
+            longer than its warm-up has no decay phase).
         grad_clip: maximal global gradient norm (None: no clipping).
         ema_decay, ema_warmup: see :class:`~scoresde.ema.EMA`.
         grad_accum: micro-batches per optimizer step.
@@ -319,9 +320,8 @@ class Trainer:
         if warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
         check_choice(lr_schedule, LR_SCHEDULES, "lr_schedule")
-        if lr_schedule != "constant" and not (decay_steps is not None and decay_steps > warmup_steps):
-            raise ValueError(f"lr_schedule {lr_schedule!r} needs decay_steps > warmup_steps ({warmup_steps}), "
-                             f"got {decay_steps}")
+        if lr_schedule != "constant" and not (decay_steps is not None and decay_steps >= 1):
+            raise ValueError(f"lr_schedule {lr_schedule!r} needs decay_steps >= 1, got {decay_steps}")
         if grad_clip is not None and not (math.isfinite(grad_clip) and grad_clip > 0):
             raise ValueError(f"grad_clip must be a finite number > 0 or None (off), got {grad_clip}")
         if not all(0 <= b < 1 for b in betas) or not (math.isfinite(adam_eps) and adam_eps > 0):
@@ -481,7 +481,7 @@ class Trainer:
         self.model.train()
         n = self.step + 1
         lr = self.lr * (min(1.0, n / self.warmup_steps) if self.warmup_steps else 1.0)
-        if self.lr_schedule != "constant":
+        if self.lr_schedule != "constant" and self.decay_steps > self.warmup_steps:  # else no decay phase
             lr *= lr_decay(self.lr_schedule, (n - 1 - self.warmup_steps) / (self.decay_steps - self.warmup_steps))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
