@@ -3,7 +3,9 @@ torchrun) reach the weights of one process with the doubled batch, and agree on 
 
 import os
 import socket
+import time
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -56,8 +58,25 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def _spawn_ranks(tmp: str, attempts: int = 2, wait_s: float = 180.0) -> None:
+    """Run the two ranks, each attempt on a fresh port and bounded by ``wait_s`` (the run takes
+    ~5 s). A rank left waiting in the TCP store's rendezvous (once seen in a full-suite run: one
+    child alive, the other gone) would otherwise hold the suite for gloo's 30-minute timeout."""
+    for attempt in range(attempts):
+        context = mp.spawn(_worker, args=(_free_port(), tmp), nprocs=2, join=False)
+        deadline = time.monotonic() + wait_s
+        while not context.join(timeout=1):
+            if time.monotonic() > deadline:
+                for process in context.processes:
+                    process.kill()
+                break
+        else:
+            return
+    pytest.fail(f"the two gloo ranks did not finish within {wait_s:.0f} s in {attempts} attempts")
+
+
 def test_two_gloo_ranks_match_one_process_with_doubled_batch(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    _spawn_ranks(str(tmp_path))
     single = _train(8, tmp_path / "single")
     ranks = [load_file(tmp_path / f"rank{r}.safetensors") for r in range(2)]
     for k, v in ranks[0].items():
