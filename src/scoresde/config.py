@@ -160,7 +160,7 @@ class TrainingConfig:
     grad_accum: int = _field(1, ge=1, doc="micro-batches of batch_size averaged per optimiser step")
     amp: str = _field("auto", choices=_train.AMP_MODES, doc="bf16 autocast of the forward pass "
                       "(auto: bf16 for convolutional networks on CPUs with native bf16, where it was measured to keep the loss curve; off on CUDA until measured)")
-    compile: bool | str = _field(False, choices=(False, True, "auto"), doc="torch.compile the network (auto: "
+    compile: bool | str = _field(False, choices=_train.COMPILE_MODES, doc="torch.compile the network (auto: "
                                  "on CUDA with a warm cache or >= 50 000 steps left; a failure falls back to eager)")
     channels_last: bool = _field(False, doc="NHWC memory layout of weights and image batches")
 

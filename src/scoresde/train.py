@@ -53,8 +53,6 @@ from .images import save_png
 
 AMP_MODES = ("auto", "bf16", "none")
 COMPILE_MODES = (False, True, "auto")
-#: AdamW implementations: "auto" is "fused" where every parameter is a float tensor on CPU or CUDA
-#: (one kernel per step; measured fastest on CPU), else torch's default.
 LR_SCHEDULES = ("constant", "cosine", "linear")
 
 
@@ -71,6 +69,8 @@ def lr_decay(schedule: str, u: float) -> float:
     return 1.0
 
 
+#: AdamW implementations: "auto" is "fused" where every parameter is a float tensor on CPU or CUDA
+#: (one kernel per step; measured fastest on CPU), else torch's default.
 OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "for-loop")
 #: ``compile="auto"`` compiles a CUDA run with at least this many steps left on a cold cache.
 #: A cold compile of a DDPM++ forward and backward took 246-391 s on a 2-core CPU (BENCHMARKS.md,
@@ -301,7 +301,8 @@ class Trainer:
     def __init__(self, model: nn.Module, loss: Callable[..., Tensor], data: Any, *,
                  batch_size: int = 128, lr: float = 2e-4, betas: tuple[float, float] = (0.9, 0.999),
                  adam_eps: float = 1e-8, weight_decay: float = 0.0, warmup_steps: int = 0,
-                 lr_schedule: str = "constant", decay_steps: int | None = None, grad_clip: float | None = 1.0, ema_decay: float = 0.9999, ema_warmup: bool = False,
+                 lr_schedule: str = "constant", decay_steps: int | None = None,
+                 grad_clip: float | None = 1.0, ema_decay: float = 0.9999, ema_warmup: bool = False,
                  grad_accum: int = 1, class_conditional: bool | None = None,
                  amp: str = "auto", compile: bool | str = False, channels_last: bool = False,
                  optimizer_impl: str = "auto", out_dir: str | Path | None = None,
