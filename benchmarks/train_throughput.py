@@ -55,10 +55,11 @@ VARIANTS = {"default": {}, "fp32": {"amp": "none"}, "compile": {"amp": "none", "
             "channels_last": {"amp": "none", "channels_last": True},
             "bf16": {"amp": "bf16"}, "bf16_compile": {"amp": "bf16", "compile": True},
             "bf16_channels_last": {"amp": "bf16", "channels_last": True},
+            "bf16_nchw": {"amp": "bf16", "channels_last": False},
             "for-loop_adam": {"amp": "none", "optimizer_impl": "for-loop"}}
 #: ``--quick``: both cases, the official code beside the default and the eager options, short rounds
 #: (about 5 minutes on 2 idle cores; compile is left out: its cold compile alone takes minutes)
-QUICK = {"cases": ["digits", "cifar10"], "variants": ["default", "fp32", "for-loop_adam", "channels_last"],
+QUICK = {"cases": ["digits", "cifar10"], "variants": ["default", "bf16_nchw", "fp32", "channels_last"],
          "rounds": 4, "steps": 3, "warmup": 1}
 
 
@@ -132,6 +133,10 @@ def worker(conn: Any, side: str, spec: dict) -> None:
     torch.manual_seed(0)
     case = CASES[spec["case"]]
     if side == "official":
+        if spec["official_keeps_memory"]:
+            from scoresde.train import keep_cpu_memory  # the allocator setting scoresde's Trainer makes
+
+            keep_cpu_memory()
         step, params = official_step(spec["official"], case, spec["device"], spec["batch"])
     else:
         step, params = scoresde_step(case, spec["device"], spec["batch"], VARIANTS[side])
@@ -162,7 +167,8 @@ def worker(conn: Any, side: str, spec: dict) -> None:
 def measure(case: str, sides: list[str], args: argparse.Namespace) -> dict[str, Any]:
     """Interleaved rounds over persistent workers; per side: steps/s (median), CPU s/step, memory."""
     ctx = mp.get_context("spawn")
-    spec = dict(case=case, official=args.official, device=args.device, threads=args.threads,
+    spec = dict(case=case, official=args.official, official_keeps_memory=args.official_keeps_memory,
+                device=args.device, threads=args.threads,
                 batch=args.batch or CASES[case]["batch"], warmup=args.warmup)
     workers, info = {}, {}
     for side in sides:
@@ -201,6 +207,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="QUICK's cases, variants and rounds (~5 min)")
     parser.add_argument("--cases", nargs="+", default=["digits"], choices=sorted(CASES))
     parser.add_argument("--official", help="path of a score_sde_pytorch checkout (omit: scoresde only)")
+    parser.add_argument("--official-keeps-memory", action="store_true",
+                        help="give the official process the allocator setting of scoresde's CPU Trainer "
+                             "(scoresde.train.keep_cpu_memory) too")
     parser.add_argument("--variants", nargs="+", default=["default"], choices=sorted(VARIANTS))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, help="batch size (default: the case's, 128 digits / 8 CIFAR-10)")

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from scoresde.nets.dropout import Dropout, keep_mask
+from scoresde.nets.dropout import Dropout, keep_mask, keep_mask_like
 
 N = 2**20
 
@@ -51,6 +51,26 @@ def test_seeded_reproducible_and_fresh_per_call():
     torch.manual_seed(5)
     assert torch.equal(drop(x), a) and torch.equal(drop(x), b)
     assert not torch.equal(a, b)
+
+
+def test_mask_follows_the_input_layout():
+    """A contiguous input gets the plain draw (seeded runs keep their masks); a channels-last input
+    the same draw over its memory order, i.e. the NHWC-shaped draw permuted to NCHW axes."""
+    x = torch.randn(4, 6, 3, 5)
+    torch.manual_seed(2)
+    plain = keep_mask(x.shape, 0.7)
+    torch.manual_seed(2)
+    assert torch.equal(keep_mask_like(x, 0.7), plain)
+    nhwc = x.contiguous(memory_format=torch.channels_last)
+    torch.manual_seed(2)
+    mask = keep_mask_like(nhwc, 0.7)
+    assert mask.is_contiguous(memory_format=torch.channels_last) and mask.shape == x.shape
+    torch.manual_seed(2)
+    assert torch.equal(mask, keep_mask((4, 3, 5, 6), 0.7).permute(0, 3, 1, 2))
+    torch.manual_seed(2)
+    y = Dropout(0.3).train()(nhwc.requires_grad_())
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, nhwc.detach() * mask / 0.7, rtol=1e-6, atol=0)
 
 
 def test_identity_in_eval_and_at_zero_rate_and_rejects_bad_rates():

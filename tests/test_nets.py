@@ -319,3 +319,34 @@ def test_cpu_matmul_attention_equals_the_fused_kernel():
         # float64: the two orders of the same sums agree to ~1e-15
         torch.testing.assert_close(attention(q, k, v), torch.nn.functional.scaled_dot_product_attention(q, k, v),
                                    rtol=1e-12, atol=1e-12)
+
+
+def test_channels_last_bf16_group_norm_is_float32_group_norm_rounded_once():
+    """The channels-last bf16 path normalises in float32 and rounds once: its output and input
+    gradient are the float64 GroupNorm of the same bf16 input (and bf16 output gradient) within
+    one bf16 rounding of the result (2^-8 relative, plus the float32 statistics); the parameter
+    gradients, summed in float32, to 1e-5. It saves the bf16 input, no float32 copy."""
+    from scoresde.nets.layers import GroupNorm
+
+    g = torch.Generator().manual_seed(0)
+    norm = GroupNorm(4, 16, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(16, generator=g))
+        norm.bias.copy_(torch.randn(16, generator=g))
+    x = (3 * torch.randn(6, 16, 5, 7, generator=g) + 2).bfloat16().contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(6, 16, 5, 7, generator=g).bfloat16()
+    x.requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = norm(x)
+    y.backward(grad)
+    assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
+    assert all(t.dtype != torch.float32 or t.numel() < x.numel() for t in saved)
+    x64 = x.detach().double().requires_grad_()
+    w64, b64 = (p.detach().double().requires_grad_() for p in (norm.weight, norm.bias))
+    y64 = F.group_norm(x64, 4, w64, b64, 1e-6)
+    y64.backward(grad.double())
+    for ours, exact in ((y, y64), (x.grad, x64.grad)):
+        torch.testing.assert_close(ours.double(), exact, rtol=2**-8, atol=2**-8 * exact.abs().max().item() * 1e-2)
+    torch.testing.assert_close(norm.weight.grad.double(), w64.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(norm.bias.grad.double(), b64.grad, rtol=1e-5, atol=1e-5)

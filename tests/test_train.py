@@ -3,6 +3,7 @@ warm-up schedule, logs and sample grids, and a tiny DSM run that learns a known 
 
 import json
 import math
+import sys
 
 import pytest
 import torch
@@ -274,6 +275,26 @@ def test_amp_auto_is_bf16_only_for_convolutional_networks_on_a_cpu_with_native_b
         assert Trainer(_unet(0), TinyDSM(), _IMAGES, batch_size=8, amp="none", progress=False).autocast_dtype is None
 
 
+def test_channels_last_auto_is_nhwc_for_convolutional_networks_under_cpu_bf16():
+    cpu, cuda, bf16 = torch.device("cpu"), torch.device("cuda"), torch.bfloat16
+    assert train_module.channels_last_pays(cpu, bf16, _unet(0)) is True
+    assert train_module.channels_last_pays(cpu, None, _unet(0)) is False
+    assert train_module.channels_last_pays(cpu, bf16, _mlp(0)) is False
+    assert train_module.channels_last_pays(cuda, bf16, _unet(0)) is False
+    for amp, layout in (("bf16", torch.channels_last), ("none", torch.contiguous_format)):
+        trainer = Trainer(_unet(0), TinyDSM(), _IMAGES, batch_size=8, amp=amp, progress=False)
+        assert trainer.memory_format == layout
+        assert trainer.model.conv_out.weight.is_contiguous(memory_format=layout)
+    with pytest.raises(ValueError, match="channels_last"):
+        Trainer(_unet(0), TinyDSM(), _IMAGES, batch_size=8, channels_last="yes", progress=False)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt is Linux's allocator tuning")
+def test_keep_cpu_memory_sets_glibc_thresholds():
+    # mallopt returns 0 for a parameter or value glibc rejects (e.g. an mmap threshold above 32 MiB)
+    assert train_module.keep_cpu_memory() is True
+
+
 def _copy_checkpoint(src, dst, step):
     dst.mkdir()
     for path in src.glob(f"ckpt_{step:08d}*"):
@@ -290,7 +311,8 @@ SPEED_OPTIONS = {
     "for-loop Adam": (dict(optimizer_impl="for-loop"), 1e-4, _unet),
     "foreach Adam": (dict(optimizer_impl="foreach"), 1e-4, _unet),
     "channels_last": (dict(channels_last=True), 1e-4, _unet),
-    "bf16 autocast": (dict(amp="bf16"), 5e-3, _unet),
+    "bf16 autocast": (dict(amp="bf16"), 5e-3, _unet),  # channels_last "auto": NHWC under bf16 on CPU
+    "bf16 autocast, NCHW": (dict(amp="bf16", channels_last=False), 5e-3, _unet),
     "compile": (dict(compile=True), 1e-4, _mlp),
 }
 
@@ -404,6 +426,7 @@ def test_speed_keys_of_the_config_reach_the_trainer_and_are_validated(tmp_path):
     from scoresde.cli.runs import build_trainer, same_run
 
     keys = ["training.amp=bf16", "training.compile=auto", "training.grad_accum=2", "training.channels_last=true"]
+    assert config.load_config("toy-2d").training.channels_last == "auto"
     cfg = config.load_config("toy-2d", keys)
     trainer = build_trainer(cfg, MLP(2, width=8, depth=1), TinyDSM(), torch.randn(512, 2), tmp_path, progress=False)
     assert (trainer.autocast_dtype, trainer.compile_mode, trainer.grad_accum, trainer.memory_format) == \
@@ -412,7 +435,7 @@ def test_speed_keys_of_the_config_reach_the_trainer_and_are_validated(tmp_path):
     assert same_run(plain, config.load_config("toy-2d", keys[:2] + keys[3:]))  # speed options resume each other
     assert not same_run(plain, cfg)  # grad_accum changes the batch of a step
     for bad in ("training.amp=fp16", "training.compile=maybe", "training.compile=1", "training.grad_accum=0",
-                "training.channels_last=3"):
+                "training.channels_last=3", "training.channels_last=maybe"):
         with pytest.raises(ValueError, match=bad.split("=")[0]):
             config.load_config("toy-2d", [bad])
 

@@ -162,7 +162,9 @@ class TrainingConfig:
                       "(auto: bf16 for convolutional networks on CPUs with native bf16, where it was measured to keep the loss curve; off on CUDA until measured)")
     compile: bool | str = _field(False, choices=_train.COMPILE_MODES, doc="torch.compile the network (auto: "
                                  "on CUDA with a warm cache or >= 50 000 steps left; a failure falls back to eager)")
-    channels_last: bool = _field(False, doc="NHWC memory layout of weights and image batches")
+    channels_last: bool | str = _field("auto", choices=_train.CHANNELS_LAST_MODES, doc="NHWC memory layout of "
+                                       "weights and image batches (auto: under bf16 autocast on CPU, where it was "
+                                       "measured faster)")
 
 
 @dataclass

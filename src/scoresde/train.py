@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import ctypes
 import json
 import math
 import os
@@ -53,6 +54,7 @@ from .images import save_png
 
 AMP_MODES = ("auto", "bf16", "none")
 COMPILE_MODES = (False, True, "auto")
+CHANNELS_LAST_MODES = (False, True, "auto")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 
 
@@ -174,6 +176,34 @@ def amp_pays(device: torch.device, model: nn.Module) -> bool:
     return device.type == "cpu" and convolutional and native_cpu_bf16()
 
 
+def channels_last_pays(device: torch.device, autocast: torch.dtype | None, model: nn.Module) -> bool:
+    """``channels_last="auto"``'s rule: NHWC for convolutional networks under bf16 autocast on CPU,
+    where oneDNN runs bf16 convolutions in NHWC and otherwise clones every NCHW input and gradient
+    to NHWC and back (the digits DDPM++ step at batch 128: 10 % faster, the CIFAR-10 DDPM++ at
+    batch 8: see BENCHMARKS.md, issue 18); NCHW elsewhere until measured."""
+    convolutional = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    return device.type == "cpu" and autocast == torch.bfloat16 and convolutional
+
+
+#: glibc ``mallopt`` parameters (malloc.h): ``M_TRIM_THRESHOLD``, ``M_MMAP_THRESHOLD``.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_cpu_memory() -> bool:
+    """Make glibc's allocator keep freed blocks for reuse (process-wide; False where it is not
+    glibc): blocks up to 32 MiB (the largest ``M_MMAP_THRESHOLD``) come from the heap instead of
+    fresh ``mmap`` pages, and up to 1 GiB of free heap is kept instead of returned to the system.
+    A CPU training step allocates and frees the same activation buffers every step; by default
+    each buffer above the dynamic mmap threshold is mapped and page-faulted anew (the digits
+    DDPM++ step at batch 128: 10 % of its time; BENCHMARKS.md, issue 18). The peak memory is
+    unchanged: only memory the step has already used is kept."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+    except (OSError, AttributeError):
+        return False
+
+
 def _adamw_options(impl: str, params: list[Tensor]) -> dict[str, bool]:
     """The ``torch.optim.AdamW`` keywords of an :data:`OPTIMIZER_IMPLS` entry."""
     if impl == "auto":
@@ -276,8 +306,9 @@ class Trainer:
             (:func:`compile_pays`, decided when :meth:`fit` knows the steps left). A compilation
             that fails warns once and the step is redone eagerly.
         optimizer_impl: the AdamW kernel (:data:`OPTIMIZER_IMPLS`); results agree to rounding.
-        channels_last: keep 4-D weights and image batches in NHWC memory layout (faster
-            convolutions on recent CPUs and on GPU tensor cores; same results up to rounding).
+        channels_last: keep 4-D weights and image batches in NHWC memory layout (True), not
+            (False), or ``"auto"`` (:func:`channels_last_pays`: under bf16 autocast on CPU); same
+            results up to rounding. On CPU the trainer also calls :func:`keep_cpu_memory`.
         out_dir: checkpoints, ``log.jsonl``, ``log.csv``, ``samples/``; None: nothing written.
         ckpt_every, keep_last: checkpoint period (and at the end of ``fit``) and how many to keep.
         log_every: period of log records (mean loss over the period, steps/s).
@@ -304,7 +335,7 @@ class Trainer:
                  lr_schedule: str = "constant", decay_steps: int | None = None,
                  grad_clip: float | None = 1.0, ema_decay: float = 0.9999, ema_warmup: bool = False,
                  grad_accum: int = 1, class_conditional: bool | None = None,
-                 amp: str = "auto", compile: bool | str = False, channels_last: bool = False,
+                 amp: str = "auto", compile: bool | str = False, channels_last: bool | str = "auto",
                  optimizer_impl: str = "auto", out_dir: str | Path | None = None,
                  ckpt_every: int = 1000, keep_last: int = 3, log_every: int = 100,
                  eval_every: int | None = None, eval_data: Any = None,
@@ -331,8 +362,10 @@ class Trainer:
         if ((eval_every is None) != (eval_data is None and eval_fn is None)
                 or (sample_every is None) != (sample_fn is None)):
             raise ValueError("eval_every needs eval_data or eval_fn and sample_every needs sample_fn (and vice versa)")
-        if compile not in COMPILE_MODES or not isinstance(compile, (bool, str)):
-            raise ValueError(f"compile must be one of False, True, 'auto', got {compile!r}")
+        for name, v, modes in (("compile", compile, COMPILE_MODES),
+                               ("channels_last", channels_last, CHANNELS_LAST_MODES)):
+            if v not in modes or not isinstance(v, (bool, str)):
+                raise ValueError(f"{name} must be one of False, True, 'auto', got {v!r}")
         check_choice(optimizer_impl, OPTIMIZER_IMPLS, "optimizer_impl")
         self.rank, self.world_size, self.device = init_distributed(device)
         self.hparams = dict(batch_size=batch_size, lr=lr, betas=list(betas), adam_eps=adam_eps, weight_decay=weight_decay,
@@ -344,13 +377,17 @@ class Trainer:
         self.lr_schedule, self.decay_steps = lr_schedule, decay_steps
         self.grad_accum, self.seed = grad_accum, seed
         self.loss, self.batch_size, self.config = loss, batch_size, config or {}
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         model = getattr(model, "_orig_mod", model)  # a torch.compile'd module: keep its plain names
+        self.autocast_dtype = self._amp_dtype(check_choice(amp, AMP_MODES, "amp"), self.device, model)
+        if channels_last == "auto":
+            channels_last = channels_last_pays(self.device, self.autocast_dtype, model)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format)
+        if self.device.type == "cpu":
+            keep_cpu_memory()
         model_config = getattr(model, "config", {})
         self.class_conditional = (model_config.get("num_classes") is not None
                                   if class_conditional is None else class_conditional)
-        self.autocast_dtype = self._amp_dtype(check_choice(amp, AMP_MODES, "amp"), self.device, model)
         params = list(model.parameters())
         self.optimizer = torch.optim.AdamW(params, lr=lr, betas=tuple(betas), eps=adam_eps,
                                            weight_decay=weight_decay, **_adamw_options(optimizer_impl, params))

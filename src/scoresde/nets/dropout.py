@@ -27,13 +27,22 @@ _SEED_HIGH = 2**63 - 1
 
 @torch.compiler.disable  # numpy's generator runs outside a compiled graph (the same masks as eager)
 def keep_mask(shape: torch.Size | tuple[int, ...], keep: float) -> Tensor:
-    """A CPU ``uint8`` tensor of i.i.d. Bernoulli(``keep``) draws (``0 < keep < 1``), seeded from
-    torch's default generator."""
+    """A contiguous CPU ``uint8`` tensor of i.i.d. Bernoulli(``keep``) draws (``0 < keep < 1``),
+    seeded from torch's default generator."""
     n = int(np.prod(shape, dtype=np.int64))
     seed = int(torch.randint(_SEED_HIGH, (), dtype=torch.int64))
     uniforms = np.random.PCG64(seed).random_raw((n + 1) // 2).view(np.uint32)[:n]
     bits = uniforms < np.uint32(min(round(keep * 2**32), 2**32 - 1))
     return torch.from_numpy(bits.view(np.uint8)).view(shape)
+
+
+def keep_mask_like(x: Tensor, keep: float) -> Tensor:
+    """:func:`keep_mask` for ``x``'s shape in ``x``'s memory layout: drawn contiguous over the axes
+    in memory order (outermost first), then permuted back, so a channels-last ``x`` gets a
+    channels-last mask (a mixed-layout ``addcmul`` costs 3x) and a contiguous ``x`` the plain draw."""
+    order = sorted(range(x.ndim), key=lambda d: -x.stride(d))  # stable: ties keep the logical order
+    mask = keep_mask(tuple(x.shape[d] for d in order), keep)
+    return mask.permute([order.index(d) for d in range(x.ndim)])
 
 
 class _MaskScale(torch.autograd.Function):
@@ -67,7 +76,7 @@ class Dropout(nn.Module):
         if x.device.type != "cpu":
             return F.dropout(x, self.p, training=True)
         keep = 1 - self.p
-        return _MaskScale.apply(x, keep_mask(x.shape, keep).to(x.dtype), 1 / keep)
+        return _MaskScale.apply(x, keep_mask_like(x, keep).to(x.dtype), 1 / keep)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

@@ -18,6 +18,7 @@ the official score_sde code (``models/layerspp.py``, ``layers.py``, ``up_or_down
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,13 +28,50 @@ from .._tensor import check_choice
 from .dropout import Dropout
 
 
-def group_norm(channels: int, groups: int | None = None) -> nn.GroupNorm:
+class _Float32GroupNorm(torch.autograd.Function):
+    """Group normalisation of a reduced-precision channels-last ``x`` computed in float32 and
+    rounded once to ``x``'s dtype, each way; it saves ``x`` itself (not its float32 copy), so
+    memory is as for ``F.group_norm``. (torch's kernels expect the output gradient in the input's
+    layout.)"""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float) -> Tensor:
+        n, c = x.shape[:2]
+        y, mean, rstd = torch.ops.aten.native_group_norm(x.float(), weight, bias, n, c, x[0, 0].numel(), groups, eps)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.groups = groups
+        return y.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight, mean, rstd = ctx.saved_tensors
+        n, c = x.shape[:2]
+        grad = grad.to(torch.float32, memory_format=torch.channels_last)
+        gx, gw, gb = torch.ops.aten.native_group_norm_backward(
+            grad, x.float(), mean, rstd, weight, n, c, x[0, 0].numel(), ctx.groups, list(ctx.needs_input_grad[:3]))
+        return (None if gx is None else gx.to(x.dtype)), gw, gb, None, None
+
+
+class GroupNorm(nn.GroupNorm):
+    """``torch.nn.GroupNorm`` (same parameters and state); a reduced-precision channels-last CPU
+    input is normalised in float32 (:class:`_Float32GroupNorm`): torch's CPU kernel for
+    channels-last bf16 is 6-8x slower than for NCHW bf16, its float32 channels-last kernel 1.3x
+    (forward + backward with the SiLU after it, 128 x 64 x 8 x 8, one thread; BENCHMARKS.md, issue 18)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16) and x.ndim == 4 and self.affine
+                and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)):
+            return _Float32GroupNorm.apply(x, self.weight, self.bias, self.num_groups, self.eps)
+        return super().forward(x)
+
+
+def group_norm(channels: int, groups: int | None = None) -> GroupNorm:
     """GroupNorm with eps 1e-6 and ``groups`` groups; None: ``min(channels // 4, 32)`` (NCSN++'s
     rule; the official DDPM uses 32 everywhere)."""
     groups = max(1, min(channels // 4, 32)) if groups is None else groups
     if groups < 1 or channels % groups:
         raise ValueError(f"norm_groups must divide the channel count {channels}, got {groups}")
-    return nn.GroupNorm(groups, channels, eps=1e-6)
+    return GroupNorm(groups, channels, eps=1e-6)
 
 
 def scaled_init_(weight: Tensor, scale: float) -> Tensor:
