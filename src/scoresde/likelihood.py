@@ -45,12 +45,25 @@ linear in ``r``, is taken by ``prior_points``-node Gauss--Legendre in ``r`` (one
 call over ``prior_points * B`` states, counted as ``prior_points`` NFE; no divergence).  It
 captures the first-order term exactly (two nodes, the default, match the exact line integral to
 1e-7 nats/dim on the oracle; one node to 2e-6); what is left is the constant ``C0 ~ -alpha^2
-E|x_0|^2 / (2 sigma^2)``, second order, which the score cannot see (it only gives differences of
-``log p``): on the oracle ``-4.4e-5`` (ring) and ``-3.0e-5`` (64-D mixture) nats/dim under VP
-and sub-VP, ``-4.1e-4`` and ``-2.8e-4`` under VE (``alpha = 1``, ``sigma = 50``).  It depends on
-the data alone, so ``prior_reference`` (samples of the data) estimates it (:func:`prior_constant`);
-then the prior term is exact up to Monte-Carlo error and only the solver's error remains.  The
-corrected prior is the default because it removes a bias 7--35x the solver's error at tolerance 1e-5 for 2 NFE.  The
+E|x_0|^2 / (2 sigma^2)``, second order, which the line integral cannot see (the score only gives
+differences of ``log p``): on the oracle ``-4.4e-5`` (ring) and ``-3.0e-5`` (64-D mixture)
+nats/dim under VP and sub-VP, ``-4.1e-4`` and ``-2.8e-4`` under VE (``alpha = 1``, ``sigma = 50``),
+up to 8.5e-5 nats/dim on the random family.  ``prior="origin"`` (linear SDEs) estimates it from
+one more evaluation, the score and its divergence at the origin (:func:`estimated_prior_constant`,
+counted as one NFE; one state, the exact trace up to :data:`ORIGIN_EXACT_MAX_DIM` dimensions)::
+
+    C0 = -(1/2) int_0^u E_v[|x_0|^2] dv ~ -(u / 2) E_u[|x_0|^2] = -(D + sigma^2 (div s(0) + |s(0)|^2)) / 2,
+
+``u = alpha^2 / sigma^2``, ``E_v`` the posterior given the origin at that precision (its second
+moment is the denoiser's divergence and square there), exact to first order in ``u`` (on the
+oracle mixtures within 1e-3 of ``C0``, about 1e-8 nats/dim).  It is not the default: the
+estimate is a small difference, ``D + sigma^2 div s(0) ~ u tr Cov``, so a network's absolute
+error in ``sigma^2 div s`` at the origin enters ``C0`` whole (on the CLI tests' briefly trained
+digits network it moved bits/dim by 0.057, where the constant from its data moves them by 2.3e-5); it is for
+exact or near-exact scores.  ``prior_reference`` (samples of the data) estimates ``C0`` by Monte
+Carlo instead (:func:`prior_constant`), for any score.  With either the prior term is exact up to
+those errors and only the solver's remains.  The corrected prior is the default because it removes
+a bias 7--35x the solver's error at tolerance 1e-5 for 2 NFE.  The
 score is queried at ``r z``, closer to the origin than typical latents: a trained network must be
 accurate there too, which the oracle cannot check (``prior="gaussian"`` avoids those queries).
 
@@ -83,7 +96,11 @@ E[x_0 | x] = xbar + sigma^2 s(x, t) / alpha``, the probability-flow ODE of every
 for linear SDEs) integrates it from the data in ``lambda`` by :mod:`scoresde.multistep`: the
 linear part exactly, ``D`` and the integrand by their polynomial through the last ``q`` values
 (exponential Adams--Bashforth, variable order ``q <= 5``), **one NFE per step**; the Adams--Moulton
-corrector through the new value estimates the local error.  That error is mapped to ``log p`` itself: a state
+corrector through the new value estimates the local error.  The polynomial is one in the chart
+``phi = log(v + a) - log(v + a + b)``, ``v = sigmabar^2`` (:func:`adams_chart`): ``-2 lambda`` in the
+middle, affine in ``v`` at the data end (``v << a``, ``a`` the squared width the integrand shows at
+the start) and in ``1 / v`` at the noise end (``v >> b =`` :data:`ADAMS_NOISE_SCALE`), where the
+field is smooth in those variables and grows like ``exp(-/+ 2 lambda)``.  That error is mapped to ``log p`` itself: a state
 error ``dxbar`` made at ``lambda`` changes the final estimate by ``grad log p_lambda(xbar) . dxbar``
 (the rest of the solve computes ``log p_lambda`` at the perturbed point), and ``grad log p_lambda =
 -(xbar - D) / sigmabar^2`` is known from the same evaluation.  Each step's local error of
@@ -167,15 +184,18 @@ from .sde import SDE, VESDE, VPSDE, LinearSDE
 DIVERGENCES = ("auto", "exact", "hutchinson")
 PROBE_DISTS = ("rademacher", "gaussian")
 VARIABLES = ("log-snr", "t")
-PRIORS = ("corrected", "gaussian")
+PRIORS = ("corrected", "origin", "gaussian")
 ADAMS = "adams"  # the exponential Adams method in the log-SNR (the default for linear SDEs)
 SOLVERS = (ADAMS,) + ADAPTIVE_METHODS
-ADAMS_TOL = 1e-4  # adams: each step's local error of log p, nats/dim (set on the dev members of the random family)
+ADAMS_TOL = 1.6e-4  # adams: each step's local error of log p, nats/dim (set on the dev members of the random family)
 ADAMS_ACCEPT = 5.0  # adams: steps sized for ADAMS_TOL are rejected only above 5x (set on the dev members too)
+ADAMS_NOISE_SCALE = 30.0  # adams: sigmabar^2 beyond which its chart turns into 1 / sigmabar^2 (set on the dev members)
 RK_TOL = 1e-3  # the Runge--Kutta pairs' rtol and atol
 PAPER_EPS = 1e-5  # the official likelihood.py's start time (VE, VP and sub-VP continuous models)
 EXACT_MAX_DIM = 16  # divergence="auto": the exact trace up to this dimension, Hutchinson above
 HUTCHINSON_PROBES = 2  # the default probe count: the fewest whose spread gives a standard error
+ORIGIN_EXACT_MAX_DIM = 256  # C0 from the origin (estimated_prior_constant): the exact trace up to this dimension
+ORIGIN_PROBES = 64  # ... and Rademacher probes above it (one state: 64 VJPs)
 
 
 def likelihood_eps(sde: SDE) -> float:
@@ -206,7 +226,7 @@ class LikelihoodInfo:
     192 held-out points of the random mixture family (``benchmarks/likelihood.py --parts family``)
     at the default settings the true error was 0.07 % to 39 % of it (bosh3 at ``1e-3``: 0.02 % to 22 %).  ``stderr``: per sample, the Monte-Carlo standard error of
     Hutchinson's estimate, ``std / sqrt(probes)`` over the probes' separate integrals (``None``
-    for the exact divergence or a single probe).  Neither includes the prior constant ``C0``.
+    for the exact divergence or a single probe).  Neither includes the error of the prior term.
     """
 
     nfe: int
@@ -414,6 +434,32 @@ def prior_constant(reference: Tensor, sde: LinearSDE, t_end: float, std: float) 
     return float(torch.logsumexp(-(alpha**2) * sq / (2 * std**2), 0) - math.log(sq.numel()))
 
 
+def estimated_prior_constant(
+    score_fn: ScoreFn, sde: LinearSDE, t_end: float, std: float, like: Tensor, probes: Tensor | None = None
+) -> float:
+    """``C0 = log p_{t_end}(0) - log N(0; 0, std^2 I)`` (module docstring) from one evaluation of
+    the score and its divergence at the origin (one sample shaped like ``like[0]``).  With ``xbar = x /
+    alpha`` (``sigmabar = sigma / alpha``, ``u = 1 / sigmabar^2``) and the denoiser ``D = xbar + sigma^2 s / alpha``::
+
+        C0 = log E exp(-u |x_0|^2 / 2) + D log(std / sigma) = -(1/2) int_0^u E_v[|x_0|^2] dv + D log(std / sigma),
+
+    ``E_v`` the posterior given ``xbar = 0`` at ``sigmabar^2 = 1 / v``, whose second moment at ``v =
+    u`` is ``sigmabar^2 div D + |D|^2`` (the trace of its covariance plus its squared mean); the
+    rectangle rule at ``u``, exact to first order (it errs by ``-u^2 Var_u(|x_0|^2) / 8``), gives::
+
+        C0 ~ -(div D(0) + u |D(0)|^2) / 2 + D log(std / sigma) = -(D + sigma^2 (div s(0) + |s(0)|^2)) / 2 + D log(std / sigma),
+
+    ``s`` the score at ``t_end`` (``D`` in the formula's first term the dimension).  The divergence
+    is the exact trace, or for ``probes`` ``(k, 1, ...)`` Hutchinson's estimate of ``div(x +
+    sigma^2 s)`` (small: ``u tr Cov``, so its noise is too)."""
+    sigma = float(sde.sigma(torch.tensor(t_end, dtype=torch.float64)))
+    origin = like.new_zeros((1,) + tuple(like.shape[1:]))
+    tt = torch.full((1,), t_end, dtype=like.dtype, device=like.device)
+    shifted, div = value_and_divergence(lambda y: y + sigma**2 * score_fn(y, tt), origin, probes)  # sigma^2 s(0), div
+    c0 = -(float(div.double().sum()) + float(shifted.double().pow(2).sum()) / sigma**2) / 2
+    return c0 + origin.numel() * math.log(std / sigma)
+
+
 def _check_input(x: Tensor, sde: SDE, variable: str) -> None:
     """Raise ``ValueError`` naming the argument for malformed ``x`` or an unusable time variable."""
     if not isinstance(x, Tensor) or x.ndim < 2 or x.shape[0] == 0:
@@ -473,6 +519,28 @@ def _solve_chart(
     return z, dim * (state[:, dim:] + shift), error
 
 
+def adams_chart(data_scale: float, noise_scale: float = ADAMS_NOISE_SCALE) -> Callable[[np.ndarray], np.ndarray]:
+    """The variable in which :func:`_solve_adams` interpolates the field (``chart`` of
+    :func:`scoresde.multistep.solve_exponential_adams`), a function of ``lambda`` through ``v =
+    sigmabar^2 = exp(-2 lambda)``::
+
+        phi(lambda) = log(v + a) - log(v + a + b) = -2 lambda + O(a / v + v / b),   a = data_scale, b = noise_scale.
+
+    Between the ends ``phi ~ -2 lambda`` (the plain log-SNR); at the data end (``v << a``) ``phi``
+    is affine in ``v`` and at the noise end (``v >> b``) in ``1 / v``, the variables in which the
+    field is smooth there (for Gaussian data of width ``w`` the integrand is ``v / (w^2 + v)``,
+    ``D - xbar`` is ``v`` times a smooth function of ``v``, and ``D``, ``div D`` are analytic in
+    ``1 / v`` near ``0``), where polynomials in ``lambda`` extrapolate the ``exp(-/+ 2 lambda)``
+    growth poorly."""
+    log_a, log_b = math.log(data_scale), math.log(noise_scale)
+
+    def phi(lam: np.ndarray) -> np.ndarray:
+        inner = np.logaddexp(-2 * np.asarray(lam, dtype=np.float64), log_a)
+        return inner - np.logaddexp(inner, log_b)
+
+    return phi
+
+
 def _solve_adams(
     score_fn: ScoreFn, sde: LinearSDE, x: Tensor, times: tuple[float, float], probe_vectors: Tensor | None,
     probes: int, tol: float, error_norm: str, count: Callable[[float], None],
@@ -515,11 +583,16 @@ def _solve_adams(
         """``sqrt(tol / |l'|)``, at most 1: an Euler step's quadrature error at the data end, where ``l'`` grows like ``exp(-2 lambda)``."""
         return min(1.0, math.sqrt(tol / max(float(value[:, dim:].abs().mean()), 1e-30)))
 
+    def chart(value: Tensor) -> Callable[[np.ndarray], np.ndarray]:
+        """:func:`adams_chart` with the data end's scale ``a = sigmabar_0^2 / l'(lambda_0)`` (the
+        squared width the integrand ``l' ~ sigmabar^2 / w^2`` shows at the start)."""
+        return adams_chart(math.exp(-2 * lam0) / max(float(value[:, dim:].abs().mean()), 1e-30))
+
     alpha0, alpha1 = (float(sde.alpha(torch.tensor(t, dtype=torch.float64))) for t in times)
     state = torch.cat([x.flatten(1) / alpha0, x.new_zeros(batch, probes)], 1)
     rates = torch.cat([torch.ones(dim), torch.zeros(probes)]).to(x.device)
     state, stats = solve_exponential_adams(field, state, lam0, lam1, rates, local_error, tol=tol, norm=error_norm,
-                                           first_step=first_step, accept=ADAMS_ACCEPT)
+                                           first_step=first_step, accept=ADAMS_ACCEPT, chart=chart)
     z = state[:, :dim].reshape(x.shape) * alpha1
     correction = (recomputed_local_errors(stats, rates, state_error, centred=True)
                   + recomputed_local_errors(stats, rates, density_error, centred=False))
@@ -575,11 +648,12 @@ def log_likelihood(
     step; more NFE).  More than ``max_nfe`` score evaluations raise ``RuntimeError`` (a stiff ODE
     stops instead of running on).  ``min_log_snr``: see :func:`end_time`.  ``prior``:
     ``"corrected"`` (``log N`` plus the score's line integral from ``0`` to ``z``,
-    :func:`prior_correction`, ``prior_points`` extra NFE) or ``"gaussian"`` (the paper's
+    :func:`prior_correction`, ``prior_points`` extra NFE), ``"origin"`` (the same plus the constant
+    ``C0`` from the score at the origin, :func:`estimated_prior_constant`, one more NFE; linear SDEs,
+    exact scores: a network's error there enters it whole) or ``"gaussian"`` (the paper's
     ``log N(z; 0, sigma(t_end)^2 I)``); the module docstring states the bias of each.
     ``prior_reference``: samples of the data (e.g. a training batch, in the model's range); with
-    the corrected prior it adds the constant ``C0`` estimated from them (:func:`prior_constant`),
-    the bias the score leaves (largest under VE).
+    the corrected prior ``C0`` is estimated from them instead (:func:`prior_constant`, no NFE).
 
     Returns ``(logp, info)`` with ``logp`` of shape ``(B,)`` and :class:`LikelihoodInfo` (``nfe``,
     ``eps``, the per-sample ``error_estimate`` and, for Hutchinson, ``stderr``).
@@ -598,6 +672,8 @@ def log_likelihood(
     check_choice(error_norm, NORMS, "error_norm")
     if prior_reference is not None and prior != "corrected":
         raise ValueError("prior_reference adds the constant of the corrected prior; use prior='corrected'")
+    if prior == "origin" and not isinstance(sde, LinearSDE):
+        raise ValueError("prior='origin' estimates C0 through a Gaussian kernel; it needs a LinearSDE")
     if prior_points < 1:
         raise ValueError(f"prior_points must be >= 1, got {prior_points}")
     check_int(max_nfe, "max_nfe", 1)
@@ -638,7 +714,11 @@ def log_likelihood(
     delta = per_probe.mean(1)
     stderr = per_probe.std(1) / math.sqrt(probes) if probes > 1 else None
     prior_logp = gaussian_logp(z, std)
-    if prior == "corrected":
+    if prior in ("corrected", "origin"):
+        if prior == "origin":
+            origin_probes = None if dim <= ORIGIN_EXACT_MAX_DIM else draw_probes(x[:1], ORIGIN_PROBES, "rademacher", generator)
+            c0 = estimated_prior_constant(score_fn, sde, t_end, std, x, origin_probes)
+            nfe += 1
         prior_logp = prior_logp + prior_correction(score_fn, z, t_end, std, prior_points) + c0
         nfe += prior_points
     info = LikelihoodInfo(nfe=nfe, z=z, prior_logp=prior_logp, delta_logp=delta, eps=t0, t_end=t_end,

@@ -14,7 +14,10 @@ new value and the last ``q`` ones gives the exponential Adams--Moulton value of 
 Their difference estimates the local error of the carried solution (Milne's device; Hairer,
 Norsett & Wanner, *Solving ODEs I*, III.5).  For any spacing of the points the weights are
 ``w_j = int_0^h exp(-c (h - r)) L_j(r) dr`` (``L_j`` the Lagrange basis), by Gauss--Legendre
-quadrature in float64 (exact to round-off for steps ``|c h| <= 3``).
+quadrature in float64 (exact to round-off for steps ``|c h| <= 3``).  The polynomial may be one in a
+*chart* ``phi(s)`` instead of ``s`` (``L_j`` the Lagrange basis on the points ``phi(s_j)``, the
+integral still in ``s``): a field smooth in ``phi`` but growing like ``exp(s)`` in ``s`` is then
+interpolated where a polynomial in ``s`` extrapolates that growth poorly.
 
 The caller maps that difference to the quantities it cares about (``local_error``); the next
 step is ``h * clip(safety * err^(-1/(q+1)), 0.2, grow)`` with ``err`` their size over ``tol`` (the
@@ -50,16 +53,23 @@ from .rk import MIN_STEP, NORMS
 
 Field = Callable[[float, Tensor], Tensor]
 LocalError = Callable[[Tensor, Tensor, Tensor, float], Tensor]
+Chart = Callable[[np.ndarray], np.ndarray]
 QUADRATURE_POINTS = 10  # Gauss--Legendre nodes for the weights: polynomials of degree 19 exact
 
 
-def exponential_weights(nodes: Sequence[float], h: float, rate: float) -> np.ndarray:
+def exponential_weights(
+    nodes: Sequence[float], h: float, rate: float, chart: Chart | None = None, start: float = 0.0
+) -> np.ndarray:
     """``w_j = int_0^h exp(-rate (h - r)) L_j(r) dr`` for the Lagrange basis ``L_j`` on ``nodes``
-    (offsets from the step's start; float64)."""
+    (offsets from the step's start ``start``; float64).  With a ``chart`` ``phi`` (monotone) the
+    basis is that of the polynomial in ``phi``: ``L_j`` on the points ``phi(start + nodes)``,
+    evaluated at ``phi(start + r)``."""
     xi, wi = np.polynomial.legendre.leggauss(QUADRATURE_POINTS)
     r = h * (xi + 1) / 2
     kernel = np.exp(-rate * (h - r)) * wi * (h / 2)
     nodes = np.asarray(nodes, dtype=np.float64)
+    if chart is not None:
+        r, nodes = chart(start + r), chart(start + nodes)
     basis = np.ones((nodes.size, r.size))
     for j in range(nodes.size):
         for m in range(nodes.size):
@@ -68,14 +78,17 @@ def exponential_weights(nodes: Sequence[float], h: float, rate: float) -> np.nda
     return basis @ kernel
 
 
-def exponential_adams(base: Tensor, rates: Tensor, offsets: list[float], values: list[Tensor], h: float) -> Tensor:
-    """``exp(-c h) base + sum_j w_j(c) values_j`` (:func:`exponential_weights` on ``offsets``) for
-    each distinct rate ``c`` of the columns."""
+def exponential_adams(
+    base: Tensor, rates: Tensor, offsets: list[float], values: list[Tensor], h: float,
+    chart: Chart | None = None, start: float = 0.0,
+) -> Tensor:
+    """``exp(-c h) base + sum_j w_j(c) values_j`` (:func:`exponential_weights` on ``offsets``, in
+    ``chart`` from ``start``) for each distinct rate ``c`` of the columns."""
     out = torch.empty_like(base)
     for c in torch.unique(rates).tolist():
         cols = rates == c
         acc = base[:, cols] * math.exp(-c * h)
-        for w, v in zip(exponential_weights(offsets, h, c).tolist(), values):
+        for w, v in zip(exponential_weights(offsets, h, c, chart, start).tolist(), values):
             acc = acc + w * v[:, cols]
         out[:, cols] = acc
     return out
@@ -86,7 +99,8 @@ class MultistepStats:
     """Work done by :func:`solve_exponential_adams`: field evaluations, accepted and rejected steps,
     the sum over the accepted steps of the absolute ``local_error`` (``error``, of its shape), and
     the accepted trajectory: ``nodes`` (``s0`` first), the carried ``states`` and the field's
-    ``values`` there, and each step's predictor order (``orders``, one fewer than the nodes)."""
+    ``values`` there, each step's predictor order (``orders``, one fewer than the nodes) and the
+    ``chart`` of the interpolation (``None``: ``s``)."""
 
     nfe: int = 0
     accepted: int = 0
@@ -96,6 +110,7 @@ class MultistepStats:
     states: list[Tensor] = default(default_factory=list)
     values: list[Tensor] = default(default_factory=list)
     orders: list[int] = default(default_factory=list)
+    chart: Chart | None = None
 
 
 def solve_exponential_adams(
@@ -114,6 +129,7 @@ def solve_exponential_adams(
     safety: float = 0.8,
     grow: float = 3.0,
     accept: float = 1.0,
+    chart: Callable[[Tensor], Chart] | None = None,
 ) -> tuple[Tensor, MultistepStats]:
     """``u(s1)`` for ``u' = -rates * u + field(s, u)``, ``u(s0) = u`` (flat ``(B, n)`` state,
     ``rates`` of shape ``(n,)``), by the method of the module docstring (either direction), of
@@ -123,7 +139,9 @@ def solve_exponential_adams(
     difference to signed local errors of shape ``(B, m)``; a sample's size is their mean absolute
     value; ``err`` is the mean size over the batch (``norm="batch"``) or the largest (``"sample"``)
     over ``tol``, the steps are sized for ``err = 1`` and a step is rejected when ``err > accept``.  ``first_step``: the first ``|h|``, or a function of
-    ``field(s0, u)`` giving it (default ``1e-3`` of the span).  A non-finite field at the start, or
+    ``field(s0, u)`` giving it (default ``1e-3`` of the span).  ``chart``: a function of
+    ``field(s0, u)`` giving the chart ``phi`` (vectorised over float64 arrays of ``s``) in which
+    the field is interpolated (default ``s`` itself), kept in ``stats.chart``.  A non-finite field at the start, or
     a rejected step shorter than ``MIN_STEP`` (relative), raises ``FloatingPointError`` naming
     ``s``; more than ``max_steps`` attempted steps raise ``RuntimeError``.
     """
@@ -141,20 +159,21 @@ def solve_exponential_adams(
     if first_step is None:
         first_step = 1e-3 * span
     s, h, q = s0, first_step(values[0]) if callable(first_step) else first_step, 1
+    chart = stats.chart = None if chart is None else chart(values[0])
     while sign * (s1 - s) > 1e-12 * max(1.0, span):
         if stats.accepted + stats.rejected >= max_steps:
             raise RuntimeError(f"solve_exponential_adams: more than max_steps={max_steps} steps before s={s1} (at s={s})")
         h = min(h, abs(s1 - s))
         s_new = s1 if abs(s1 - s) <= h * (1 + 1e-12) else s + sign * h
         offsets = [t - s for t in nodes]
-        pred = exponential_adams(u, rates, offsets[-q:], values[-q:], s_new - s)
+        pred = exponential_adams(u, rates, offsets[-q:], values[-q:], s_new - s, chart, s)
         new = field(s_new, pred)
         stats.nfe += 1
         # the local errors of the orders around q from the same evaluation (variable order)
         errs, locals_ = {}, {}
         for k in range(max(1, q - 1), min(q + 1, len(nodes)) + 1):
-            pred_k = pred if k == q else exponential_adams(u, rates, offsets[-k:], values[-k:], s_new - s)
-            corr_k = exponential_adams(u, rates, offsets[-k:] + [s_new - s], values[-k:] + [new], s_new - s)
+            pred_k = pred if k == q else exponential_adams(u, rates, offsets[-k:], values[-k:], s_new - s, chart, s)
+            corr_k = exponential_adams(u, rates, offsets[-k:] + [s_new - s], values[-k:] + [new], s_new - s, chart, s)
             locals_[k] = local_error(corr_k - pred_k, pred_k, new, s_new)
             size = locals_[k].abs().mean(1)
             errs[k] = float(size.mean() if norm == "batch" else size.max()) / tol
@@ -201,7 +220,7 @@ def recomputed_local_errors(stats: MultistepStats, rates: Tensor, local_error: L
     for j in range(len(nodes) - 1):
         idx = _stencil(stats, j, centred)
         step = exponential_adams(states[j], rates, [nodes[m] - nodes[j] for m in idx], [values[m] for m in idx],
-                                 nodes[j + 1] - nodes[j])
+                                 nodes[j + 1] - nodes[j], stats.chart, nodes[j])
         local = local_error(step - states[j + 1], states[j + 1], values[j + 1], nodes[j + 1])
         total = local if total is None else total + local
     return total
