@@ -460,7 +460,7 @@ def test_error_estimate_is_reported_per_sample_and_bounds_the_solver_error():
     # info.error_estimate accumulates the absolute local errors of log p (the default solver="adams":
     # its corrector's difference mapped to log p by the score; the Runge--Kutta pairs: the embedded
     # estimates of the log-density and of the latent, weighted by the prior's gradient).  On the
-    # random family's dev members at the default tolerance the true error was at most 31 % of it
+    # random family's dev members at the default tolerance the true error was at most 25 % of it
     # (benchmarks/likelihood.py); here: above the solver's error on every sample, and not more than
     # 1000x above it on average (a useless bound would fail that).  It shrinks with the tolerance.
     sde = SDES["vp"]()
@@ -563,10 +563,10 @@ GOAL_MEMBERS = (0, 3, 9)  # of FAST_MEMBERS, those where the default meets the g
 def test_default_on_random_family_members_against_the_papers_estimator(seed):
     # The default (solver="adams") against the paper's estimator (scipy RK45 in t at 1e-5, Gaussian
     # prior) on the same points of a random mixture, both from the paper's eps = 1e-5: mean error
-    # per dimension no larger, and at most 0.9x the NFE (measured on these members: 0.33-0.81x the
-    # NFE at 0.06-0.86x the error); at most half the NFE, the goal of issue 19, where it was met
-    # (BENCHMARKS.md: on 7 of the 12 dev members; here the VE member 3 at 0.33x and the VP members
-    # 0 and 9 at 0.43x and 0.48x, errors 0.22x and 0.86x).
+    # per dimension no larger, and at most 0.9x the NFE (measured on these members: 0.32-0.80x the
+    # NFE at 0.07-0.92x the error); at most half the NFE, the goal of issue 19, where it was met
+    # (BENCHMARKS.md: on 7 of the 12 dev members; here the VE member 3 at 0.32x and the VP members
+    # 0 and 9 at 0.42x and 0.47x, errors 0.21x and 0.92x).
     bench = _benchmark()
     member = bench.random_member(seed)
     gmm, x = member["gmm"], member["x"]
