@@ -589,8 +589,11 @@ def _solve_adams(
 
     def chart(value: Tensor) -> Callable[[np.ndarray], np.ndarray]:
         """:func:`adams_chart` with the data end's scale ``a = sigmabar_0^2 / l'(lambda_0)`` (the
-        squared width the integrand ``l' ~ sigmabar^2 / w^2`` shows at the start)."""
-        return adams_chart(math.exp(-2 * lam0) / max(float(value[:, dim:].abs().mean()), 1e-30))
+        squared width the integrand ``l' ~ sigmabar^2 / w^2`` shows at the start), at most
+        :data:`ADAMS_NOISE_SCALE` (an integrand that vanishes at the start, e.g. of a zero score,
+        would make the chart constant)."""
+        width = math.exp(-2 * lam0) / max(float(value[:, dim:].abs().mean()), 1e-30)
+        return adams_chart(min(width, ADAMS_NOISE_SCALE))
 
     alpha0, alpha1 = (float(sde.alpha(torch.tensor(t, dtype=torch.float64))) for t in times)
     state = torch.cat([x.flatten(1) / alpha0, x.new_zeros(batch, probes)], 1)
