@@ -55,8 +55,8 @@ class _Float32GroupNorm(torch.autograd.Function):
 class GroupNorm(nn.GroupNorm):
     """``torch.nn.GroupNorm`` (same parameters and state); a reduced-precision channels-last CPU
     input is normalised in float32 (:class:`_Float32GroupNorm`): torch's CPU kernel for
-    channels-last bf16 is 6-8x slower than for NCHW bf16, its float32 channels-last kernel 1.3x
-    (forward + backward with the SiLU after it, 128 x 64 x 8 x 8, one thread; BENCHMARKS.md, issue 18)."""
+    channels-last bf16 is 4-6x slower than for NCHW bf16, this path 1.6-2x (forward + backward
+    with the SiLU after it at the digits DDPM++'s shapes, one thread; ``benchmarks/cpu_kernels.py``)."""
 
     def forward(self, x: Tensor) -> Tensor:
         if (x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16) and x.ndim == 4 and self.affine
