@@ -13,8 +13,10 @@ non-finite check that must come before the weights are touched); AdamW is the fu
 every parameter is a float tensor on CPU or CUDA (on the 2-core CPU 3.3x / 4.2x less CPU time
 than the for-loop Adam for the digits / CIFAR-10 DDPM++; see ``OPTIMIZER_IMPLS``), the gradient
 norm and the EMA update are ``torch._foreach_*`` kernels. ``compile`` (``torch.compile`` of the
-network, ``"auto"``: :func:`compile_pays`), ``amp`` (bf16 autocast) and ``channels_last`` are
-options; none changes what a checkpoint holds, so each resumes the others' checkpoints.
+network, ``"auto"``: :func:`compile_pays`), ``amp`` (bf16 autocast, ``"auto"``: :func:`amp_pays`) and
+``channels_last`` (NHWC, ``"auto"``: :func:`channels_last_pays`) are options; none changes what a
+checkpoint holds, so each resumes the others' checkpoints. On CPU the trainer makes glibc keep
+freed memory for reuse (:func:`keep_cpu_memory`, process-wide).
 
 Reproducibility: every random draw of step ``n`` on rank ``r`` (the loss's noise and times,
 label dropout inside the loss, dropout layers) comes from generators seeded by ``(seed, r, n)``, and the data
@@ -179,8 +181,9 @@ def amp_pays(device: torch.device, model: nn.Module) -> bool:
 def channels_last_pays(device: torch.device, autocast: torch.dtype | None, model: nn.Module) -> bool:
     """``channels_last="auto"``'s rule: NHWC for convolutional networks under bf16 autocast on CPU,
     where oneDNN runs bf16 convolutions in NHWC and otherwise clones every NCHW input and gradient
-    to NHWC and back (the digits DDPM++ step at batch 128: 10 % faster, the CIFAR-10 DDPM++ at
-    batch 8: see BENCHMARKS.md, issue 18); NCHW elsewhere until measured."""
+    to NHWC and back (the digits DDPM++ step at batch 128 5-6 % faster on 1 and 2 threads, with
+    :class:`scoresde.nets.layers.GroupNorm`; the CIFAR-10 DDPM++ at batch 8 as fast; BENCHMARKS.md,
+    issue 18); NCHW elsewhere until measured."""
     convolutional = any(isinstance(m, nn.Conv2d) for m in model.modules())
     return device.type == "cpu" and autocast == torch.bfloat16 and convolutional
 

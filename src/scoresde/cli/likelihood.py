@@ -43,7 +43,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--solver", choices=L.SOLVERS, help="ODE solver (default: evaluation.solver)")
     p.add_argument("--rtol", type=float, help="ODE relative tolerance (default: evaluation.rtol)")
     p.add_argument("--atol", type=float, help="ODE absolute tolerance (default: evaluation.atol)")
-    p.add_argument("--prior", choices=("corrected", "gaussian"),
+    p.add_argument("--prior", choices=L.PRIORS,
                    help="prior term of log p (default: scoresde.likelihood.log_likelihood's)")
     p.add_argument("--eps", type=float, help="start time of the ODE (default: evaluation.likelihood_eps, else the "
                                              "paper's 1e-5 for VP, sub-VP and VE and the SDE's eps otherwise)")
