@@ -425,6 +425,7 @@ def test_reflow_command_retrains_a_rectified_flow_run_on_its_couplings(tmp_path)
     from scoresde.cli.runs import train_run
     from scoresde import config as C
     from scoresde.cli.reflow import COUPLINGS_FILE
+    from scoresde.runs import CONFIG_FILE
 
     raw = {"data": {"source": "toy", "name": "8gaussians", "n": 500}, "sde": {"name": "rf"},
            "model": {"name": "mlp", "dim": 2, "width": 16, "depth": 1}, "loss": {"name": "fm"},
@@ -454,6 +455,17 @@ def test_reflow_command_retrains_a_rectified_flow_run_on_its_couplings(tmp_path)
     assert cli.main(argv[:-3] + ["--steps", "8", "--resume", "--quiet"]) == 0
     assert load_run(tmp_path / "rf2").step == 8
     torch.testing.assert_close(load_file(str(tmp_path / "rf2" / COUPLINGS_FILE))["x_noise"], stored["x_noise"])
+    # a start that fails before its first checkpoint leaves config.yaml and the couplings: --resume
+    # then starts from step 0 on those couplings instead of finding no checkpoint
+    failing = argv[:3] + [str(tmp_path / "rf3")] + argv[4:]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sd.Trainer, "fit", lambda self, steps: (_ for _ in ()).throw(RuntimeError("killed")))
+        with pytest.raises(RuntimeError, match="killed"):
+            cli.main(failing)
+    assert (tmp_path / "rf3" / CONFIG_FILE).is_file() and (tmp_path / "rf3" / COUPLINGS_FILE).is_file()
+    assert cli.main(failing) == 2  # without --resume the folder is refused: it holds a run
+    assert cli.main(failing + ["--resume"]) == 0
+    assert load_run(tmp_path / "rf3").step == 6
     vp = {**raw, "sde": {"name": "vp"}, "loss": {"name": "dsm"}}
     train_run(C.load_config(vp), tmp_path / "vp", progress=False)
     assert cli.main(["reflow", str(tmp_path / "vp"), "--out", str(tmp_path / "vp2"), "--quiet"]) == 2

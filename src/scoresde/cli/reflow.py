@@ -77,7 +77,10 @@ def reflow_run(source: str | Path, out: str | Path, *, couplings: int = 10_000, 
         model.load_state_dict(run.model.state_dict())
         reflow_info = {"source": str(source), "source_step": run.step, "couplings": len(pairs),
                        "coupling_method": method, "coupling_nfe": pairs.nfe}
-        trainer = build_trainer(cfg, model, ReflowLoss(run.sde, **cfg.loss.options), pairs.pairs(), out, resume=resume,
+        # --resume: from the newest valid checkpoint, or from step 0 on the stored couplings when the
+        # start failed before its first (so a failed start never leaves the folder stuck)
+        trainer = build_trainer(cfg, model, ReflowLoss(run.sde, **cfg.loss.options), pairs.pairs(), out,
+                                resume="auto" if resume else False,
                                 progress=progress, device=device, config={**cfg.to_dict(), "reflow": reflow_info})
         trainer.fit(cfg.training.steps)
     x_noise = run.sde.prior_sample((straightness_n,) + run.sample_shape, device=run.device,
@@ -110,5 +113,6 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--method", default="ode", help="deterministic sampler drawing the couplings (default ode)")
     p.add_argument("--sampler-steps", type=positive_int, help="steps of --method (default: the method's own)")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the couplings' noise (default 0)")
-    p.add_argument("--resume", action="store_true", help="continue a reflow run in --out")
+    p.add_argument("--resume", action="store_true", help="continue a reflow run in --out (from step 0 on its "
+                   "stored couplings when a failed start left no checkpoint)")
     p.set_defaults(func=_cmd_reflow)
