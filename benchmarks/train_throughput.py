@@ -133,10 +133,10 @@ def worker(conn: Any, side: str, spec: dict) -> None:
     torch.manual_seed(0)
     case = CASES[spec["case"]]
     if side == "official":
-        if spec["official_keeps_memory"]:
-            from scoresde.train import keep_cpu_memory  # the allocator setting scoresde's Trainer makes
+        if spec["official_cpu_settings"]:
+            from scoresde.train import tune_cpu_process  # the process settings scoresde's CPU Trainer makes
 
-            keep_cpu_memory()
+            tune_cpu_process()
         step, params = official_step(spec["official"], case, spec["device"], spec["batch"])
     else:
         step, params = scoresde_step(case, spec["device"], spec["batch"], VARIANTS[side])
@@ -167,7 +167,7 @@ def worker(conn: Any, side: str, spec: dict) -> None:
 def measure(case: str, sides: list[str], args: argparse.Namespace) -> dict[str, Any]:
     """Interleaved rounds over persistent workers; per side: steps/s (median), CPU s/step, memory."""
     ctx = mp.get_context("spawn")
-    spec = dict(case=case, official=args.official, official_keeps_memory=args.official_keeps_memory,
+    spec = dict(case=case, official=args.official, official_cpu_settings=args.official_cpu_settings,
                 device=args.device, threads=args.threads,
                 batch=args.batch or CASES[case]["batch"], warmup=args.warmup)
     workers, info = {}, {}
@@ -207,9 +207,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="QUICK's cases, variants and rounds (~5 min)")
     parser.add_argument("--cases", nargs="+", default=["digits"], choices=sorted(CASES))
     parser.add_argument("--official", help="path of a score_sde_pytorch checkout (omit: scoresde only)")
-    parser.add_argument("--official-keeps-memory", action="store_true",
-                        help="give the official process the allocator setting of scoresde's CPU Trainer "
-                             "(scoresde.train.keep_cpu_memory) too")
+    parser.add_argument("--official-cpu-settings", action="store_true",
+                        help="give the official process the allocator and subnormal settings of scoresde's CPU "
+                             "Trainer (scoresde.train.tune_cpu_process) too")
     parser.add_argument("--variants", nargs="+", default=["default"], choices=sorted(VARIANTS))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, help="batch size (default: the case's, 128 digits / 8 CIFAR-10)")

@@ -3,6 +3,7 @@ warm-up schedule, logs and sample grids, and a tiny DSM run that learns a known 
 
 import json
 import math
+import platform
 import sys
 
 import pytest
@@ -289,10 +290,13 @@ def test_channels_last_auto_is_nhwc_for_convolutional_networks_under_cpu_bf16():
         Trainer(_unet(0), TinyDSM(), _IMAGES, batch_size=8, channels_last="yes", progress=False)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt is Linux's allocator tuning")
-def test_keep_cpu_memory_sets_glibc_thresholds():
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.machine() not in ("x86_64", "AMD64"),
+                    reason="glibc's mallopt (Linux) and flushing subnormals (SSE3) are x86-64 Linux settings")
+def test_cpu_process_settings_take_effect():
     # mallopt returns 0 for a parameter or value glibc rejects (e.g. an mmap threshold above 32 MiB)
-    assert train_module.keep_cpu_memory() is True
+    assert train_module.tune_cpu_process() == {"keep_cpu_memory": True, "flush_denormal": True}
+    tiny = torch.tensor([1e-39], dtype=torch.float32)  # subnormal: below 2^-126 = 1.18e-38
+    assert (tiny * 1.0).item() == 0.0 and (torch.tensor([2e-38]) * 1.0).item() == pytest.approx(2e-38)
 
 
 def _copy_checkpoint(src, dst, step):
