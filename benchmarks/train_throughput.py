@@ -129,14 +129,14 @@ def worker(conn: Any, side: str, spec: dict) -> None:
     """A persistent worker: builds its side once, then answers ``("run", k)`` with timings."""
     import torch
 
+    if side != "official" or spec["official_cpu_settings"]:
+        from scoresde.train import tune_cpu_process  # first, as the scoresde command does
+
+        tune_cpu_process()
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
     case = CASES[spec["case"]]
     if side == "official":
-        if spec["official_cpu_settings"]:
-            from scoresde.train import tune_cpu_process  # the process settings scoresde's CPU Trainer makes
-
-            tune_cpu_process()
         step, params = official_step(spec["official"], case, spec["device"], spec["batch"])
     else:
         step, params = scoresde_step(case, spec["device"], spec["batch"], VARIANTS[side])
@@ -208,8 +208,8 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", default=["digits"], choices=sorted(CASES))
     parser.add_argument("--official", help="path of a score_sde_pytorch checkout (omit: scoresde only)")
     parser.add_argument("--official-cpu-settings", action="store_true",
-                        help="give the official process the allocator and subnormal settings of scoresde's CPU "
-                             "Trainer (scoresde.train.tune_cpu_process) too")
+                        help="give the official process the allocator and subnormal settings the scoresde "
+                             "command makes (scoresde.train.tune_cpu_process) too")
     parser.add_argument("--variants", nargs="+", default=["default"], choices=sorted(VARIANTS))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, help="batch size (default: the case's, 128 digits / 8 CIFAR-10)")

@@ -214,7 +214,9 @@ def tune_cpu_process() -> dict[str, bool]:
     Training produces them (squared small gradients in Adam's second moment, the zero-initialised
     last layers): the CIFAR-10 DDPM++ step at batch 8 ran 1.25x faster with them flushed, its Adam
     step and gradient norm 3-4x (BENCHMARKS.md, issue 18). Only values below the smallest normal
-    float change."""
+    float change. The float mode is per thread, and OpenMP's worker threads copy it from the thread
+    that creates them: called before the process's first parallel torch operation (the ``scoresde``
+    command does) it reaches every thread; the trainer calls it too, for its own thread."""
     return {"keep_cpu_memory": keep_cpu_memory(), "flush_denormal": bool(torch.set_flush_denormal(True))}
 
 

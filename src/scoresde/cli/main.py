@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import torch
 
 from . import guidance, interop, likelihood, reflow, sample, train
+from ..train import tune_cpu_process
 from .args import common_options
 
 #: The command families, in the order ``--help`` lists them.
@@ -72,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         args = parse_args(build_parser(), argv)
+        tune_cpu_process()  # before the first parallel op: OpenMP's threads copy this thread's float mode
         if args.threads:
             torch.set_num_threads(args.threads)
         return int(args.func(args) or 0)
