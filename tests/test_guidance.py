@@ -384,6 +384,32 @@ def test_cli_commands_end_to_end(tmp_path):
     assert cli.main(["colorize", run, "-n", "2", "--out", str(tmp_path / "c.png"), "--quiet"]) == 2
 
 
+def test_failed_classifier_training_leaves_no_trace(tmp_path, monkeypatch):
+    """A failure inside training removes the folder it made; the same command then runs afresh and
+    its log holds each step once (it appended to the failed run's log before)."""
+    import json
+
+    from scoresde import config as C
+    from scoresde.cli.runs import train_classifier
+
+    cfg = C.load_config("digits-vp", ["model.nf=8", "training.batch_size=8", "training.log_every=1"])
+    out = tmp_path / "new" / "clf"
+    fit = sd.Trainer.fit
+
+    def failing_fit(self, steps):
+        fit(self, 1)
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(sd.Trainer, "fit", failing_fit)
+    with pytest.raises(RuntimeError, match="killed"):
+        train_classifier(cfg, out, 2, progress=False, nf=8)
+    assert not (tmp_path / "new").exists()
+    monkeypatch.setattr(sd.Trainer, "fit", fit)
+    train_classifier(cfg, out, 2, progress=False, nf=8)
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]
+
+
 def test_cli_colorize_keeps_the_gray_image(tmp_path):
     import numpy as np
 

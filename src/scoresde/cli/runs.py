@@ -297,7 +297,8 @@ def train_classifier(cfg: C.Config, out: Path, steps: int, *, progress: bool = T
     """Train ``p_t(y | x_t)`` on the run's data and SDE with
     :class:`~scoresde.losses.NoisyClassifierLoss` and the run's training section; writes
     ``config.yaml``, ``classifier.json`` and checkpoints to ``out``. Returns the test accuracy at
-    :data:`ACCURACY_TIMES` (also in ``accuracy.json``)."""
+    :data:`ACCURACY_TIMES` (also in ``accuracy.json``). A run that fails removes what it added to
+    ``out`` (and the folders it made), so the corrected command starts afresh."""
     from .. import NoisyClassifierLoss, checkpoint
     from .._io import write_json
     from ..metrics import classifier_accuracy
@@ -309,13 +310,19 @@ def train_classifier(cfg: C.Config, out: Path, steps: int, *, progress: bool = T
     torch.manual_seed(cfg.training.seed)
     model = classifier_for(cfg, train.num_classes, **network)
     sde = C.build_sde(cfg)
+    made = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)  # the topmost new folder
     out.mkdir(parents=True, exist_ok=True)
-    with checkpoint.lock_directory(out):  # one writer per folder, as for `train`
-        C.save_config(cfg, out / CONFIG_FILE)
-        write_json(out / CLASSIFIER_FILE, {"kind": type(model).__name__, "config": model.config})
-        trainer = build_trainer(cfg, model, NoisyClassifierLoss(sde), train, out, progress=progress, device=device,
-                                ckpt_every=steps, keep_last=1)
-        trainer.fit(steps)
+    before = set(out.iterdir())
+    try:
+        with checkpoint.lock_directory(out):  # one writer per folder, as for `train`
+            C.save_config(cfg, out / CONFIG_FILE)
+            write_json(out / CLASSIFIER_FILE, {"kind": type(model).__name__, "config": model.config})
+            trainer = build_trainer(cfg, model, NoisyClassifierLoss(sde), train, out, progress=progress,
+                                    device=device, ckpt_every=steps, keep_last=1)
+            trainer.fit(steps)
+    except Exception:
+        _remove_new(out, before, made)  # its one checkpoint is the last: a failed run leaves no trace
+        raise
     test = C.build_dataset(cfg, "test")
     x, labels = test.x.to(trainer.device), test.labels.to(trainer.device)
     acc = classifier_accuracy(trainer.ema_model.eval(), sde, x, labels, list(ACCURACY_TIMES),
