@@ -168,14 +168,18 @@ def native_cpu_bf16() -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 
 
+def is_convolutional(model: nn.Module) -> bool:
+    """Whether ``model`` holds a 2-D convolution (an image network, not a vector MLP)."""
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
 def amp_pays(device: torch.device, model: nn.Module) -> bool:
     """``amp="auto"``'s rule: bf16 autocast for convolutional networks on a CPU with native bf16,
     where it was measured faster with the same loss curve and results (digits DDPM++ main job:
     losses within 0.4 %, bits/dim and FD unchanged; BENCHMARKS.md); off on CUDA until
     ``benchmarks/gpu.py`` has compared the curves there, and off for vector (MLP) networks, whose
     few-dimensional inputs would lose precision to bf16's 8-bit mantissa."""
-    convolutional = any(isinstance(m, nn.Conv2d) for m in model.modules())
-    return device.type == "cpu" and convolutional and native_cpu_bf16()
+    return device.type == "cpu" and is_convolutional(model) and native_cpu_bf16()
 
 
 def channels_last_pays(device: torch.device, autocast: torch.dtype | None, model: nn.Module) -> bool:
@@ -184,8 +188,7 @@ def channels_last_pays(device: torch.device, autocast: torch.dtype | None, model
     to NHWC and back (the digits DDPM++ step at batch 128 5-6 % faster on 1 and 2 threads, with
     :class:`scoresde.nets.layers.GroupNorm`; the CIFAR-10 DDPM++ at batch 8 as fast; BENCHMARKS.md,
     issue 18); NCHW elsewhere until measured."""
-    convolutional = any(isinstance(m, nn.Conv2d) for m in model.modules())
-    return device.type == "cpu" and autocast == torch.bfloat16 and convolutional
+    return device.type == "cpu" and autocast == torch.bfloat16 and is_convolutional(model)
 
 
 #: glibc ``mallopt`` parameters (malloc.h): ``M_TRIM_THRESHOLD``, ``M_MMAP_THRESHOLD``.

@@ -36,8 +36,8 @@ class _Float32GroupNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float) -> Tensor:
-        n, c = x.shape[:2]
-        y, mean, rstd = torch.ops.aten.native_group_norm(x.float(), weight, bias, n, c, x[0, 0].numel(), groups, eps)
+        n, c, pixels = x.shape[0], x.shape[1], math.prod(x.shape[2:])
+        y, mean, rstd = torch.ops.aten.native_group_norm(x.float(), weight, bias, n, c, pixels, groups, eps)
         ctx.save_for_backward(x, weight, mean, rstd)
         ctx.groups = groups
         return y.to(x.dtype)
@@ -45,10 +45,10 @@ class _Float32GroupNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, weight, mean, rstd = ctx.saved_tensors
-        n, c = x.shape[:2]
+        n, c, pixels = x.shape[0], x.shape[1], math.prod(x.shape[2:])
         grad = grad.to(torch.float32, memory_format=torch.channels_last)
         gx, gw, gb = torch.ops.aten.native_group_norm_backward(
-            grad, x.float(), mean, rstd, weight, n, c, x[0, 0].numel(), ctx.groups, list(ctx.needs_input_grad[:3]))
+            grad, x.float(), mean, rstd, weight, n, c, pixels, ctx.groups, list(ctx.needs_input_grad[:3]))
         return (None if gx is None else gx.to(x.dtype)), gw, gb, None, None
 
 
