@@ -350,3 +350,43 @@ def test_channels_last_bf16_group_norm_is_float32_group_norm_rounded_once():
         torch.testing.assert_close(ours.double(), exact, rtol=2**-8, atol=2**-8 * exact.abs().max().item() * 1e-2)
     torch.testing.assert_close(norm.weight.grad.double(), w64.grad, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(norm.bias.grad.double(), b64.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_small_image_convolution_gradients_against_float64():
+    """On channels-last bf16 images of <= SMALL_IMAGE_PIXELS pixels (3x3 and 1x1 'same'
+    convolutions, as autocast runs them from float32 weights) the output and the input, weight and
+    bias gradients are the float64 convolution's of the same bf16-rounded tensors within one bf16
+    rounding of each result (2^-8 relative; float32 accumulation adds ~1e-6) plus 2^-8 of the
+    largest entry for the entries that cancel; the weight gradient reaches the float32 weight in
+    float32. A larger image, NCHW, float32 or stride 2 takes nn.Conv2d's own path."""
+    from scoresde.nets.layers import SMALL_IMAGE_PIXELS, Conv2d
+
+    g = torch.Generator().manual_seed(0)
+    for cin, cout, k, side in ((16, 8, 3, 2), (8, 16, 3, 4), (16, 8, 1, 4), (4, 4, 3, 3)):
+        assert side * side <= SMALL_IMAGE_PIXELS
+        layer = Conv2d(cin, cout, k, padding=k // 2).to(memory_format=torch.channels_last)
+        with torch.no_grad():
+            layer.bias.copy_(torch.randn(cout, generator=g))
+        x = torch.randn(32, cin, side, side, generator=g).contiguous(memory_format=torch.channels_last)
+        grad = torch.randn(32, cout, side, side, generator=g).bfloat16()
+        x.requires_grad_()
+        with torch.autocast("cpu", torch.bfloat16):
+            y = layer(x)
+        assert type(y.grad_fn).__name__ == "_SmallImageConvBackward"
+        y.backward(grad)
+        assert y.dtype == torch.bfloat16 and layer.weight.grad.dtype == torch.float32
+        x64, w64, b64 = (t.detach().bfloat16().double().requires_grad_() for t in (x, layer.weight, layer.bias))
+        y64 = F.conv2d(x64, w64, b64, padding=k // 2)
+        y64.backward(grad.double())
+        for ours, exact in ((y, y64), (x.grad, x64.grad), (layer.weight.grad, w64.grad), (layer.bias.grad, b64.grad)):
+            torch.testing.assert_close(ours.double(), exact, rtol=2**-8, atol=2**-8 * exact.abs().max().item())
+    layer = Conv2d(4, 4, 3, padding=1)
+    small = torch.randn(2, 4, 4, 4).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", torch.bfloat16):
+        assert type(layer(small).grad_fn).__name__ == "_SmallImageConvBackward"
+        for other in (torch.randn(2, 4, 5, 4).contiguous(memory_format=torch.channels_last),  # 20 pixels
+                      torch.randn(2, 4, 4, 4)):  # NCHW
+            assert type(layer(other).grad_fn).__name__ == "ConvolutionBackward0"
+        strided = Conv2d(4, 4, 3, stride=2, padding=1)
+        assert type(strided(small).grad_fn).__name__ == "ConvolutionBackward0"
+    assert type(layer(small).grad_fn).__name__ == "ConvolutionBackward0"  # float32

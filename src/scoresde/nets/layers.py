@@ -85,10 +85,64 @@ def scaled_init_(weight: Tensor, scale: float) -> Tensor:
         return weight.uniform_(-bound, bound)
 
 
-def conv(in_ch: int, out_ch: int, kernel: int = 3, *, stride: int = 1, init_scale: float | None = None) -> nn.Conv2d:
+#: images of at most this many pixels take :class:`_SmallImageConv`'s weight gradient
+SMALL_IMAGE_PIXELS = 16
+
+
+class _SmallImageConv(torch.autograd.Function):
+    """``y = conv2d(x, w, b)`` (stride 1, 'same' padding ``p``) whose weight gradient is itself a
+    convolution with the batch as the channel axis: ``dW[o, i] = sum_n x[n, i] * dy[n, o]`` (a
+    cross-correlation over pixels), i.e. ``dW^T = conv2d(x^T, dy^T, padding=p)`` with ``x^T`` of
+    shape ``(I, N, H, W)`` and ``dy^T`` ``(O, N, H, W)`` as the kernel, output ``(I, O, k, k)``. On
+    CPU in bf16 oneDNN's weight-gradient kernel took 1.2-3x this on images of 2 x 2 and 4 x 4
+    pixels at batch 128 (``benchmarks/cpu_kernels.py``); the input gradient is torch's."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, padding: int) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.padding = padding
+        return F.conv2d(x, weight, bias, padding=padding)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        pad = [ctx.padding] * 2
+        gx = (torch.ops.aten.convolution_backward(grad, x, weight, None, [1, 1], pad, [1, 1], False, [0, 0], 1,
+                                                  [True, False, False])[0] if need_x else None)
+        gw = (F.conv2d(x.transpose(0, 1).contiguous(), grad.transpose(0, 1).contiguous(), padding=ctx.padding)
+              .transpose(0, 1) if need_w else None)
+        gb = grad.sum((0, 2, 3)) if need_b else None
+        return gx, gw, gb, None
+
+
+class Conv2d(nn.Conv2d):
+    """``torch.nn.Conv2d`` (same parameters and state); a stride-1 'same' convolution of a small
+    channels-last image (at most :data:`SMALL_IMAGE_PIXELS` pixels) in bf16 on CPU, the input bf16
+    or cast by autocast, takes :class:`_SmallImageConv`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self._small_image(x):
+            dtype = torch.bfloat16
+            bias = None if self.bias is None else self.bias.to(dtype)
+            return _SmallImageConv.apply(x.to(dtype), self.weight.to(dtype), bias, self.padding[0])
+        return super().forward(x)
+
+    def _small_image(self, x: Tensor) -> bool:
+        k = self.kernel_size[0]
+        low = x.dtype == torch.bfloat16 or (torch.is_autocast_enabled("cpu")
+                                            and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return (x.device.type == "cpu" and low and x.ndim == 4 and x.shape[2] * x.shape[3] <= SMALL_IMAGE_PIXELS
+                and x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last)
+                and self.kernel_size == (k, k) and k % 2 == 1 and self.padding == (k // 2, k // 2)
+                and self.stride == (1, 1) and self.dilation == (1, 1) and self.groups == 1
+                and self.padding_mode == "zeros")
+
+
+def conv(in_ch: int, out_ch: int, kernel: int = 3, *, stride: int = 1, init_scale: float | None = None) -> Conv2d:
     """A 'same'-padded convolution with zero bias; ``init_scale`` (0: zeros) re-initialises its
     weight as :func:`scaled_init_`."""
-    layer = nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2)
+    layer = Conv2d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2)
     if init_scale is not None:
         scaled_init_(layer.weight, init_scale)
     nn.init.zeros_(layer.bias)
