@@ -2,9 +2,11 @@
 
 The evidence behind ``training.channels_last: auto`` and ``nets.layers.GroupNorm`` (BENCHMARKS.md,
 "Training throughput"): one bf16 / float32 convolution at the network's shapes in NCHW and NHWC,
-and GroupNorm + SiLU in four forms (torch's kernel on NCHW bf16 and on NHWC bf16, scoresde's
-GroupNorm on NHWC bf16, which runs torch's float32 kernel). Batch 128; each figure is the minimum
-over ``--repeats`` timed calls after three untimed ones, in milliseconds.
+GroupNorm + SiLU in four forms (torch's kernel on NCHW bf16 and on NHWC bf16, scoresde's
+GroupNorm on NHWC bf16, which runs torch's float32 kernel), and the weight gradient of an NHWC
+bf16 convolution two ways (oneDNN's kernel, and ``nets.layers.conv_weight_grad``, a convolution over
+the batch, which the network takes on images of at most ``SMALL_IMAGE_PIXELS`` pixels). Batch 128;
+each figure is the minimum over ``--repeats`` timed calls after three untimed ones, in milliseconds.
 
     OMP_NUM_THREADS=1 python benchmarks/cpu_kernels.py
 """
@@ -21,12 +23,12 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from scoresde.nets.layers import GroupNorm
+from scoresde.nets.layers import GroupNorm, conv_weight_grad
 
 BATCH = 128
 #: (in channels, out channels, resolution, kernel) of the digits DDPM++'s convolutions
 CONVS = [(32, 32, 8, 3), (64, 32, 8, 3), (32, 64, 8, 3), (96, 32, 8, 3), (64, 64, 8, 3), (64, 32, 8, 1),
-         (64, 64, 4, 3), (128, 64, 4, 3), (64, 64, 2, 3)]
+         (64, 64, 4, 3), (128, 64, 4, 3), (128, 64, 4, 1), (64, 64, 2, 3), (128, 64, 2, 3)]
 #: (channels, resolution) of its GroupNorms
 NORMS = [(32, 8), (64, 8), (96, 8), (64, 4)]
 
@@ -76,6 +78,17 @@ def norm_row(channels: int, res: int, repeats: int) -> dict[str, float]:
                                           repeats)}
 
 
+def weight_grad_row(cin: int, cout: int, res: int, k: int, repeats: int) -> dict[str, float]:
+    """Weight and bias gradient of an NHWC bf16 'same' convolution: oneDNN's, and as a convolution."""
+    x, w = layout(torch.randn(BATCH, cin, res, res), True).bfloat16(), torch.randn(cout, cin, k, k).bfloat16()
+    g = layout(torch.randn(BATCH, cout, res, res), True).bfloat16()
+    pad = [k // 2] * 2
+    onednn = lambda: torch.ops.aten.convolution_backward(g, x, w, [cout], [1, 1], pad, [1, 1], False, [0, 0], 1,  # noqa: E731
+                                                          [False, True, True])
+    as_convolution = lambda: (conv_weight_grad(x, g, k // 2), g.sum((0, 2, 3)))  # noqa: E731
+    return {"onednn": best_ms(onednn, repeats), "as_convolution": best_ms(as_convolution, repeats)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
@@ -85,7 +98,9 @@ def main() -> None:
            "load_avg_1min": os.getloadavg()[0], "batch": BATCH,
            "conv_fwd_bwd_ms": {f"{cin}->{cout} {res}x{res} k{k}": conv_row(cin, cout, res, k, args.repeats)
                                for cin, cout, res, k in CONVS},
-           "groupnorm_silu_fwd_bwd_ms": {f"{c} {res}x{res}": norm_row(c, res, args.repeats) for c, res in NORMS}}
+           "groupnorm_silu_fwd_bwd_ms": {f"{c} {res}x{res}": norm_row(c, res, args.repeats) for c, res in NORMS},
+           "conv_weight_grad_bf16_nhwc_ms": {f"{cin}->{cout} {res}x{res} k{k}": weight_grad_row(cin, cout, res, k, args.repeats)
+                                             for cin, cout, res, k in CONVS}}
     print(json.dumps(out, indent=1))
 
 

@@ -89,13 +89,19 @@ def scaled_init_(weight: Tensor, scale: float) -> Tensor:
 SMALL_IMAGE_PIXELS = 16
 
 
+def conv_weight_grad(x: Tensor, grad: Tensor, padding: int) -> Tensor:
+    """The weight gradient of a stride-1 'same' convolution (padding ``p``) as a convolution with
+    the batch as the channel axis: ``dW[o, i] = sum_n x[n, i] (x) dy[n, o]`` (a cross-correlation
+    over pixels), i.e. ``dW^T = conv2d(x^T, dy^T, padding=p)`` with ``x^T`` of shape ``(I, N, H, W)``
+    and ``dy^T`` of shape ``(O, N, H, W)`` as the kernel; the output ``(I, O, k, k)`` transposed."""
+    return F.conv2d(x.transpose(0, 1).contiguous(), grad.transpose(0, 1).contiguous(), padding=padding).transpose(0, 1)
+
+
 class _SmallImageConv(torch.autograd.Function):
-    """``y = conv2d(x, w, b)`` (stride 1, 'same' padding ``p``) whose weight gradient is itself a
-    convolution with the batch as the channel axis: ``dW[o, i] = sum_n x[n, i] * dy[n, o]`` (a
-    cross-correlation over pixels), i.e. ``dW^T = conv2d(x^T, dy^T, padding=p)`` with ``x^T`` of
-    shape ``(I, N, H, W)`` and ``dy^T`` ``(O, N, H, W)`` as the kernel, output ``(I, O, k, k)``. On
-    CPU in bf16 oneDNN's weight-gradient kernel took 1.2-3x this on images of 2 x 2 and 4 x 4
-    pixels at batch 128 (``benchmarks/cpu_kernels.py``); the input gradient is torch's."""
+    """``y = conv2d(x, w, b)`` (stride 1, 'same' padding) with the weight gradient of
+    :func:`conv_weight_grad`: on CPU in bf16, oneDNN's weight-gradient kernel took 1.2-3x as long
+    on images of 2 x 2 and 4 x 4 pixels at batch 128 and 8 (``benchmarks/cpu_kernels.py``); the
+    input gradient is torch's."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, padding: int) -> Tensor:
@@ -110,16 +116,16 @@ class _SmallImageConv(torch.autograd.Function):
         pad = [ctx.padding] * 2
         gx = (torch.ops.aten.convolution_backward(grad, x, weight, None, [1, 1], pad, [1, 1], False, [0, 0], 1,
                                                   [True, False, False])[0] if need_x else None)
-        gw = (F.conv2d(x.transpose(0, 1).contiguous(), grad.transpose(0, 1).contiguous(), padding=ctx.padding)
-              .transpose(0, 1) if need_w else None)
+        gw = conv_weight_grad(x, grad, ctx.padding) if need_w else None
         gb = grad.sum((0, 2, 3)) if need_b else None
         return gx, gw, gb, None
 
 
 class Conv2d(nn.Conv2d):
-    """``torch.nn.Conv2d`` (same parameters and state); a stride-1 'same' convolution of a small
+    """``torch.nn.Conv2d`` (same parameters and state); a 3x3 stride-1 'same' convolution of a small
     channels-last image (at most :data:`SMALL_IMAGE_PIXELS` pixels) in bf16 on CPU, the input bf16
-    or cast by autocast, takes :class:`_SmallImageConv`."""
+    or cast by autocast, takes :class:`_SmallImageConv` (a 1x1 one is 3-4x faster with oneDNN's
+    weight gradient, ``benchmarks/cpu_kernels.py``)."""
 
     def forward(self, x: Tensor) -> Tensor:
         if self._small_image(x):
@@ -129,14 +135,12 @@ class Conv2d(nn.Conv2d):
         return super().forward(x)
 
     def _small_image(self, x: Tensor) -> bool:
-        k = self.kernel_size[0]
         low = x.dtype == torch.bfloat16 or (torch.is_autocast_enabled("cpu")
                                             and torch.get_autocast_dtype("cpu") == torch.bfloat16)
         return (x.device.type == "cpu" and low and x.ndim == 4 and x.shape[2] * x.shape[3] <= SMALL_IMAGE_PIXELS
                 and x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last)
-                and self.kernel_size == (k, k) and k % 2 == 1 and self.padding == (k // 2, k // 2)
-                and self.stride == (1, 1) and self.dilation == (1, 1) and self.groups == 1
-                and self.padding_mode == "zeros")
+                and self.kernel_size == (3, 3) and self.padding == (1, 1) and self.stride == (1, 1)
+                and self.dilation == (1, 1) and self.groups == 1 and self.padding_mode == "zeros")
 
 
 def conv(in_ch: int, out_ch: int, kernel: int = 3, *, stride: int = 1, init_scale: float | None = None) -> Conv2d:
