@@ -138,7 +138,7 @@ class Conv2d(nn.Conv2d):
         low = x.dtype == torch.bfloat16 or (torch.is_autocast_enabled("cpu")
                                             and torch.get_autocast_dtype("cpu") == torch.bfloat16)
         return (x.device.type == "cpu" and low and x.ndim == 4 and x.shape[2] * x.shape[3] <= SMALL_IMAGE_PIXELS
-                and x.is_contiguous(memory_format=torch.channels_last)
+                and x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last)
                 and self.kernel_size == (3, 3) and self.padding == (1, 1) and self.stride == (1, 1)
                 and self.dilation == (1, 1) and self.groups == 1 and self.padding_mode == "zeros")
 
