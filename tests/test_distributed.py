@@ -4,6 +4,7 @@ torchrun) reach the weights of one process with the doubled batch, and agree on 
 import os
 import socket
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -58,12 +59,16 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _spawn_ranks(tmp: str, attempts: int = 2, wait_s: float = 180.0) -> None:
-    """Run the two ranks, each attempt on a fresh port and bounded by ``wait_s`` (the run takes
-    ~5 s). A rank left waiting in the TCP store's rendezvous (once seen in a full-suite run: one
-    child alive, the other gone) would otherwise hold the suite for gloo's 30-minute timeout."""
+def _spawn_ranks(tmp: Path, attempts: int = 2, wait_s: float = 180.0) -> Path:
+    """Run the two ranks, each attempt in a fresh folder under ``tmp`` (returned: the one that
+    finished) on a fresh port and bounded by ``wait_s`` (the run takes ~5 s). A rank left waiting
+    in the TCP store's rendezvous (seen in full-suite runs on a loaded machine: one child alive, the
+    other gone) would otherwise hold the suite for gloo's 30-minute timeout, and a retry in the same
+    folder would resume from, and append to, the killed attempt's run."""
     for attempt in range(attempts):
-        context = mp.spawn(_worker, args=(_free_port(), tmp), nprocs=2, join=False)
+        folder = tmp / f"attempt{attempt}"
+        folder.mkdir()
+        context = mp.spawn(_worker, args=(_free_port(), str(folder)), nprocs=2, join=False)
         deadline = time.monotonic() + wait_s
         while not context.join(timeout=1):
             if time.monotonic() > deadline:
@@ -71,14 +76,14 @@ def _spawn_ranks(tmp: str, attempts: int = 2, wait_s: float = 180.0) -> None:
                     process.kill()
                 break
         else:
-            return
+            return folder
     pytest.fail(f"the two gloo ranks did not finish within {wait_s:.0f} s in {attempts} attempts")
 
 
 def test_two_gloo_ranks_match_one_process_with_doubled_batch(tmp_path):
-    _spawn_ranks(str(tmp_path))
+    run = _spawn_ranks(tmp_path)
     single = _train(8, tmp_path / "single")
-    ranks = [load_file(tmp_path / f"rank{r}.safetensors") for r in range(2)]
+    ranks = [load_file(run / f"rank{r}.safetensors") for r in range(2)]
     for k, v in ranks[0].items():
         assert torch.equal(v, ranks[1][k]), f"{k} differs between ranks"  # DDP keeps ranks identical
     reference = {f"model.{k}": v for k, v in single.model.state_dict().items()}
@@ -88,6 +93,6 @@ def test_two_gloo_ranks_match_one_process_with_doubled_batch(tmp_path):
         # after 4 Adam steps of lr 1e-2 the weights agree to a few float32 ulps.
         torch.testing.assert_close(ranks[0][k], v, rtol=1e-5, atol=1e-6)
     # rank 0 alone wrote checkpoints and logs, at the same steps as the single process
-    assert [s for s, _ in checkpoint.list_checkpoints(tmp_path / "ddp")] == [2, 4]
-    assert len((tmp_path / "ddp" / "log.jsonl").read_text().splitlines()) == STEPS
-    assert checkpoint.load_latest(tmp_path / "ddp").meta["trainer"]["world_size"] == 2
+    assert [s for s, _ in checkpoint.list_checkpoints(run / "ddp")] == [2, 4]
+    assert len((run / "ddp" / "log.jsonl").read_text().splitlines()) == STEPS
+    assert checkpoint.load_latest(run / "ddp").meta["trainer"]["world_size"] == 2
