@@ -72,7 +72,9 @@ PRIOR_POINTS = 2
 # ("fresh", FRESH_SEEDS, declared 2026-12-02 before anyone ran them) are a second held-out set, for the
 # default of that day (the chart, the step cap, C0 from the origin), measured once; members 300..323
 # ("fresh-2", FRESH2_SEEDS, declared 2026-12-02 21:20 UTC before anyone ran them) are a third, for the
-# fifth round's default, measured once.  Each seed draws, with
+# fifth round's default, measured once; members 400..423 ("fresh-3", FRESH3_SEEDS, declared 2026-12-02
+# 21:40 UTC before anyone ran them) are a fourth, for any default after that one, measured once.
+# Each seed draws, with
 # numpy's PCG64:
 #   dimension d = round(2^U(1, 8))                    (2 .. 256, log-uniform)
 #   modes     K = round(2^U(0, 4))                    (1 .. 16, log-uniform)
@@ -85,7 +87,9 @@ DEV_SEEDS = tuple(range(12))
 HELDOUT_SEEDS = tuple(range(100, 124))
 FRESH_SEEDS = tuple(range(200, 224))
 FRESH2_SEEDS = tuple(range(300, 324))
-MEMBER_SETS = {"dev": DEV_SEEDS, "held-out": HELDOUT_SEEDS, "fresh": FRESH_SEEDS, "fresh-2": FRESH2_SEEDS}
+FRESH3_SEEDS = tuple(range(400, 424))
+MEMBER_SETS = {"dev": DEV_SEEDS, "held-out": HELDOUT_SEEDS, "fresh": FRESH_SEEDS, "fresh-2": FRESH2_SEEDS,
+               "fresh-3": FRESH3_SEEDS}
 POINTS_PER_MEMBER = 8
 FAMILY_SDES = ("vp", "subvp", "ve")
 
