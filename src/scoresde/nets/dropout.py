@@ -31,13 +31,18 @@ _SEED_HIGH = 2**63 - 1
 _LEVELS = 2**16
 
 
-def keep_share(keep: float) -> float:
-    """The keep probability :func:`keep_mask` draws for ``keep``: ``round(keep 2^16) / 2^16``."""
+def _keep_level(keep: float) -> int:
+    """``round(keep 2^16)``, refused unless in ``(0, 2^16]``."""
     level = round(keep * _LEVELS)
     if not 0 < level <= _LEVELS:
         raise ValueError(f"keep probability {keep} rounds to {level} / 2^16 (the mask's resolution); "
                          "it must round into (0, 1]")
-    return level / _LEVELS
+    return level
+
+
+def keep_share(keep: float) -> float:
+    """The keep probability :func:`keep_mask` draws for ``keep``: ``round(keep 2^16) / 2^16``."""
+    return _keep_level(keep) / _LEVELS
 
 
 @torch.compiler.disable  # numpy's generator runs outside a compiled graph (the same masks as eager)
@@ -46,7 +51,7 @@ def keep_mask(shape: torch.Size | tuple[int, ...], keep: float) -> Tensor:
     seeded from torch's default generator."""
     n = int(np.prod(shape, dtype=np.int64))
     seed = int(torch.randint(_SEED_HIGH, (), dtype=torch.int64))
-    level = round(keep_share(keep) * _LEVELS)
+    level = _keep_level(keep)
     if level == _LEVELS:
         return torch.ones(shape, dtype=torch.uint8)
     uniforms = np.random.PCG64(seed).random_raw((n + 3) // 4).view(np.uint16)[:n]
