@@ -10,7 +10,8 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -92,11 +93,11 @@ def train_run(cfg: C.Config, out: Path, resume: bool | str = False, progress: bo
             dist.barrier()
         _fit(cfg, out, prepared, resume, rank, world, progress, device)
         return out
-    made = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)  # the topmost new folder
-    out.mkdir(parents=True, exist_ok=True)
-    before = set(out.iterdir())
+    def wrote_checkpoint(before: set[Path]) -> bool:
+        return not all(sidecar in before for _, sidecar in checkpoint.list_checkpoints(out))
+
     try:
-        with checkpoint.lock_directory(out):
+        with _undone_on_failure(out, keep=wrote_checkpoint):  # no checkpoint written: leave no trace
             if (out / CONFIG_FILE).is_file() != prepared["holds"]:
                 raise ValueError(f"{out} changed while this start was checked (another process?); try again")
             checkpoint.clean_litter(out)  # e.g. the temporary config.yaml of a start killed while writing it
@@ -105,12 +106,8 @@ def train_run(cfg: C.Config, out: Path, resume: bool | str = False, progress: bo
             if world > 1:
                 dist.barrier()
             _fit(cfg, out, prepared, resume, rank, world, progress, device)
-    except Exception as err:
-        if all(sidecar in before for _, sidecar in checkpoint.list_checkpoints(out)):
-            _remove_new(out, before, made)  # this start wrote no checkpoint: leave no trace
-        if isinstance(err, checkpoint.NoCheckpointError):
-            raise checkpoint.NoCheckpointError(f"{err}; --resume-or-start starts the run again from step 0") from err
-        raise
+    except checkpoint.NoCheckpointError as err:
+        raise checkpoint.NoCheckpointError(f"{err}; --resume-or-start starts the run again from step 0") from err
     return out
 
 
@@ -216,6 +213,26 @@ def _fit(cfg: C.Config, out: Path, prepared: dict[str, Any], resume: bool | str,
     trainer.fit(t.steps)
 
 
+@contextmanager
+def _undone_on_failure(out: Path, keep: Callable[[set[Path]], bool] = lambda before: False) -> Iterator[None]:
+    """Create ``out`` (and its missing parents) and hold its lock
+    (:func:`scoresde.checkpoint.lock_directory`, one writer per folder) for the block; if the
+    block raises, remove what it added to ``out`` and the folders it made (:func:`_remove_new`),
+    unless ``keep(files before the block)`` says the partial result is worth keeping."""
+    from ..checkpoint import lock_directory
+
+    made = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)  # the topmost new folder
+    out.mkdir(parents=True, exist_ok=True)
+    before = set(out.iterdir())
+    try:
+        with lock_directory(out):
+            yield
+    except Exception:
+        if not keep(before):
+            _remove_new(out, before, made)
+        raise
+
+
 def _remove_new(out: Path, before: set[Path], made: Path | None) -> None:
     """Remove what a failed start added to ``out``, and the folders it made (``made``: the topmost).
     Quarantined checkpoints (``*.corrupt``) stay: they are old files renamed, not new ones."""
@@ -299,7 +316,7 @@ def train_classifier(cfg: C.Config, out: Path, steps: int, *, progress: bool = T
     ``config.yaml``, ``classifier.json`` and checkpoints to ``out``. Returns the test accuracy at
     :data:`ACCURACY_TIMES` (also in ``accuracy.json``). A run that fails removes what it added to
     ``out`` (and the folders it made), so the corrected command starts afresh."""
-    from .. import NoisyClassifierLoss, checkpoint
+    from .. import NoisyClassifierLoss
     from .._io import write_json
     from ..metrics import classifier_accuracy
     from ..runs import CLASSIFIER_FILE
@@ -310,19 +327,12 @@ def train_classifier(cfg: C.Config, out: Path, steps: int, *, progress: bool = T
     torch.manual_seed(cfg.training.seed)
     model = classifier_for(cfg, train.num_classes, **network)
     sde = C.build_sde(cfg)
-    made = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)  # the topmost new folder
-    out.mkdir(parents=True, exist_ok=True)
-    before = set(out.iterdir())
-    try:
-        with checkpoint.lock_directory(out):  # one writer per folder, as for `train`
-            C.save_config(cfg, out / CONFIG_FILE)
-            write_json(out / CLASSIFIER_FILE, {"kind": type(model).__name__, "config": model.config})
-            trainer = build_trainer(cfg, model, NoisyClassifierLoss(sde), train, out, progress=progress,
-                                    device=device, ckpt_every=steps, keep_last=1)
-            trainer.fit(steps)
-    except Exception:
-        _remove_new(out, before, made)  # its one checkpoint is the last: a failed run leaves no trace
-        raise
+    with _undone_on_failure(out):  # its one checkpoint is the last: a failed run leaves no trace
+        C.save_config(cfg, out / CONFIG_FILE)
+        write_json(out / CLASSIFIER_FILE, {"kind": type(model).__name__, "config": model.config})
+        trainer = build_trainer(cfg, model, NoisyClassifierLoss(sde), train, out, progress=progress,
+                                device=device, ckpt_every=steps, keep_last=1)
+        trainer.fit(steps)
     test = C.build_dataset(cfg, "test")
     x, labels = test.x.to(trainer.device), test.labels.to(trainer.device)
     acc = classifier_accuracy(trainer.ema_model.eval(), sde, x, labels, list(ACCURACY_TIMES),
