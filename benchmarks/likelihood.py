@@ -73,7 +73,9 @@ PRIOR_POINTS = 2
 # default of that day (the chart, the step cap, C0 from the origin), measured once; members 300..323
 # ("fresh-2", FRESH2_SEEDS, declared 2026-12-02 21:20 UTC before anyone ran them) are a third, for the
 # fifth round's default, measured once; members 400..423 ("fresh-3", FRESH3_SEEDS, declared 2026-12-02
-# 21:40 UTC before anyone ran them) are a fourth, for any default after that one, measured once.
+# 21:40 UTC before anyone ran them) a fourth, measured once on that default after its tuning had
+# ended; members 500..523 ("fresh-4", FRESH4_SEEDS, declared 2026-12-02 before anyone ran them) are
+# kept for any later default.
 # Each seed draws, with
 # numpy's PCG64:
 #   dimension d = round(2^U(1, 8))                    (2 .. 256, log-uniform)
@@ -88,8 +90,9 @@ HELDOUT_SEEDS = tuple(range(100, 124))
 FRESH_SEEDS = tuple(range(200, 224))
 FRESH2_SEEDS = tuple(range(300, 324))
 FRESH3_SEEDS = tuple(range(400, 424))
+FRESH4_SEEDS = tuple(range(500, 524))
 MEMBER_SETS = {"dev": DEV_SEEDS, "held-out": HELDOUT_SEEDS, "fresh": FRESH_SEEDS, "fresh-2": FRESH2_SEEDS,
-               "fresh-3": FRESH3_SEEDS}
+               "fresh-3": FRESH3_SEEDS, "fresh-4": FRESH4_SEEDS}
 POINTS_PER_MEMBER = 8
 FAMILY_SDES = ("vp", "subvp", "ve")
 
