@@ -140,7 +140,7 @@ def solve_exponential_adams(
     difference to signed local errors of shape ``(B, m)``; a sample's size is their mean absolute
     value; ``err`` is the mean size over the batch (``norm="batch"``) or the largest (``"sample"``)
     over ``tol``, the steps are sized for ``err = 1`` and a step is rejected when ``err > accept``
-(``err > 1`` below :data:`RELIABLE_ORDER`).  ``first_step``: the first ``|h|``, or a function of
+    (``err > 1`` below :data:`RELIABLE_ORDER`).  ``first_step``: the first ``|h|``, or a function of
     ``field(s0, u)`` giving it (default ``1e-3`` of the span).  ``chart``: a function of
     ``field(s0, u)`` giving the chart ``phi`` (vectorised over float64 arrays of ``s``) in which
     the field is interpolated (default ``s`` itself), kept in ``stats.chart``.  A non-finite field at the start, or
