@@ -154,3 +154,18 @@ def test_a_chart_in_which_the_field_is_polynomial_makes_the_steps_exact():
         runs[name] = (abs(float(u) - exact), stats.nfe)
     assert runs["phi"][0] < 1e-8 and runs["phi"][1] < 30  # measured: 6e-10 in 16 NFE
     assert runs["s"][1] > 10 * runs["phi"][1]  # measured: 1134 NFE (1e-6)
+
+
+def test_low_order_steps_keep_the_classical_acceptance_test():
+    # Below RELIABLE_ORDER a step is rejected at err > 1 whatever `accept`: at order <= 2 on
+    # u' = -u + u cos(3 s) the run with accept = 100 is the run with accept = 1 (237 NFE, 15
+    # rejections).  Without the rule accept = 100 rejects nothing and the corrected result errs 11x
+    # more (1.3e-4 against 1.2e-5, measured): the low-order estimates are not good enough to correct by.
+    u0 = torch.tensor([[1.0, -2.0]], dtype=DT)
+    exact = u0 * math.exp(-6.0 + (math.sin(18.9) - math.sin(0.9)) / 3)
+    runs = {a: solve_exponential_adams(lambda s, u: u * math.cos(3 * s), u0, 0.3, 6.3, torch.ones(2, dtype=DT), _signed,
+                                       tol=1e-5, order=2, accept=a) for a in (1.0, 100.0)}
+    (u1, s1), (u100, s100) = runs[1.0], runs[100.0]
+    assert s100.rejected == s1.rejected > 0 and s100.nfe == s1.nfe
+    assert torch.equal(u100, u1)
+    assert float((u1 + s1.correction - exact).abs().max()) < 3e-5
