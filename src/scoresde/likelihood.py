@@ -115,9 +115,10 @@ family the estimate of orders 3--5 was the negative of the true local error with
 state's after the solve with the cubic through the nodes on both sides, the default before, left
 1.5--2x the error).  The first step, of order 1 (a constant field), is sized for
 :data:`ADAMS_FIRST_SHARE` of ``atol`` on the integrand's growth at the data end, ``l'(lambda) =
-l'_0 exp(2 (lambda_0 - lambda))``, so ``l'_0 (e^{2h} - 1 - 2h) / 2 = share * atol``: one step across the
-stretch where the data's smoothing is far below its width (sub-VP starts at ``lambda = 13.8``).  For Hutchinson the known trace of ``sigma~^2 I`` (the part of ``I - J_D``
-of unit-variance data) is taken exactly and only the rest estimated (a control variate for Gaussian
+l'_0 exp(2 (lambda_0 - lambda))``, so ``l'_0 (e^{2h} - 1 - 2h) / 2 = share * atol``: one step
+across the stretch where the data's smoothing is far below its width (sub-VP starts at ``lambda =
+13.8``).  For Hutchinson the known trace of ``sigma~^2 I`` (the part of ``I - J_D`` of
+unit-variance data) is taken exactly and only the rest estimated (a control variate for Gaussian
 probes; Rademacher probes are unaffected).  Where it pays: scores smooth in ``lambda`` (the oracle
 mixtures, exact scores of data of any width); on a trained network (the digits DDPM++) the
 denoiser is rough in ``lambda``, the order drops to 2--3, and bosh3 needs fewer NFE for the same
@@ -170,6 +171,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 import torch
+from scipy.optimize import brentq
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -583,13 +585,11 @@ def _solve_adams(
         return (-(r * diff[:, :dim]).sum(1) * math.exp(2 * lam) / dim)[:, None] - diff[:, dim:]
 
     def first_step(value: Tensor) -> float:
-        """The ``h`` of ``(e^{2h} - 1 - 2h) / 2 = share * tol / |l'_0|`` (bisection; the left side
-        increases): an order-1 step's quadrature error where ``l'`` grows like ``exp(-2 lambda)``."""
+        """The root ``h`` of ``(e^{2h} - 1 - 2h) / 2 = share * tol / |l'_0|`` (increasing in ``h``;
+        bracketed by ``0`` and ``log(1 + 2 share tol / |l'_0|) / 2 + 1``): an order-1 step's
+        quadrature error where ``l'`` grows like ``exp(-2 lambda)``."""
         target = 2 * ADAMS_FIRST_SHARE * tol / max(float(value[:, dim:].abs().mean()), 1e-30)
-        lo, hi = 0.0, 0.5 * math.log1p(target) + 1.0
-        for _ in range(60):
-            lo, hi = ((lo + hi) / 2, hi) if math.expm1(lo + hi) - (lo + hi) < target else (lo, (lo + hi) / 2)
-        return lo
+        return brentq(lambda h: math.expm1(2 * h) - 2 * h - target, 0.0, 0.5 * math.log1p(target) + 1.0)
 
     def chart(value: Tensor) -> Callable[[np.ndarray], np.ndarray]:
         """:func:`adams_chart` with the data end's scale ``a = sigmabar_0^2 / l'(lambda_0)`` (the
